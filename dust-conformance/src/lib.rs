@@ -1,0 +1,1 @@
+//! A Phoenix Channels server emulation for tests (work in progress; see the issues).

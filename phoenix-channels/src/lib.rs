@@ -1,0 +1,1 @@
+//! A complete Phoenix Channels client (under construction).
