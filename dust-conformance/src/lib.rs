@@ -1,1 +1,91 @@
-//! A Phoenix Channels server emulation for tests (work in progress; see the issues).
+//! A server that speaks real Phoenix Channels, for tests: the `echo:*` reference channel,
+//! fault injection, and the extension points the Dust `store:*` channel is built on.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use dust_conformance::ServerConfig;
+//! use futures_util::{SinkExt, StreamExt};
+//! use tokio_tungstenite::tungstenite::Message;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Binds 127.0.0.1 on a free port; the echo socket is mounted at /socket.
+//! let server = dust_conformance::start(ServerConfig::default()).await?;
+//! let control = server.control();
+//!
+//! // Any websocket client: ws://127.0.0.1:PORT/socket/websocket?vsn=2.0.0
+//! let (mut ws, _) = tokio_tungstenite::connect_async(server.websocket_url("/socket")).await?;
+//! ws.send(Message::text(r#"["1","1","echo:demo","phx_join",{"a":1}]"#)).await?;
+//! let reply = tokio::time::timeout(Duration::from_secs(5), ws.next()).await?;
+//! let reply: serde_json::Value = serde_json::from_str(reply.ok_or("closed")??.to_text()?)?;
+//! assert_eq!(
+//!     reply,
+//!     serde_json::json!(["1", "1", "echo:demo", "phx_reply",
+//!         {"status": "ok", "response": {"joined": "echo:demo", "params": {"a": 1}}}])
+//! );
+//! assert_eq!(control.connections()[0].topics, ["echo:demo"]);
+//!
+//! // Faults: stall, drop, refuse connects or joins, crash or close a channel, raw frames...
+//! assert_eq!(control.crash_channel("echo:demo"), 1);
+//! let error = tokio::time::timeout(Duration::from_secs(5), ws.next()).await?;
+//! assert_eq!(error.ok_or("closed")??.to_text()?, r#"["1","1","echo:demo","phx_error",{}]"#);
+//!
+//! drop(ws);
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What it emulates
+//!
+//! Phoenix 1.7's `Phoenix.Socket` and `Phoenix.Transports.WebSocket`: the upgrade at
+//! `{socket path}/websocket` (404 elsewhere, 403 for a refused connect or `vsn`), connect params
+//! from the query, serializer V2 (`vsn=2.0.0`: arrays and binary frames) or V1 (no `vsn`:
+//! objects), heartbeats, the idle close (1000), join / leave / duplicate join / "unmatched
+//! topic" / outdated join_ref handling, `phx_reply` / `phx_close` / `phx_error`, broadcasts
+//! across connections, and close 1011 on a malformed frame. Refs are echoed with the JSON type
+//! the client used.
+//!
+//! Its fidelity is checked from outside with the official phoenix.js client:
+//! `dust-conformance/crosscheck/run.sh` drives the `dust-conformance-server` binary through
+//! every scenario (see [`command`] for the control protocol the script uses).
+//!
+//! # Extending it
+//!
+//! A [`SocketConfig`] is a connect callback plus channel routes by topic pattern; mount it at a
+//! path with [`ServerConfig::socket`]. A route's factory makes one [`channel::Channel`] per join,
+//! run in its own task (pushes, replies later, broadcasts, timers through
+//! [`channel::ChannelContext`]).
+//!
+//! # Important notes
+//!
+//! - **Drop**: dropping the [`Server`] stops it (connections get close 1001 while the runtime
+//!   runs); [`Server::shutdown`] also waits for them. [`Control`] handles outlive it harmlessly.
+//! - **Ordering**: every frame of a connection goes through one FIFO queue, so a channel's reply
+//!   precedes its `phx_close`, and a configured delay keeps the order.
+//! - **Blocking joins**: like Phoenix, a connection waits for a channel's `join` before it reads
+//!   its next frame; a join that never returns stalls its connection.
+//! - **Memory**: outbound queues are unbounded (a stalled connection queues what it is sent).
+//!   This is a test server; do not expose it.
+//! - **Panics**: a channel callback that panics crashes its channel (`phx_error`), nothing else.
+
+mod config;
+mod connection;
+mod error;
+mod frame;
+mod server;
+mod shared;
+mod socket;
+
+pub mod channel;
+pub mod command;
+pub mod control;
+pub mod echo;
+
+pub use config::ServerConfig;
+pub use control::{ConnectionId, ConnectionInfo, Control, ControlError, RawFrame, ServerStats};
+pub use error::StartError;
+pub use frame::{EncodeError, Payload, Protocol};
+pub use server::{Server, start};
+pub use socket::{Assigns, ConnectDecision, ConnectRequest, SocketConfig};

@@ -1,0 +1,465 @@
+//! The channel extension point: Phoenix's `Phoenix.Channel` behaviour made Rust.
+//!
+//! Each join of a topic runs its own [`Channel`] instance in its own task (as Phoenix runs a
+//! process per join): messages to one channel are handled in order, channels of one connection
+//! run concurrently. A channel that returns [`Handled::Crash`] or panics crashes: its joiner gets
+//! `phx_error`. One that returns [`Handled::Stop`] stops normally: `phx_close`.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::control::ConnectionId;
+use crate::frame::{EncodeError, Outgoing, Payload, Protocol};
+use crate::shared::{ConnEvent, ConnLink, Shared, Subscriber};
+use crate::socket::Assigns;
+
+/// A message a channel sends to itself ([`ChannelContext::send_self`],
+/// [`ChannelContext::send_after`]), delivered to [`Channel::handle_info`]. Downcast it to the
+/// type you sent.
+pub type Info = Box<dyn Any + Send>;
+
+/// A reply to a client push: `phx_reply` with `{"status", "response"}`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Reply {
+    /// The status, usually `"ok"` or `"error"`.
+    pub status: String,
+    /// The response.
+    pub response: Payload,
+}
+
+impl Reply {
+    /// A reply with any status.
+    pub fn new(status: impl Into<String>, response: impl Into<Payload>) -> Self {
+        Self {
+            status: status.into(),
+            response: response.into(),
+        }
+    }
+
+    /// `{"status": "ok", "response": response}`.
+    pub fn ok(response: impl Into<Payload>) -> Self {
+        Self::new("ok", response)
+    }
+
+    /// `{"status": "error", "response": response}`.
+    pub fn error(response: impl Into<Payload>) -> Self {
+        Self::new("error", response)
+    }
+}
+
+/// What a channel does after handling a message.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Handled {
+    /// Reply to the push being handled (ignored, with a warning, in `handle_info`).
+    Reply(Reply),
+    /// Send nothing (Phoenix's `{:noreply, socket}`).
+    NoReply,
+    /// Stop normally, after an optional reply: the client gets `phx_close`.
+    Stop(Option<Reply>),
+    /// Crash: the client gets `phx_error` and no reply.
+    Crash,
+}
+
+/// The ref of a client push, kept to reply later (Phoenix's `socket_ref/1` + `reply/2`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplyRef {
+    ref_: Value,
+}
+
+/// Why a channel could not send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The message cannot be encoded with the connection's serializer (Phoenix would raise, and
+    /// the channel would crash: return [`Handled::Crash`]).
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The connection is gone.
+    #[error("the connection is closed")]
+    Disconnected,
+}
+
+/// A channel: one instance per join of a topic.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use dust_conformance::channel::{Channel, ChannelContext, Handled, Reply};
+/// use dust_conformance::Payload;
+/// use serde_json::{Value, json};
+///
+/// #[derive(Debug, Default)]
+/// struct Counter {
+///     count: u64,
+/// }
+///
+/// #[async_trait]
+/// impl Channel for Counter {
+///     async fn join(&mut self, _params: Payload, _ctx: &ChannelContext) -> Result<Value, Value> {
+///         Ok(json!({"count": self.count}))
+///     }
+///
+///     async fn handle_in(&mut self, event: &str, _payload: Payload, ctx: &ChannelContext) -> Handled {
+///         match event {
+///             "inc" => {
+///                 self.count += 1;
+///                 if ctx.broadcast("count", json!({"count": self.count})) == 0 {
+///                     return Handled::Crash;
+///                 }
+///                 Handled::Reply(Reply::ok(json!({})))
+///             }
+///             _ => Handled::Reply(Reply::error(json!({"reason": "unknown event"}))),
+///         }
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Channel: Send + 'static {
+    /// Handles `phx_join`: `Ok(response)` joins (reply ok), `Err(response)` refuses (reply
+    /// error, no channel). Messages sent with [`ChannelContext::send_self`] here are handled
+    /// after the join reply went out (Phoenix's `send(self(), :after_join)`).
+    async fn join(&mut self, params: Payload, ctx: &ChannelContext) -> Result<Value, Value>;
+
+    /// Handles a client push (any event but `phx_join`/`phx_leave`).
+    async fn handle_in(&mut self, event: &str, payload: Payload, ctx: &ChannelContext) -> Handled;
+
+    /// Handles a message the channel sent itself.
+    async fn handle_info(&mut self, info: Info, ctx: &ChannelContext) -> Handled {
+        let _ = (info, ctx);
+        Handled::NoReply
+    }
+}
+
+/// Messages from the connection (and the channel itself) to a channel task.
+pub(crate) enum ChannelMsg {
+    In {
+        event: String,
+        payload: Payload,
+        ref_: Value,
+    },
+    Leave {
+        ref_: Value,
+    },
+    Info(Info),
+}
+
+/// What a joined channel's context gives access to.
+pub struct ChannelContext {
+    topic: String,
+    join_ref: Value,
+    link: Arc<ConnLink>,
+    shared: Arc<Shared>,
+    inbox: mpsc::WeakUnboundedSender<ChannelMsg>,
+    current_ref: Option<Value>,
+}
+
+impl fmt::Debug for ChannelContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelContext")
+            .field("topic", &self.topic)
+            .field("join_ref", &self.join_ref)
+            .field("connection", &self.link.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChannelContext {
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The join_ref this channel's pushes and replies carry (the join's join_ref, or its ref
+    /// when the client sent none).
+    pub fn join_ref(&self) -> &Value {
+        &self.join_ref
+    }
+
+    /// The connection this channel belongs to.
+    pub fn connection_id(&self) -> ConnectionId {
+        self.link.id
+    }
+
+    /// The connection's serializer.
+    pub fn protocol(&self) -> Protocol {
+        self.link.protocol
+    }
+
+    /// The socket path the connection came in on.
+    pub fn socket_path(&self) -> &str {
+        &self.link.path
+    }
+
+    /// The connection's query parameters.
+    pub fn params(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.link.params
+    }
+
+    /// What the socket's connect callback assigned.
+    pub fn assigns(&self) -> &Assigns {
+        &self.link.assigns
+    }
+
+    /// Pushes an event to this client: `[join_ref, null, topic, event, payload]`.
+    pub fn push(&self, event: &str, payload: impl Into<Payload>) -> Result<(), SendError> {
+        self.link.send(&Outgoing::Message {
+            join_ref: self.join_ref.clone(),
+            ref_: Value::Null,
+            topic: self.topic.clone(),
+            event: event.to_owned(),
+            payload: payload.into(),
+        })
+    }
+
+    /// The ref of the push being handled, to reply later with [`ChannelContext::reply`]
+    /// (`None` outside `handle_in`).
+    pub fn reply_ref(&self) -> Option<ReplyRef> {
+        self.current_ref.clone().map(|ref_| ReplyRef { ref_ })
+    }
+
+    /// Replies to an earlier push.
+    pub fn reply(&self, to: &ReplyRef, reply: Reply) -> Result<(), SendError> {
+        self.link.send(&self.reply_message(to.ref_.clone(), reply))
+    }
+
+    /// Broadcasts to every joiner of this topic, on every connection, this one included:
+    /// `[null, null, topic, event, payload]` (binary kind 2 for bytes). Returns how many
+    /// joiners it reached (a binary payload does not reach V1 joiners).
+    pub fn broadcast(&self, event: &str, payload: impl Into<Payload>) -> usize {
+        self.shared.broadcast(&self.topic, event, payload.into())
+    }
+
+    /// Sends this channel a message, handled by [`Channel::handle_info`] after the messages
+    /// already queued.
+    pub fn send_self(&self, info: Info) {
+        if let Some(inbox) = self.inbox.upgrade() {
+            let _ = inbox.send(ChannelMsg::Info(info));
+        }
+    }
+
+    /// Sends this channel a message after a delay (Phoenix's `Process.send_after/3`). Nothing is
+    /// delivered if the channel is gone by then.
+    pub fn send_after(&self, delay: Duration, info: Info) {
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(inbox) = inbox.upgrade() {
+                let _ = inbox.send(ChannelMsg::Info(info));
+            }
+        });
+    }
+
+    /// Closes the whole websocket with this close code, after the frames already queued.
+    pub fn close_socket(&self, code: u16) {
+        let _ = self.link.events.send(ConnEvent::CloseSocket {
+            code,
+            reason: String::new(),
+        });
+    }
+
+    fn reply_message(&self, ref_: Value, reply: Reply) -> Outgoing {
+        Outgoing::Reply {
+            join_ref: self.join_ref.clone(),
+            ref_,
+            topic: self.topic.clone(),
+            status: reply.status,
+            response: reply.response,
+        }
+    }
+}
+
+/// How a channel task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Stopped normally (stop, leave): `phx_close`.
+    Closed,
+    /// Crashed: `phx_error`.
+    Crashed,
+}
+
+/// What the connection gets back from a join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JoinOutcome {
+    Joined,
+    Refused,
+}
+
+/// Everything a channel task needs.
+pub(crate) struct ChannelSpawn {
+    pub(crate) channel: Box<dyn Channel>,
+    pub(crate) topic: String,
+    pub(crate) instance: u64,
+    /// The join message's join_ref (maybe null) and ref: the join reply carries them.
+    pub(crate) msg_join_ref: Value,
+    pub(crate) msg_ref: Value,
+    pub(crate) params: Payload,
+    pub(crate) link: Arc<ConnLink>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Runs one channel: the join, then its messages until it stops, crashes or is aborted.
+/// Returns the inbox sender at once; the join outcome goes to `joined`.
+pub(crate) fn spawn_channel(
+    spawn: ChannelSpawn,
+    joined: oneshot::Sender<JoinOutcome>,
+) -> (
+    mpsc::UnboundedSender<ChannelMsg>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let weak = tx.downgrade();
+    let span = tracing::debug_span!("channel", topic = %spawn.topic, connection = %spawn.link.id);
+    let handle = tokio::spawn(run_channel(spawn, weak, rx, joined).instrument(span));
+    (tx, handle)
+}
+
+async fn run_channel(
+    spawn: ChannelSpawn,
+    inbox_tx: mpsc::WeakUnboundedSender<ChannelMsg>,
+    mut inbox: mpsc::UnboundedReceiver<ChannelMsg>,
+    joined: oneshot::Sender<JoinOutcome>,
+) {
+    let ChannelSpawn {
+        mut channel,
+        topic,
+        instance,
+        msg_join_ref,
+        msg_ref,
+        params,
+        link,
+        shared,
+    } = spawn;
+    // The channel's own join_ref: the join's join_ref, or its ref when the client sent none.
+    let join_ref = if msg_join_ref.is_null() {
+        msg_ref.clone()
+    } else {
+        msg_join_ref.clone()
+    };
+    let mut ctx = ChannelContext {
+        topic: topic.clone(),
+        join_ref,
+        link: link.clone(),
+        shared: shared.clone(),
+        inbox: inbox_tx,
+        current_ref: None,
+    };
+    let join_reply = |status: &str, response: Value| Outgoing::Reply {
+        join_ref: msg_join_ref.clone(),
+        ref_: msg_ref.clone(),
+        topic: topic.clone(),
+        status: status.to_owned(),
+        response: Payload::Json(response),
+    };
+    let result = guarded(channel.join(params, &ctx)).await;
+    let _subscription = match result {
+        Some(Ok(response)) => {
+            // Subscribed before the reply goes out, as Phoenix does in `init_join`.
+            let subscription = shared.subscribe(
+                &topic,
+                (link.id, instance),
+                Subscriber {
+                    out: link.out.clone(),
+                    protocol: link.protocol,
+                },
+            );
+            // The registry and the counters change before the reply goes out, so that a client
+            // that saw its reply finds its join in `Control`.
+            shared.update_connection(link.id, |c| {
+                c.topics.insert(topic.clone());
+            });
+            shared.update_stats(|s| s.joins += 1);
+            let _ = link.send(&join_reply("ok", response));
+            let _ = joined.send(JoinOutcome::Joined);
+            subscription
+        }
+        Some(Err(response)) => {
+            shared.update_stats(|s| s.joins_refused += 1);
+            let _ = link.send(&join_reply("error", response));
+            let _ = joined.send(JoinOutcome::Refused);
+            return;
+        }
+        None => {
+            tracing::warn!("join crashed");
+            shared.update_stats(|s| s.joins_refused += 1);
+            let _ = link.send(&join_reply("error", json!({"reason": "join crashed"})));
+            let _ = joined.send(JoinOutcome::Refused);
+            return;
+        }
+    };
+
+    let exit = loop {
+        let Some(msg) = inbox.recv().await else {
+            // The connection dropped its sender: it is gone, nothing to tell.
+            return;
+        };
+        let handled = match msg {
+            ChannelMsg::In {
+                event,
+                payload,
+                ref_,
+            } => {
+                ctx.current_ref = Some(ref_);
+                guarded(channel.handle_in(&event, payload, &ctx)).await
+            }
+            ChannelMsg::Info(info) => guarded(channel.handle_info(info, &ctx)).await,
+            ChannelMsg::Leave { ref_ } => {
+                // Forgotten before the reply, which phoenix.js already takes as the close.
+                shared.update_connection(link.id, |c| {
+                    c.topics.remove(&topic);
+                });
+                let _ = link.send(&ctx.reply_message(ref_, Reply::ok(json!({}))));
+                break Exit::Closed;
+            }
+        };
+        let (reply, exit) = match handled {
+            None | Some(Handled::Crash) => (None, Some(Exit::Crashed)),
+            Some(Handled::NoReply) => (None, None),
+            Some(Handled::Reply(reply)) => (Some(reply), None),
+            Some(Handled::Stop(reply)) => (reply, Some(Exit::Closed)),
+        };
+        let current_ref = ctx.current_ref.take();
+        match (reply, current_ref) {
+            (Some(reply), Some(ref_)) => {
+                if let Err(error) = link.send(&ctx.reply_message(ref_, reply)) {
+                    // Phoenix raises in the channel when it cannot encode its reply.
+                    tracing::debug!(%error, "reply not sent, the channel crashes");
+                    break Exit::Crashed;
+                }
+            }
+            (Some(_), None) => tracing::warn!("a reply returned by handle_info is dropped"),
+            (None, _) => {}
+        }
+        if let Some(exit) = exit {
+            break exit;
+        }
+    };
+    // Unsubscribe before the connection sends phx_close/phx_error.
+    drop(_subscription);
+    let _ = link.events.send(ConnEvent::ChannelExit {
+        topic,
+        instance,
+        exit,
+    });
+}
+
+/// Runs a channel callback; a panic is a crash (`None`), as an exception is in Elixir.
+async fn guarded<T>(future: impl Future<Output = T>) -> Option<T> {
+    match AssertUnwindSafe(future).catch_unwind().await {
+        Ok(value) => Some(value),
+        Err(_) => {
+            tracing::warn!("channel callback panicked");
+            None
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The fault-injection and inspection handle of a running server.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::channel::Exit;
+use crate::frame::{Payload, Protocol, Wire};
+use crate::shared::{ConnEntry, ConnEvent, Shared, lock};
+
+/// A connection's id, unique for the server's lifetime (counts from 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct ConnectionId(pub(crate) u64);
+
+impl ConnectionId {
+    /// The number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl From<u64> for ConnectionId {
+    fn from(id: u64) -> Self {
+        Self(id)
+    }
+}
+
+impl fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A snapshot of one open connection.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// Its id.
+    pub id: ConnectionId,
+    /// The socket path it connected to (e.g. `/socket`).
+    pub path: String,
+    /// Its connect params (the upgrade's query).
+    pub params: BTreeMap<String, String>,
+    /// Its serializer.
+    pub protocol: Protocol,
+    /// The topics it has joined, sorted.
+    pub topics: Vec<String>,
+    /// Whether it is stalled.
+    pub stalled: bool,
+    /// The delay added to each of its outbound frames.
+    #[serde(serialize_with = "millis")]
+    pub delay: Duration,
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Counters since the server started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Websocket upgrades accepted.
+    pub connects_accepted: u64,
+    /// Upgrades answered with 403 (connect callback, bad `vsn` or the refuse-connects fault).
+    pub connects_refused: u64,
+    /// Connections open now.
+    pub open_connections: u64,
+    /// Successful joins.
+    pub joins: u64,
+    /// Joins answered with an error (refused by the channel or by the refuse-joins fault).
+    pub joins_refused: u64,
+    /// Heartbeats answered.
+    pub heartbeats: u64,
+}
+
+/// A frame to send as is, valid or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RawFrame {
+    /// A text frame.
+    Text(String),
+    /// A binary frame.
+    Binary(Bytes),
+}
+
+/// Why a control command failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// No open connection has this id.
+    #[error("no connection {0}")]
+    NoSuchConnection(ConnectionId),
+}
+
+/// The control handle: inspect connections and inject faults. Cheap to clone; every method
+/// acts at once (commands to a connection are handled before it reads its next frame).
+#[derive(Clone)]
+pub struct Control {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Control {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Control")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// The open connections, by id.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        let mut list: Vec<_> = lock(&self.shared.connections)
+            .iter()
+            .map(|(id, entry)| entry.info(*id))
+            .collect();
+        list.sort_by_key(|c| c.id);
+        list
+    }
+
+    /// One connection.
+    pub fn connection(&self, id: ConnectionId) -> Option<ConnectionInfo> {
+        lock(&self.shared.connections)
+            .get(&id)
+            .map(|entry| entry.info(id))
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.stats.borrow().clone()
+    }
+
+    /// Waits until the counters satisfy `predicate` (at once if they already do) and returns
+    /// them. Wrap it in a timeout.
+    pub async fn wait_for_stats(
+        &self,
+        mut predicate: impl FnMut(&ServerStats) -> bool,
+    ) -> ServerStats {
+        let mut rx = self.shared.stats.subscribe();
+        match rx.wait_for(|s| predicate(s)).await {
+            Ok(stats) => stats.clone(),
+            // The sender lives in `Shared`, which `self` keeps alive.
+            Err(_) => self.stats(),
+        }
+    }
+
+    /// Drops a connection abruptly: the TCP connection is closed without a close frame.
+    pub fn drop_connection(&self, id: ConnectionId) -> Result<(), ControlError> {
+        self.to(id, |_| ConnEvent::Drop)
+    }
+
+    /// Drops every connection abruptly; returns how many.
+    pub fn drop_all(&self) -> usize {
+        self.shared.send_to_all(|_| ConnEvent::Drop)
+    }
+
+    /// Closes a connection with a websocket close frame carrying this code.
+    pub fn close_connection(&self, id: ConnectionId, code: u16) -> Result<(), ControlError> {
+        self.to(id, |_| ConnEvent::CloseSocket {
+            code,
+            reason: String::new(),
+        })
+    }
+
+    /// Stalls a connection: it stops reading (so heartbeats go unanswered) and stops writing
+    /// (frames queue up), without closing. Its idle timeout does not run meanwhile.
+    pub fn stall(&self, id: ConnectionId) -> Result<(), ControlError> {
+        self.to(id, stall(true))
+    }
+
+    /// Stalls every open connection; returns how many.
+    pub fn stall_all(&self) -> usize {
+        self.shared.send_to_all(stall(true))
+    }
+
+    /// Resumes a stalled connection: what it had queued is written, what the client sent is read.
+    pub fn unstall(&self, id: ConnectionId) -> Result<(), ControlError> {
+        self.to(id, stall(false))
+    }
+
+    /// Resumes every connection; returns how many.
+    pub fn unstall_all(&self) -> usize {
+        self.shared.send_to_all(stall(false))
+    }
+
+    /// Delays each outbound frame of a connection by `delay` (from when it was queued; order is
+    /// kept). `Duration::ZERO` removes the delay.
+    pub fn set_delay(&self, id: ConnectionId, delay: Duration) -> Result<(), ControlError> {
+        self.to(id, set_delay(delay))
+    }
+
+    /// Delays the outbound frames of every open connection and of those made from now on.
+    pub fn set_delay_all(&self, delay: Duration) -> usize {
+        lock(&self.shared.settings).default_delay = delay;
+        self.shared.send_to_all(set_delay(delay))
+    }
+
+    /// Refuses (or accepts again) every websocket upgrade with HTTP 403.
+    pub fn refuse_connects(&self, on: bool) {
+        lock(&self.shared.settings).refuse_connects = on;
+    }
+
+    /// Refuses (or accepts again) every join with the error reply `{"reason": "refused"}`.
+    pub fn refuse_joins(&self, on: bool) {
+        self.refuse_joins_with(on.then(|| json!({"reason": "refused"})));
+    }
+
+    /// Refuses every join with this error response (`Some`), or stops refusing (`None`).
+    pub fn refuse_joins_with(&self, response: Option<Value>) {
+        lock(&self.shared.settings).refuse_joins = response;
+    }
+
+    /// Crashes the channel joined on `topic` on every connection: each joiner gets `phx_error`
+    /// (`[join_ref, join_ref, topic, "phx_error", {}]`). Returns how many connections had it.
+    pub fn crash_channel(&self, topic: &str) -> usize {
+        self.end_channel(topic, Exit::Crashed)
+    }
+
+    /// Stops the channel joined on `topic` on every connection: each joiner gets `phx_close`.
+    /// Returns how many connections had it.
+    pub fn close_channel(&self, topic: &str) -> usize {
+        self.end_channel(topic, Exit::Closed)
+    }
+
+    /// Sends a frame as is (malformed ones too) to a connection, after its queued frames.
+    pub fn send_raw(&self, id: ConnectionId, frame: RawFrame) -> Result<(), ControlError> {
+        let wire = match frame {
+            RawFrame::Text(text) => Wire::Text(text),
+            RawFrame::Binary(bytes) => Wire::Binary(bytes),
+        };
+        self.to(id, |_| ConnEvent::Raw(wire))
+    }
+
+    /// Broadcasts from the server to every joiner of `topic`; returns how many it reached.
+    pub fn broadcast(&self, topic: &str, event: &str, payload: impl Into<Payload>) -> usize {
+        self.shared.broadcast(topic, event, payload.into())
+    }
+
+    /// Changes the idle timeout (nothing received for this long → close 1000), for open
+    /// connections too: each one's deadline becomes its last receipt plus the new timeout.
+    pub fn set_idle_timeout(&self, timeout: Duration) {
+        self.shared.idle_timeout.send_replace(timeout);
+    }
+
+    /// The idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        *self.shared.idle_timeout.borrow()
+    }
+
+    fn end_channel(&self, topic: &str, exit: Exit) -> usize {
+        lock(&self.shared.connections)
+            .values()
+            .filter(|c| c.topics.contains(topic))
+            .filter(|c| {
+                c.events
+                    .send(ConnEvent::EndChannel {
+                        topic: topic.to_owned(),
+                        exit,
+                    })
+                    .is_ok()
+            })
+            .count()
+    }
+
+    fn to(
+        &self,
+        id: ConnectionId,
+        make: impl FnOnce(&mut ConnEntry) -> ConnEvent,
+    ) -> Result<(), ControlError> {
+        if self.shared.send_to(id, make) {
+            Ok(())
+        } else {
+            Err(ControlError::NoSuchConnection(id))
+        }
+    }
+}
+
+fn stall(on: bool) -> impl Fn(&mut ConnEntry) -> ConnEvent + Copy {
+    move |entry| {
+        entry.stalled = on;
+        ConnEvent::Stall(on)
+    }
+}
+
+fn set_delay(delay: Duration) -> impl Fn(&mut ConnEntry) -> ConnEvent + Copy {
+    move |entry| {
+        entry.delay = delay;
+        ConnEvent::Delay(delay)
+    }
+}

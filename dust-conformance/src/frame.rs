@@ -1,0 +1,604 @@
+//! The server's own frame codec: Phoenix serializers V1 (JSON objects) and V2 (JSON arrays and
+//! binary frames), on `serde_json::Value`.
+//!
+//! It is deliberately independent from the client crate's codec, so that a bug there cannot
+//! hide behind the same bug here. Refs are kept as JSON values so that the type a client sent
+//! (string, integer, null) is echoed back unchanged.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{Map, Value, json};
+
+/// The serializer a connection negotiated with its `vsn` query parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// `vsn` absent or `1.0.x`: JSON objects `{"topic","event","payload","ref"}`, no binary.
+    #[serde(rename = "1.0.0")]
+    V1,
+    /// `vsn=2.0.x`: JSON arrays `[join_ref, ref, topic, event, payload]` and binary frames.
+    #[serde(rename = "2.0.0")]
+    V2,
+}
+
+impl Protocol {
+    /// Picks the serializer for a `vsn` query value the way Phoenix does (`~> 1.0.0` or
+    /// `~> 2.0.0`; no `vsn` means `1.0.0`). `None` means the version is refused (HTTP 403).
+    pub fn negotiate(vsn: Option<&str>) -> Option<Self> {
+        let vsn = vsn.unwrap_or("1.0.0");
+        let mut parts = vsn.split('.');
+        let (Some(major), Some(minor), Some(patch), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !(numeric(major) && numeric(minor) && numeric(patch)) {
+            return None;
+        }
+        match (major.parse::<u64>().ok()?, minor.parse::<u64>().ok()?) {
+            (1, 0) => Some(Self::V1),
+            (2, 0) => Some(Self::V2),
+            _ => None,
+        }
+    }
+}
+
+/// A message payload: JSON, or raw bytes carried by a binary frame (V2 only).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Payload {
+    /// A JSON payload (text frames).
+    Json(Value),
+    /// A binary payload (binary frames).
+    Binary(Bytes),
+}
+
+impl Payload {
+    /// The JSON value, if this is a JSON payload.
+    pub fn as_json(&self) -> Option<&Value> {
+        match self {
+            Self::Json(v) => Some(v),
+            Self::Binary(_) => None,
+        }
+    }
+
+    /// The bytes, if this is a binary payload.
+    pub fn as_binary(&self) -> Option<&Bytes> {
+        match self {
+            Self::Binary(b) => Some(b),
+            Self::Json(_) => None,
+        }
+    }
+}
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Self {
+        Self::Json(value)
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(bytes: Bytes) -> Self {
+        Self::Binary(bytes)
+    }
+}
+
+/// Why a client frame could not be decoded. Phoenix answers all of these by closing the socket
+/// with code 1011.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("a V2 text frame must be a JSON array of at least 5 elements")]
+    NotAnArray,
+    #[error("a V1 text frame must be a JSON object")]
+    NotAnObject,
+    #[error("missing key {0:?}")]
+    MissingKey(&'static str),
+    #[error("{0} must be a string")]
+    NotAString(&'static str),
+    #[error("binary frame of kind {0}: clients may only send kind 0 (push)")]
+    BinaryKind(u8),
+    #[error("binary frame truncated")]
+    Truncated,
+    #[error("binary frame field {0} is not UTF-8")]
+    NotUtf8(&'static str),
+}
+
+/// Why a server message could not be encoded. Phoenix raises in the process that encodes, which
+/// for a channel push or reply is the channel: it crashes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The V1 serializer has no binary frames.
+    #[error("the V1 serializer cannot encode a binary payload")]
+    BinaryOnV1,
+    /// A field of a binary frame is longer than its one-byte length.
+    #[error("{field} is {len} bytes, binary frames allow at most 255")]
+    FieldTooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// A ref of a binary frame is not a string, a number, a boolean or null.
+    #[error("{0} cannot be written as a string in a binary frame")]
+    RefNotScalar(&'static str),
+}
+
+/// A decoded client message.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Incoming {
+    pub(crate) join_ref: Value,
+    pub(crate) ref_: Value,
+    pub(crate) topic: String,
+    pub(crate) event: String,
+    pub(crate) payload: Payload,
+}
+
+/// A server message before encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Outgoing {
+    /// A message to one client: channel push, `phx_close`, `phx_error`.
+    Message {
+        join_ref: Value,
+        ref_: Value,
+        topic: String,
+        event: String,
+        payload: Payload,
+    },
+    /// `phx_reply`.
+    Reply {
+        join_ref: Value,
+        ref_: Value,
+        topic: String,
+        status: String,
+        response: Payload,
+    },
+    /// A broadcast: no join_ref, no ref.
+    Broadcast {
+        topic: String,
+        event: String,
+        payload: Payload,
+    },
+}
+
+/// An encoded frame, text or binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Wire {
+    Text(String),
+    Binary(Bytes),
+}
+
+/// Decodes a text frame.
+pub(crate) fn decode_text(protocol: Protocol, text: &str) -> Result<Incoming, DecodeError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
+    match protocol {
+        Protocol::V2 => decode_v2_array(value),
+        Protocol::V1 => decode_v1_object(value),
+    }
+}
+
+/// Decodes a binary frame. V1 has no binary frames; like Phoenix's V1 serializer, it reads the
+/// bytes as a JSON text.
+pub(crate) fn decode_binary(protocol: Protocol, bytes: &[u8]) -> Result<Incoming, DecodeError> {
+    match protocol {
+        Protocol::V1 => {
+            let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8("frame"))?;
+            decode_text(Protocol::V1, text)
+        }
+        Protocol::V2 => decode_v2_binary(bytes),
+    }
+}
+
+fn decode_v2_array(value: Value) -> Result<Incoming, DecodeError> {
+    let Value::Array(items) = value else {
+        return Err(DecodeError::NotAnArray);
+    };
+    if items.len() < 5 {
+        return Err(DecodeError::NotAnArray);
+    }
+    // Extra trailing elements are ignored, as Phoenix does.
+    let mut items = items.into_iter();
+    let mut next = || items.next().unwrap_or(Value::Null);
+    let join_ref = next();
+    let ref_ = next();
+    let topic = string_field(next(), "topic")?;
+    let event = string_field(next(), "event")?;
+    let payload = next();
+    Ok(Incoming {
+        join_ref,
+        ref_,
+        topic,
+        event,
+        payload: Payload::Json(payload),
+    })
+}
+
+fn decode_v1_object(value: Value) -> Result<Incoming, DecodeError> {
+    let Value::Object(mut map) = value else {
+        return Err(DecodeError::NotAnObject);
+    };
+    let mut take = |key: &'static str| map.remove(key).ok_or(DecodeError::MissingKey(key));
+    let topic = string_field(take("topic")?, "topic")?;
+    let event = string_field(take("event")?, "event")?;
+    let payload = take("payload")?;
+    let ref_ = take("ref")?;
+    let join_ref = map.remove("join_ref").unwrap_or(Value::Null);
+    Ok(Incoming {
+        join_ref,
+        ref_,
+        topic,
+        event,
+        payload: Payload::Json(payload),
+    })
+}
+
+fn string_field(value: Value, name: &'static str) -> Result<String, DecodeError> {
+    match value {
+        Value::String(s) => Ok(s),
+        _ => Err(DecodeError::NotAString(name)),
+    }
+}
+
+const KIND_PUSH: u8 = 0;
+const KIND_REPLY: u8 = 1;
+const KIND_BROADCAST: u8 = 2;
+
+fn decode_v2_binary(bytes: &[u8]) -> Result<Incoming, DecodeError> {
+    let (&kind, rest) = bytes.split_first().ok_or(DecodeError::Truncated)?;
+    if kind != KIND_PUSH {
+        return Err(DecodeError::BinaryKind(kind));
+    }
+    let [join_ref_len, ref_len, topic_len, event_len, rest @ ..] = rest else {
+        return Err(DecodeError::Truncated);
+    };
+    let mut rest = rest;
+    let mut field = |len: u8, name: &'static str| -> Result<String, DecodeError> {
+        let len = usize::from(len);
+        if rest.len() < len {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, tail) = rest.split_at(len);
+        rest = tail;
+        String::from_utf8(head.to_vec()).map_err(|_| DecodeError::NotUtf8(name))
+    };
+    // An empty join_ref stays an empty string: Phoenix compares it with the channel's join_ref
+    // like any other value, so a push with an empty join_ref to a joined topic is outdated.
+    let join_ref = field(*join_ref_len, "join_ref")?;
+    let ref_ = field(*ref_len, "ref")?;
+    let topic = field(*topic_len, "topic")?;
+    let event = field(*event_len, "event")?;
+    Ok(Incoming {
+        join_ref: Value::String(join_ref),
+        ref_: Value::String(ref_),
+        topic,
+        event,
+        payload: Payload::Binary(Bytes::copy_from_slice(rest)),
+    })
+}
+
+/// Encodes a server message with the connection's serializer.
+pub(crate) fn encode(protocol: Protocol, message: &Outgoing) -> Result<Wire, EncodeError> {
+    match protocol {
+        Protocol::V2 => encode_v2(message),
+        Protocol::V1 => encode_v1(message),
+    }
+}
+
+fn encode_v2(message: &Outgoing) -> Result<Wire, EncodeError> {
+    match message {
+        Outgoing::Message {
+            join_ref,
+            ref_,
+            topic,
+            event,
+            payload,
+        } => match payload {
+            Payload::Json(p) => Ok(text(&json!([join_ref, ref_, topic, event, p]))),
+            Payload::Binary(data) => {
+                let join_ref = ref_string(join_ref, "join_ref")?;
+                let mut buf = BytesMut::new();
+                buf.put_u8(KIND_PUSH);
+                let fields = [
+                    ("join_ref", join_ref.as_bytes()),
+                    ("topic", topic.as_bytes()),
+                    ("event", event.as_bytes()),
+                ];
+                put_fields(&mut buf, &fields, data)?;
+                Ok(Wire::Binary(buf.freeze()))
+            }
+        },
+        Outgoing::Reply {
+            join_ref,
+            ref_,
+            topic,
+            status,
+            response,
+        } => match response {
+            Payload::Json(r) => Ok(text(&json!([
+                join_ref,
+                ref_,
+                topic,
+                "phx_reply",
+                {"status": status, "response": r}
+            ]))),
+            Payload::Binary(data) => {
+                let join_ref = ref_string(join_ref, "join_ref")?;
+                let ref_ = ref_string(ref_, "ref")?;
+                let mut buf = BytesMut::new();
+                buf.put_u8(KIND_REPLY);
+                let fields = [
+                    ("join_ref", join_ref.as_bytes()),
+                    ("ref", ref_.as_bytes()),
+                    ("topic", topic.as_bytes()),
+                    ("status", status.as_bytes()),
+                ];
+                put_fields(&mut buf, &fields, data)?;
+                Ok(Wire::Binary(buf.freeze()))
+            }
+        },
+        Outgoing::Broadcast {
+            topic,
+            event,
+            payload,
+        } => match payload {
+            Payload::Json(p) => Ok(text(&json!([null, null, topic, event, p]))),
+            Payload::Binary(data) => {
+                let mut buf = BytesMut::new();
+                buf.put_u8(KIND_BROADCAST);
+                let fields = [("topic", topic.as_bytes()), ("event", event.as_bytes())];
+                put_fields(&mut buf, &fields, data)?;
+                Ok(Wire::Binary(buf.freeze()))
+            }
+        },
+    }
+}
+
+/// Writes the one-byte lengths, then the fields, then the data.
+fn put_fields(
+    buf: &mut BytesMut,
+    fields: &[(&'static str, &[u8])],
+    data: &[u8],
+) -> Result<(), EncodeError> {
+    for (field, bytes) in fields {
+        let len = u8::try_from(bytes.len()).map_err(|_| EncodeError::FieldTooLong {
+            field,
+            len: bytes.len(),
+        })?;
+        buf.put_u8(len);
+    }
+    for (_, bytes) in fields {
+        buf.put_slice(bytes);
+    }
+    buf.put_slice(data);
+    Ok(())
+}
+
+/// A ref as Elixir's `to_string/1` writes it into a binary frame (`nil` is empty).
+fn ref_string(value: &Value, name: &'static str) -> Result<String, EncodeError> {
+    match value {
+        Value::Null => Ok(String::new()),
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        Value::Array(_) | Value::Object(_) => Err(EncodeError::RefNotScalar(name)),
+    }
+}
+
+fn encode_v1(message: &Outgoing) -> Result<Wire, EncodeError> {
+    // V1 writes only topic, event, payload and ref; never join_ref.
+    let (topic, event, payload, ref_) = match message {
+        Outgoing::Message {
+            ref_,
+            topic,
+            event,
+            payload,
+            ..
+        } => (topic, event.as_str(), json_only(payload)?.clone(), ref_),
+        Outgoing::Reply {
+            ref_,
+            topic,
+            status,
+            response,
+            ..
+        } => (
+            topic,
+            "phx_reply",
+            json!({"status": status, "response": json_only(response)?}),
+            ref_,
+        ),
+        Outgoing::Broadcast {
+            topic,
+            event,
+            payload,
+        } => (
+            topic,
+            event.as_str(),
+            json_only(payload)?.clone(),
+            &Value::Null,
+        ),
+    };
+    let mut map = Map::new();
+    map.insert("topic".into(), Value::String(topic.clone()));
+    map.insert("event".into(), Value::String(event.to_owned()));
+    map.insert("payload".into(), payload);
+    map.insert("ref".into(), ref_.clone());
+    Ok(text(&Value::Object(map)))
+}
+
+fn json_only(payload: &Payload) -> Result<&Value, EncodeError> {
+    payload.as_json().ok_or(EncodeError::BinaryOnV1)
+}
+
+fn text(value: &Value) -> Wire {
+    // Serializing a `Value` cannot fail: its map keys are strings.
+    Wire::Text(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiates_like_phoenix() {
+        assert_eq!(Protocol::negotiate(None), Some(Protocol::V1));
+        assert_eq!(Protocol::negotiate(Some("1.0.0")), Some(Protocol::V1));
+        assert_eq!(Protocol::negotiate(Some("2.0.0")), Some(Protocol::V2));
+        assert_eq!(Protocol::negotiate(Some("2.0.7")), Some(Protocol::V2));
+        assert_eq!(Protocol::negotiate(Some("2.1.0")), None);
+        assert_eq!(Protocol::negotiate(Some("3.0.0")), None);
+        assert_eq!(Protocol::negotiate(Some("2.0")), None);
+        assert_eq!(Protocol::negotiate(Some("2.0.0.0")), None);
+        assert_eq!(Protocol::negotiate(Some("2.0.x")), None);
+        assert_eq!(Protocol::negotiate(Some("")), None);
+    }
+
+    #[test]
+    fn v2_text_keeps_ref_types() {
+        let m = decode_text(Protocol::V2, r#"[null, 7, "phoenix", "heartbeat", {}]"#).unwrap();
+        assert_eq!(m.join_ref, Value::Null);
+        assert_eq!(m.ref_, json!(7));
+        assert_eq!(m.topic, "phoenix");
+        assert_eq!(m.event, "heartbeat");
+        let m = decode_text(Protocol::V2, r#"["2", "3", "t", "e", [1], "extra"]"#).unwrap();
+        assert_eq!(m.join_ref, json!("2"));
+        assert_eq!(m.payload, Payload::Json(json!([1])));
+    }
+
+    #[test]
+    fn v2_text_rejects_malformed() {
+        for bad in [
+            "",
+            "not json",
+            "{}",
+            "[1,2,3,4]",
+            r#"[null,"1",5,"e",{}]"#,
+            r#"[null,"1","t",null,{}]"#,
+            "\"str\"",
+        ] {
+            assert!(decode_text(Protocol::V2, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn v1_object() {
+        let m = decode_text(
+            Protocol::V1,
+            r#"{"topic":"t","event":"e","payload":{"a":1},"ref":"1"}"#,
+        )
+        .unwrap();
+        assert_eq!(m.join_ref, Value::Null);
+        assert_eq!(m.ref_, json!("1"));
+        assert_eq!(
+            decode_text(Protocol::V1, r#"{"topic":"t","event":"e","payload":{}}"#),
+            Err(DecodeError::MissingKey("ref"))
+        );
+        assert_eq!(
+            decode_text(Protocol::V1, r#"[null,"1","t","e",{}]"#),
+            Err(DecodeError::NotAnObject)
+        );
+        let wire = encode(
+            Protocol::V1,
+            &Outgoing::Reply {
+                join_ref: json!("9"),
+                ref_: json!("1"),
+                topic: "t".into(),
+                status: "ok".into(),
+                response: Payload::Json(json!({})),
+            },
+        )
+        .unwrap();
+        let Wire::Text(t) = wire else { panic!() };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(
+            v,
+            json!({"topic":"t","event":"phx_reply","ref":"1","payload":{"status":"ok","response":{}}})
+        );
+        let binary = Outgoing::Broadcast {
+            topic: "t".into(),
+            event: "e".into(),
+            payload: Payload::Binary(Bytes::from_static(b"x")),
+        };
+        assert_eq!(encode(Protocol::V1, &binary), Err(EncodeError::BinaryOnV1));
+    }
+
+    #[test]
+    fn binary_push_from_protocol_md() {
+        let mut frame = vec![0, 1, 2, 6, 4];
+        frame.extend_from_slice(b"211echo:1echo");
+        frame.extend_from_slice(&[1, 2, 0xff]);
+        let m = decode_binary(Protocol::V2, &frame).unwrap();
+        assert_eq!(m.join_ref, json!("2"));
+        assert_eq!(m.ref_, json!("11"));
+        assert_eq!(m.topic, "echo:1");
+        assert_eq!(m.event, "echo");
+        assert_eq!(
+            m.payload,
+            Payload::Binary(Bytes::from_static(&[1, 2, 0xff]))
+        );
+
+        let reply = Outgoing::Reply {
+            join_ref: json!("2"),
+            ref_: json!("11"),
+            topic: "echo:1".into(),
+            status: "ok".into(),
+            response: m.payload,
+        };
+        let mut expected = vec![1, 1, 2, 6, 2];
+        expected.extend_from_slice(b"211echo:1ok");
+        expected.extend_from_slice(&[1, 2, 0xff]);
+        assert_eq!(
+            encode(Protocol::V2, &reply).unwrap(),
+            Wire::Binary(expected.into())
+        );
+    }
+
+    #[test]
+    fn binary_rejects_malformed() {
+        for bad in [
+            &[][..],
+            &[0],
+            &[0, 1, 1, 1],
+            &[0, 5, 0, 0, 0, b'a'],
+            &[1, 0, 0, 0, 0],
+            &[2, 0, 0],
+            &[0, 0, 0, 1, 0, 0xff],
+        ] {
+            assert!(decode_binary(Protocol::V2, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn binary_push_and_broadcast_layouts() {
+        let push = Outgoing::Message {
+            join_ref: json!(3),
+            ref_: Value::Null,
+            topic: "t".into(),
+            event: "ev".into(),
+            payload: Payload::Binary(Bytes::from_static(b"hi")),
+        };
+        assert_eq!(
+            encode(Protocol::V2, &push).unwrap(),
+            Wire::Binary(Bytes::from_static(b"\x00\x01\x01\x023tevhi"))
+        );
+        let broadcast = Outgoing::Broadcast {
+            topic: "t".into(),
+            event: "ev".into(),
+            payload: Payload::Binary(Bytes::from_static(b"hi")),
+        };
+        assert_eq!(
+            encode(Protocol::V2, &broadcast).unwrap(),
+            Wire::Binary(Bytes::from_static(b"\x02\x01\x02tevhi"))
+        );
+        let long = Outgoing::Broadcast {
+            topic: "t".repeat(256),
+            event: "ev".into(),
+            payload: Payload::Binary(Bytes::new()),
+        };
+        assert!(matches!(
+            encode(Protocol::V2, &long),
+            Err(EncodeError::FieldTooLong { field: "topic", .. })
+        ));
+    }
+}

@@ -1,0 +1,350 @@
+//! The listener: HTTP upgrade, routing by socket path, connect params, 403/404.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tracing::Instrument;
+
+use crate::config::ServerConfig;
+use crate::connection::{CLOSE_WAIT, ConnSetup, run_connection};
+use crate::control::{ConnectionId, Control};
+use crate::error::StartError;
+use crate::frame::Protocol;
+use crate::shared::{ConnEntry, ConnEvent, Shared, lock};
+use crate::socket::{Assigns, ConnectDecision, ConnectRequest, SocketConfig};
+
+/// How long a client may take to send its upgrade request.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The subprotocol prefix of Phoenix's `auth_token` (Phoenix ≥ 1.8).
+const AUTH_TOKEN_PREFIX: &str = "base64url.bearer.phx.";
+
+/// Starts a server: binds the configured address (by default `127.0.0.1:0`) and serves until
+/// the returned [`Server`] is dropped or shut down.
+pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
+    let ServerConfig {
+        listen,
+        idle_timeout,
+        sockets,
+    } = config;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let shared = Arc::new(Shared::new(sockets, idle_timeout));
+    let span = tracing::info_span!("dust_conformance", %local_addr);
+    let task = tokio::spawn(accept_loop(listener, shared.clone()).instrument(span));
+    tracing::info!(%local_addr, "dust-conformance listening");
+    Ok(Server {
+        local_addr,
+        control: Control { shared },
+        task: Some(task),
+    })
+}
+
+/// A running server. It stops when dropped (connections get a close frame 1001 when the runtime
+/// is still running) or with [`Server::shutdown`], which waits until they are closed.
+pub struct Server {
+    local_addr: SocketAddr,
+    control: Control,
+    task: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `ws://HOST:PORT` followed by `path` (e.g. `url("/ws/sync")`).
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.local_addr, path)
+    }
+
+    /// The echo socket's endpoint, `ws://HOST:PORT/socket`, as Phoenix clients take it.
+    pub fn socket_url(&self) -> String {
+        self.url("/socket")
+    }
+
+    /// The full websocket URL of a socket path with `vsn=2.0.0`, for raw websocket clients:
+    /// `ws://HOST:PORT{path}/websocket?vsn=2.0.0`.
+    pub fn websocket_url(&self, path: &str) -> String {
+        format!("{}/websocket?vsn=2.0.0", self.url(path))
+    }
+
+    /// The control handle.
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// Stops accepting, closes every connection with code 1001 and waits until they are gone
+    /// (at most a few seconds for clients that do not answer the close).
+    pub async fn shutdown(mut self) {
+        self.control.shared.shutdown.send_replace(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.control.shared.shutdown.send_replace(true);
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut connections = JoinSet::new();
+    loop {
+        if *shutdown.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let span = tracing::debug_span!("connection", %peer);
+                    connections.spawn(handle_tcp(stream, shared.clone()).instrument(span));
+                }
+                Err(error) => {
+                    // E.g. too many open files: back off a little instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    // The connections saw the shutdown too and are closing.
+    let _ = tokio::time::timeout(CLOSE_WAIT + Duration::from_secs(1), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.abort_all();
+    // Connections still in their handshake when aborted were registered.
+    lock(&shared.connections).clear();
+    shared.update_stats(|s| s.open_connections = 0);
+    tracing::info!("dust-conformance stopped");
+}
+
+/// An upgrade the handshake callback accepted.
+struct Accepted {
+    path: String,
+    params: BTreeMap<String, String>,
+    protocol: Protocol,
+    assigns: Assigns,
+    socket: SocketConfig,
+    delay: Duration,
+}
+
+async fn handle_tcp(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let id = shared.next_connection_id();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let mut accepted = None;
+    // The callback's signature is tungstenite's; its error type is an HTTP response.
+    #[allow(clippy::result_large_err)]
+    let callback = |request: &Request, response: Response| {
+        let result = upgrade(&shared, request, response);
+        match result {
+            Ok((response, ok)) => {
+                // Registered before the 101 goes out, so a client that sees itself connected
+                // also finds itself in `Control::connections`.
+                register(&shared, id, &ok, &events_tx);
+                accepted = Some(ok);
+                Ok(response)
+            }
+            Err(status) => {
+                if status == StatusCode::FORBIDDEN {
+                    shared.update_stats(|s| s.connects_refused += 1);
+                }
+                tracing::debug!(%status, path = request.uri().path(), "upgrade refused");
+                Err(error_response(status))
+            }
+        }
+    };
+    let handshake = tokio_tungstenite::accept_hdr_async(stream, callback);
+    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "handshake ended");
+            unregister(&shared, id);
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("handshake timed out");
+            unregister(&shared, id);
+            return;
+        }
+    };
+    let Some(accepted) = accepted else {
+        return;
+    };
+    let span = tracing::debug_span!("socket", id = %id, path = accepted.path);
+    let setup = ConnSetup {
+        id,
+        path: accepted.path,
+        params: accepted.params,
+        protocol: accepted.protocol,
+        assigns: accepted.assigns,
+        socket: accepted.socket,
+        shared,
+        delay: accepted.delay,
+        events_tx,
+        events_rx,
+    };
+    run_connection(ws, setup).instrument(span).await;
+}
+
+fn register(
+    shared: &Shared,
+    id: ConnectionId,
+    accepted: &Accepted,
+    events: &mpsc::UnboundedSender<ConnEvent>,
+) {
+    lock(&shared.connections).insert(
+        id,
+        ConnEntry {
+            path: accepted.path.clone(),
+            params: accepted.params.clone(),
+            protocol: accepted.protocol,
+            topics: Default::default(),
+            stalled: false,
+            delay: accepted.delay,
+            events: events.clone(),
+        },
+    );
+    shared.update_stats(|s| {
+        s.connects_accepted += 1;
+        s.open_connections += 1;
+    });
+}
+
+fn unregister(shared: &Shared, id: ConnectionId) {
+    if lock(&shared.connections).remove(&id).is_some() {
+        shared.update_stats(|s| s.open_connections = s.open_connections.saturating_sub(1));
+    }
+}
+
+/// Decides an upgrade the way Phoenix's endpoint and `Phoenix.Transports.WebSocket` do.
+fn upgrade(
+    shared: &Shared,
+    request: &Request,
+    mut response: Response,
+) -> Result<(Response, Accepted), StatusCode> {
+    let path = request.uri().path();
+    let socket_path = path
+        .strip_suffix("/websocket")
+        .ok_or(StatusCode::NOT_FOUND)?;
+    let socket = shared
+        .sockets
+        .get(socket_path)
+        .ok_or(StatusCode::NOT_FOUND)?;
+    let (refuse, delay) = {
+        let settings = lock(&shared.settings);
+        (settings.refuse_connects, settings.default_delay)
+    };
+    if refuse {
+        return Err(StatusCode::FORBIDDEN);
+    }
+    let params: BTreeMap<String, String> = request
+        .uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let protocol =
+        Protocol::negotiate(params.get("vsn").map(String::as_str)).ok_or(StatusCode::FORBIDDEN)?;
+    let offered = subprotocols(request);
+    let auth_token = match offered
+        .iter()
+        .find_map(|p| p.strip_prefix(AUTH_TOKEN_PREFIX))
+    {
+        Some(encoded) => Some(decode_token(encoded).ok_or(StatusCode::FORBIDDEN)?),
+        None => None,
+    };
+    let connect = ConnectRequest {
+        path: socket_path.to_owned(),
+        params,
+        auth_token,
+        protocol,
+    };
+    let assigns = match socket.connect(&connect) {
+        ConnectDecision::Accept(assigns) => assigns,
+        ConnectDecision::Refuse => return Err(StatusCode::FORBIDDEN),
+    };
+    if offered.iter().any(|p| p == "phoenix") {
+        response.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static("phoenix"),
+        );
+    }
+    Ok((
+        response,
+        Accepted {
+            path: connect.path,
+            params: connect.params,
+            protocol,
+            assigns,
+            socket: socket.clone(),
+            delay,
+        },
+    ))
+}
+
+fn subprotocols(request: &Request) -> Vec<String> {
+    request
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The token is in the standard base64 alphabet without padding, despite the prefix.
+fn decode_token(encoded: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(encoded)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn error_response(status: StatusCode) -> ErrorResponse {
+    let mut response = ErrorResponse::new(None);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert("content-length", HeaderValue::from_static("0"));
+    headers.insert("connection", HeaderValue::from_static("close"));
+    response
+}

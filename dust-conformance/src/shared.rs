@@ -1,0 +1,278 @@
+//! State shared by the accept loop, the connections, the channels and the control handle.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::channel::{Exit, SendError};
+use crate::control::{ConnectionId, ConnectionInfo, ServerStats};
+use crate::frame::{self, EncodeError, Outgoing, Payload, Protocol, Wire};
+use crate::socket::{Assigns, SocketConfig};
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves the data consistent.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A frame (or the close) queued for a connection's writer.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    /// When it was queued: a configured delay counts from here.
+    pub(crate) at: Instant,
+    pub(crate) item: OutItem,
+}
+
+#[derive(Debug)]
+pub(crate) enum OutItem {
+    Frame(Wire),
+    Close { code: u16, reason: String },
+}
+
+impl Outbound {
+    pub(crate) fn frame(wire: Wire) -> Self {
+        Self {
+            at: Instant::now(),
+            item: OutItem::Frame(wire),
+        }
+    }
+}
+
+pub(crate) type OutTx = mpsc::UnboundedSender<Outbound>;
+
+/// Commands and notifications a connection task handles besides its websocket.
+#[derive(Debug)]
+pub(crate) enum ConnEvent {
+    /// A channel task ended by itself.
+    ChannelExit {
+        topic: String,
+        instance: u64,
+        exit: Exit,
+    },
+    /// Close the websocket with this code (after the queued frames).
+    CloseSocket { code: u16, reason: String },
+    /// Drop the TCP connection without a close frame.
+    Drop,
+    /// Stop (or resume) reading and writing.
+    Stall(bool),
+    /// Crash (`phx_error`) or close (`phx_close`) the channel joined on this topic.
+    EndChannel { topic: String, exit: Exit },
+    /// Send these bytes as they are.
+    Raw(Wire),
+    /// Delay every outbound frame by this much.
+    Delay(Duration),
+}
+
+/// What a channel task knows of its connection.
+#[derive(Debug)]
+pub(crate) struct ConnLink {
+    pub(crate) id: ConnectionId,
+    pub(crate) protocol: Protocol,
+    pub(crate) path: String,
+    pub(crate) params: BTreeMap<String, String>,
+    pub(crate) assigns: Assigns,
+    pub(crate) out: OutTx,
+    pub(crate) events: mpsc::UnboundedSender<ConnEvent>,
+}
+
+impl ConnLink {
+    /// Encodes and queues a message.
+    pub(crate) fn send(&self, message: &Outgoing) -> Result<(), SendError> {
+        let wire = frame::encode(self.protocol, message)?;
+        self.out
+            .send(Outbound::frame(wire))
+            .map_err(|_| SendError::Disconnected)
+    }
+}
+
+/// A broadcast subscriber: one joined channel.
+#[derive(Debug)]
+pub(crate) struct Subscriber {
+    pub(crate) out: OutTx,
+    pub(crate) protocol: Protocol,
+}
+
+/// A connection as the registry sees it.
+#[derive(Debug)]
+pub(crate) struct ConnEntry {
+    pub(crate) path: String,
+    pub(crate) params: BTreeMap<String, String>,
+    pub(crate) protocol: Protocol,
+    pub(crate) topics: BTreeSet<String>,
+    pub(crate) stalled: bool,
+    pub(crate) delay: Duration,
+    pub(crate) events: mpsc::UnboundedSender<ConnEvent>,
+}
+
+impl ConnEntry {
+    pub(crate) fn info(&self, id: ConnectionId) -> ConnectionInfo {
+        ConnectionInfo {
+            id,
+            path: self.path.clone(),
+            params: self.params.clone(),
+            protocol: self.protocol,
+            topics: self.topics.iter().cloned().collect(),
+            stalled: self.stalled,
+            delay: self.delay,
+        }
+    }
+}
+
+/// Server-wide fault switches.
+#[derive(Debug, Default)]
+pub(crate) struct Settings {
+    pub(crate) refuse_connects: bool,
+    /// When set, every join is refused with this error response.
+    pub(crate) refuse_joins: Option<Value>,
+    /// The outbound delay of connections made from now on.
+    pub(crate) default_delay: Duration,
+}
+
+type SubKey = (ConnectionId, u64);
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) sockets: BTreeMap<String, SocketConfig>,
+    pub(crate) settings: Mutex<Settings>,
+    pub(crate) idle_timeout: watch::Sender<Duration>,
+    pub(crate) connections: Mutex<HashMap<ConnectionId, ConnEntry>>,
+    subscriptions: Mutex<HashMap<String, HashMap<SubKey, Subscriber>>>,
+    pub(crate) stats: watch::Sender<ServerStats>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    next_id: AtomicU64,
+    next_instance: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(sockets: BTreeMap<String, SocketConfig>, idle_timeout: Duration) -> Self {
+        Self {
+            sockets,
+            settings: Mutex::default(),
+            idle_timeout: watch::Sender::new(idle_timeout),
+            connections: Mutex::default(),
+            subscriptions: Mutex::default(),
+            stats: watch::Sender::new(ServerStats::default()),
+            shutdown: watch::Sender::new(false),
+            next_id: AtomicU64::new(1),
+            next_instance: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn next_connection_id(&self) -> ConnectionId {
+        ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn next_instance(&self) -> u64 {
+        self.next_instance.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends an event to one connection; `make` may also update its registry entry, so that
+    /// what the control handle reports changes at once.
+    pub(crate) fn send_to(
+        &self,
+        id: ConnectionId,
+        make: impl FnOnce(&mut ConnEntry) -> ConnEvent,
+    ) -> bool {
+        lock(&self.connections).get_mut(&id).is_some_and(|c| {
+            let event = make(c);
+            c.events.send(event).is_ok()
+        })
+    }
+
+    /// Sends an event (made per connection, as above) to every connection; returns how many.
+    pub(crate) fn send_to_all(&self, mut make: impl FnMut(&mut ConnEntry) -> ConnEvent) -> usize {
+        lock(&self.connections)
+            .values_mut()
+            .filter_map(|c| {
+                let event = make(c);
+                c.events.send(event).ok()
+            })
+            .count()
+    }
+
+    pub(crate) fn update_connection(&self, id: ConnectionId, f: impl FnOnce(&mut ConnEntry)) {
+        if let Some(entry) = lock(&self.connections).get_mut(&id) {
+            f(entry);
+        }
+    }
+
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        topic: &str,
+        key: SubKey,
+        subscriber: Subscriber,
+    ) -> Subscription {
+        lock(&self.subscriptions)
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(key, subscriber);
+        Subscription {
+            shared: self.clone(),
+            topic: topic.to_owned(),
+            key,
+        }
+    }
+
+    /// Sends a broadcast to every subscriber of the topic; returns how many it reached.
+    pub(crate) fn broadcast(&self, topic: &str, event: &str, payload: Payload) -> usize {
+        let subscribers: Vec<(OutTx, Protocol)> = lock(&self.subscriptions)
+            .get(topic)
+            .map(|subs| subs.values().map(|s| (s.out.clone(), s.protocol)).collect())
+            .unwrap_or_default();
+        if subscribers.is_empty() {
+            return 0;
+        }
+        let message = Outgoing::Broadcast {
+            topic: topic.to_owned(),
+            event: event.to_owned(),
+            payload,
+        };
+        // Encoded once per serializer, as Phoenix's fastlane does.
+        let mut encoded: HashMap<Protocol, Result<Wire, EncodeError>> = HashMap::new();
+        let mut reached = 0;
+        for (out, protocol) in subscribers {
+            let wire = encoded
+                .entry(protocol)
+                .or_insert_with(|| frame::encode(protocol, &message));
+            match wire {
+                Ok(wire) => {
+                    if out.send(Outbound::frame(wire.clone())).is_ok() {
+                        reached += 1;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, topic, event, "broadcast not sent to a subscriber")
+                }
+            }
+        }
+        reached
+    }
+
+    pub(crate) fn update_stats(&self, f: impl FnOnce(&mut ServerStats)) {
+        self.stats.send_modify(f);
+    }
+}
+
+/// Removes a subscription when dropped (also when its channel task is aborted).
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    shared: Arc<Shared>,
+    topic: String,
+    key: SubKey,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut subscriptions = lock(&self.shared.subscriptions);
+        if let Some(subs) = subscriptions.get_mut(&self.topic) {
+            subs.remove(&self.key);
+            if subs.is_empty() {
+                subscriptions.remove(&self.topic);
+            }
+        }
+    }
+}

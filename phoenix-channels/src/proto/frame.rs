@@ -1,0 +1,652 @@
+//! The V2 wire format: JSON text frames `[join_ref, ref, topic, event, payload]` and the binary
+//! frame kinds.
+//!
+//! Decoding never panics, whatever the input; a frame that does not follow the format is a
+//! [`DecodeError`]. Payloads are not copied or parsed twice: a decoded JSON payload is a slice of
+//! the received buffer.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use phoenix_channels::frame::{self, OutFrame};
+//! use phoenix_channels::{Inbound, Payload, Ref};
+//!
+//! let out = frame::encode(Some(&Ref::new(2)), Some(&Ref::new(3)), "echo:1", "echo",
+//!     &Payload::from_json_text(r#"{"hello":"world"}"#).unwrap()).unwrap();
+//! assert_eq!(out, OutFrame::Text(r#"["2","3","echo:1","echo",{"hello":"world"}]"#.into()));
+//!
+//! let reply = frame::decode_text(&Bytes::from_static(
+//!     br#"["2","3","echo:1","phx_reply",{"response":{"hello":"world"},"status":"ok"}]"#)).unwrap();
+//! match reply {
+//!     Inbound::Reply(r) => {
+//!         assert!(r.reply.is_ok());
+//!         assert_eq!(r.msg_ref, Some(Ref::new(3)));
+//!         assert_eq!(r.reply.response().as_json(), Some(r#"{"hello":"world"}"#));
+//!     }
+//!     other => panic!("{other:?}"),
+//! }
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use serde_json::value::RawValue;
+
+use super::message::{
+    Event, Inbound, Message, Payload, Ref, Reply, ReplyMessage, ReplyStatus, Topic,
+};
+
+/// Binary frame kind of a push (client → server and server → client).
+pub const KIND_PUSH: u8 = 0;
+/// Binary frame kind of a reply (server → client).
+pub const KIND_REPLY: u8 = 1;
+/// Binary frame kind of a broadcast (server → client).
+pub const KIND_BROADCAST: u8 = 2;
+
+/// An encoded frame, ready to be written to the WebSocket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OutFrame {
+    /// A text frame (V2 JSON array).
+    Text(String),
+    /// A binary frame.
+    Binary(Bytes),
+}
+
+impl OutFrame {
+    /// The frame's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Text(s) => s.as_bytes(),
+            Self::Binary(b) => b,
+        }
+    }
+}
+
+/// Why an inbound frame could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The text frame is not a JSON array `[join_ref, ref, topic, event, payload]`.
+    #[error("malformed text frame: {0}")]
+    Json(String),
+    /// A `phx_reply` payload is not an object with a string `status`.
+    #[error("malformed phx_reply payload: {0}")]
+    Reply(String),
+    /// A binary frame with no bytes.
+    #[error("empty binary frame")]
+    EmptyBinary,
+    /// A binary frame of a kind a server does not send.
+    #[error("unknown binary frame kind {0}")]
+    UnknownKind(u8),
+    /// A binary frame shorter than its header says.
+    #[error("truncated binary frame")]
+    Truncated,
+    /// A string field of a binary frame is not UTF-8.
+    #[error("binary frame field `{0}` is not UTF-8")]
+    NotUtf8(&'static str),
+}
+
+/// Why an outbound frame could not be encoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// A field of a binary frame is longer than the 255 bytes its length byte can say.
+    #[error("binary frame field `{field}` is {len} bytes; at most 255 fit")]
+    FieldTooLong {
+        /// The field (`join_ref`, `ref`, `topic` or `event`).
+        field: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+}
+
+/// A decoded frame that still borrows its topic and event from the received buffer, so that the
+/// protocol core can look the topic up without allocating.
+#[derive(Debug)]
+pub(crate) struct FrameView<'a> {
+    pub(crate) join_ref: Option<Ref>,
+    pub(crate) msg_ref: Option<Ref>,
+    pub(crate) topic: Cow<'a, str>,
+    pub(crate) body: ViewBody<'a>,
+}
+
+#[derive(Debug)]
+pub(crate) enum ViewBody<'a> {
+    Message {
+        event: Cow<'a, str>,
+        payload: Payload,
+    },
+    Reply(Reply),
+}
+
+impl FrameView<'_> {
+    /// The owned frame, with this topic value (an interned copy of `self.topic`).
+    pub(crate) fn into_inbound(self, topic: Topic) -> Inbound {
+        match self.body {
+            ViewBody::Message { event, payload } => Inbound::Message(Message {
+                topic,
+                event: Event::new(event),
+                payload,
+                join_ref: self.join_ref,
+                msg_ref: self.msg_ref,
+            }),
+            ViewBody::Reply(reply) => Inbound::Reply(ReplyMessage {
+                topic,
+                join_ref: self.join_ref,
+                msg_ref: self.msg_ref,
+                reply,
+            }),
+        }
+    }
+}
+
+/// Decodes a text frame.
+pub fn decode_text(frame: &Bytes) -> Result<Inbound, DecodeError> {
+    let view = decode_text_view(frame)?;
+    let topic = Topic::new(&view.topic);
+    Ok(view.into_inbound(topic))
+}
+
+/// Decodes a binary frame of one of the server kinds (push, reply, broadcast).
+pub fn decode_binary(frame: &Bytes) -> Result<Inbound, DecodeError> {
+    let view = decode_binary_view(frame)?;
+    let topic = Topic::new(&view.topic);
+    Ok(view.into_inbound(topic))
+}
+
+/// A ref field: string, non-negative integer or null.
+struct RefField(Option<Ref>);
+
+impl<'de> Deserialize<'de> for RefField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RefVisitor;
+        impl Visitor<'_> for RefVisitor {
+            type Value = RefField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a ref: a string, a non-negative integer or null")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RefField, E> {
+                Ok(RefField(None))
+            }
+            fn visit_none<E: de::Error>(self) -> Result<RefField, E> {
+                Ok(RefField(None))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RefField, E> {
+                Ok(RefField(Some(Ref::parse(v))))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RefField, E> {
+                Ok(RefField(Some(Ref::new(v))))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RefField, E> {
+                u64::try_from(v)
+                    .map(|v| RefField(Some(Ref::new(v))))
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+            }
+        }
+        deserializer.deserialize_any(RefVisitor)
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a>(
+    RefField,
+    RefField,
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] Cow<'a, str>,
+    #[serde(borrow)] &'a RawValue,
+);
+
+#[derive(Deserialize)]
+struct ReplyPayload<'a> {
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(borrow, default)]
+    response: Option<&'a RawValue>,
+}
+
+pub(crate) fn decode_text_view(frame: &Bytes) -> Result<FrameView<'_>, DecodeError> {
+    let Envelope(join_ref, msg_ref, topic, event, payload) =
+        serde_json::from_slice(frame).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let body = if event == Event::REPLY {
+        let parsed: ReplyPayload<'_> =
+            serde_json::from_str(payload.get()).map_err(|e| DecodeError::Reply(e.to_string()))?;
+        let response = match parsed.response {
+            Some(raw) => Payload::from_checked_json(frame.slice_ref(raw.get().as_bytes())),
+            None => Payload::null(),
+        };
+        ViewBody::Reply(Reply::new(ReplyStatus::parse(&parsed.status), response))
+    } else {
+        let payload = Payload::from_checked_json(frame.slice_ref(payload.get().as_bytes()));
+        ViewBody::Message { event, payload }
+    };
+    Ok(FrameView {
+        join_ref: join_ref.0,
+        msg_ref: msg_ref.0,
+        topic,
+        body,
+    })
+}
+
+/// Reads the length-prefixed fields of a binary frame.
+struct BinaryReader<'a> {
+    frame: &'a Bytes,
+    lens: &'a [u8],
+    at: usize,
+}
+
+impl<'a> BinaryReader<'a> {
+    /// `header` is the number of length bytes after the kind byte.
+    fn new(frame: &'a Bytes, header: usize) -> Result<Self, DecodeError> {
+        let lens = frame.get(1..1 + header).ok_or(DecodeError::Truncated)?;
+        Ok(Self {
+            frame,
+            lens,
+            at: 1 + header,
+        })
+    }
+
+    fn field(&mut self, index: usize, name: &'static str) -> Result<&'a str, DecodeError> {
+        let len = usize::from(*self.lens.get(index).ok_or(DecodeError::Truncated)?);
+        let bytes = self
+            .frame
+            .get(self.at..self.at + len)
+            .ok_or(DecodeError::Truncated)?;
+        self.at += len;
+        std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8(name))
+    }
+
+    fn rest(&self) -> Bytes {
+        self.frame.slice(self.at.min(self.frame.len())..)
+    }
+}
+
+fn optional_ref(text: &str) -> Option<Ref> {
+    (!text.is_empty()).then(|| Ref::parse(text))
+}
+
+pub(crate) fn decode_binary_view(frame: &Bytes) -> Result<FrameView<'_>, DecodeError> {
+    let kind = *frame.first().ok_or(DecodeError::EmptyBinary)?;
+    match kind {
+        KIND_PUSH => {
+            let mut r = BinaryReader::new(frame, 3)?;
+            let join_ref = optional_ref(r.field(0, "join_ref")?);
+            let topic = r.field(1, "topic")?;
+            let event = r.field(2, "event")?;
+            Ok(FrameView {
+                join_ref,
+                msg_ref: None,
+                topic: Cow::Borrowed(topic),
+                body: ViewBody::Message {
+                    event: Cow::Borrowed(event),
+                    payload: Payload::binary(r.rest()),
+                },
+            })
+        }
+        KIND_REPLY => {
+            let mut r = BinaryReader::new(frame, 4)?;
+            let join_ref = optional_ref(r.field(0, "join_ref")?);
+            let msg_ref = optional_ref(r.field(1, "ref")?);
+            let topic = r.field(2, "topic")?;
+            let status = r.field(3, "status")?;
+            Ok(FrameView {
+                join_ref,
+                msg_ref,
+                topic: Cow::Borrowed(topic),
+                body: ViewBody::Reply(Reply::new(
+                    ReplyStatus::parse(status),
+                    Payload::binary(r.rest()),
+                )),
+            })
+        }
+        KIND_BROADCAST => {
+            let mut r = BinaryReader::new(frame, 2)?;
+            let topic = r.field(0, "topic")?;
+            let event = r.field(1, "event")?;
+            Ok(FrameView {
+                join_ref: None,
+                msg_ref: None,
+                topic: Cow::Borrowed(topic),
+                body: ViewBody::Message {
+                    event: Cow::Borrowed(event),
+                    payload: Payload::binary(r.rest()),
+                },
+            })
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+fn needs_escape(s: &str) -> bool {
+    s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    if needs_escape(s) {
+        // Serializing a `&str` cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+    } else {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    }
+}
+
+fn push_ref(out: &mut String, r: Option<&Ref>) {
+    match r {
+        None => out.push_str("null"),
+        Some(r) => match r.as_u64() {
+            Some(n) => {
+                out.push('"');
+                out.push_str(itoa::Buffer::new().format(n));
+                out.push('"');
+            }
+            None => push_json_str(out, &r.to_string()),
+        },
+    }
+}
+
+fn ref_text(r: Option<&Ref>) -> Cow<'static, str> {
+    match r {
+        None => Cow::Borrowed(""),
+        Some(r) => Cow::Owned(r.to_string()),
+    }
+}
+
+/// Encodes a client push: a text frame for a JSON payload, a binary frame (kind 0) for a binary
+/// payload. Refs are written as strings.
+pub fn encode(
+    join_ref: Option<&Ref>,
+    msg_ref: Option<&Ref>,
+    topic: &str,
+    event: &str,
+    payload: &Payload,
+) -> Result<OutFrame, EncodeError> {
+    if let Some(json) = payload.as_json() {
+        let mut out = String::with_capacity(32 + topic.len() + event.len() + json.len());
+        out.push('[');
+        push_ref(&mut out, join_ref);
+        out.push(',');
+        push_ref(&mut out, msg_ref);
+        out.push(',');
+        push_json_str(&mut out, topic);
+        out.push(',');
+        push_json_str(&mut out, event);
+        out.push(',');
+        out.push_str(json);
+        out.push(']');
+        return Ok(OutFrame::Text(out));
+    }
+    let join_ref = ref_text(join_ref);
+    let msg_ref = ref_text(msg_ref);
+    let fields: [(&'static str, &str); 4] = [
+        ("join_ref", &join_ref),
+        ("ref", &msg_ref),
+        ("topic", topic),
+        ("event", event),
+    ];
+    let body = payload.as_bytes();
+    let mut out =
+        Vec::with_capacity(5 + fields.iter().map(|f| f.1.len()).sum::<usize>() + body.len());
+    out.push(KIND_PUSH);
+    for (field, value) in fields {
+        let len = u8::try_from(value.len()).map_err(|_| EncodeError::FieldTooLong {
+            field,
+            len: value.len(),
+        })?;
+        out.push(len);
+    }
+    for (_, value) in fields {
+        out.extend_from_slice(value.as_bytes());
+    }
+    out.extend_from_slice(body);
+    Ok(OutFrame::Binary(Bytes::from(out)))
+}
+
+/// Checks that a binary push on this topic and event can be encoded, before it is queued.
+pub(crate) fn check_binary_fields(topic: &str, event: &str) -> Result<(), EncodeError> {
+    for (field, value) in [("topic", topic), ("event", event)] {
+        if value.len() > 255 {
+            return Err(EncodeError::FieldTooLong {
+                field,
+                len: value.len(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text(s: &'static str) -> Result<Inbound, DecodeError> {
+        decode_text(&Bytes::from_static(s.as_bytes()))
+    }
+
+    fn message(inbound: Inbound) -> Message {
+        match inbound {
+            Inbound::Message(m) => m,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    fn reply(inbound: Inbound) -> ReplyMessage {
+        match inbound {
+            Inbound::Reply(r) => r,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_every_ref_type() {
+        let m = message(text(r#"["2",null,"echo:1","pushed",{"p":1}]"#).unwrap());
+        assert_eq!(m.join_ref, Some(Ref::new(2)));
+        assert_eq!(m.msg_ref, None);
+        assert_eq!(m.payload.as_json(), Some(r#"{"p":1}"#));
+        let m = message(text(r#"[5,6,"t","e",null]"#).unwrap());
+        assert_eq!(
+            (m.join_ref, m.msg_ref),
+            (Some(Ref::new(5)), Some(Ref::new(6)))
+        );
+        let m = message(text(r#"[null,null,"t","e",[1,2]]"#).unwrap());
+        assert!(m.is_broadcast());
+        let m = message(text(r#"["x","",  "t", "e" , "s"]"#).unwrap());
+        assert_eq!(m.join_ref.as_ref().and_then(Ref::as_u64), None);
+        assert_eq!(m.payload.as_json(), Some(r#""s""#));
+    }
+
+    #[test]
+    fn rejects_bad_refs_and_shapes() {
+        for bad in [
+            r#"[-1,null,"t","e",{}]"#,
+            r#"[1.5,null,"t","e",{}]"#,
+            r#"[{},null,"t","e",{}]"#,
+            r#"[null,null,"t","e"]"#,
+            r#"[null,null,"t","e",{},1]"#,
+            r#"[null,null,1,"e",{}]"#,
+            r#"{"topic":"t"}"#,
+            r#"[null,null,"t","e",{}"#,
+            "",
+        ] {
+            assert!(matches!(text(bad), Err(DecodeError::Json(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn decodes_replies_in_one_pass_with_key_order_free() {
+        let r = reply(
+            text(r#"[null,"14","nope:1","phx_reply",{"response":{"reason":"unmatched topic"},"status":"error"}]"#)
+                .unwrap(),
+        );
+        assert_eq!(r.join_ref, None);
+        assert_eq!(r.msg_ref, Some(Ref::new(14)));
+        assert_eq!(r.reply.status(), &ReplyStatus::Error);
+        assert_eq!(r.reply.reason().as_deref(), Some("unmatched topic"));
+        let r = reply(
+            text(r#"[null,"1","phoenix","phx_reply",{"status":"ok","response":{}}]"#).unwrap(),
+        );
+        assert!(r.reply.is_ok());
+        let r = reply(text(r#"[null,"1","t","phx_reply",{"status":"ok"}]"#).unwrap());
+        assert_eq!(r.reply.response(), &Payload::null());
+        for bad in [
+            r#"[null,"1","t","phx_reply",{"response":{}}]"#,
+            r#"[null,"1","t","phx_reply",[]]"#,
+            r#"[null,"1","t","phx_reply",{"status":1}]"#,
+        ] {
+            assert!(matches!(text(bad), Err(DecodeError::Reply(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn escaped_topics_and_events_decode() {
+        let m = message(text(r#"[null,null,"a\"b","\u00e9v",{}]"#).unwrap());
+        assert_eq!(m.topic, "a\"b");
+        assert_eq!(m.event, "év");
+    }
+
+    #[test]
+    fn encodes_text_frames_as_phoenix_expects() {
+        let out = encode(
+            None,
+            Some(&Ref::new(1)),
+            "phoenix",
+            "heartbeat",
+            &Payload::empty(),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            OutFrame::Text(r#"[null,"1","phoenix","heartbeat",{}]"#.into())
+        );
+        let out = encode(
+            Some(&Ref::new(2)),
+            Some(&Ref::new(2)),
+            "a\"b",
+            "e\n",
+            &Payload::null(),
+        )
+        .unwrap();
+        assert_eq!(out, OutFrame::Text(r#"["2","2","a\"b","e\n",null]"#.into()));
+    }
+
+    #[test]
+    fn binary_push_matches_the_wire_capture() {
+        // >> 00 01 02 06 04 "2" "11" "echo:1" "echo" 01 02 ff
+        let out = encode(
+            Some(&Ref::new(2)),
+            Some(&Ref::new(11)),
+            "echo:1",
+            "echo",
+            &Payload::binary(vec![1u8, 2, 0xff]),
+        )
+        .unwrap();
+        let mut expected = vec![0u8, 1, 2, 6, 4];
+        expected.extend_from_slice(b"211echo:1echo");
+        expected.extend_from_slice(&[1, 2, 0xff]);
+        assert_eq!(out.as_bytes(), &expected[..]);
+        let long = "t".repeat(256);
+        assert_eq!(
+            encode(None, None, &long, "e", &Payload::binary(vec![])),
+            Err(EncodeError::FieldTooLong {
+                field: "topic",
+                len: 256
+            })
+        );
+        assert!(check_binary_fields(&long, "e").is_err());
+        assert!(check_binary_fields("t", "e").is_ok());
+    }
+
+    #[test]
+    fn decodes_the_three_server_binary_kinds() {
+        // << 01 01 02 06 02 "2" "11" "echo:1" "ok" 01 02 ff
+        let mut frame = vec![1u8, 1, 2, 6, 2];
+        frame.extend_from_slice(b"211echo:1ok");
+        frame.extend_from_slice(&[1, 2, 0xff]);
+        let r = reply(decode_binary(&Bytes::from(frame)).unwrap());
+        assert_eq!(
+            (r.join_ref, r.msg_ref),
+            (Some(Ref::new(2)), Some(Ref::new(11)))
+        );
+        assert_eq!(r.topic, "echo:1");
+        assert!(r.reply.is_ok());
+        assert_eq!(r.reply.response().as_bytes(), &[1, 2, 0xff]);
+
+        let mut frame = vec![0u8, 1, 6, 13];
+        frame.extend_from_slice(b"2echo:1pushed_binaryhi");
+        let m = message(decode_binary(&Bytes::from(frame)).unwrap());
+        assert_eq!(m.join_ref, Some(Ref::new(2)));
+        assert_eq!(m.event, "pushed_binary");
+        assert_eq!(m.payload.as_binary().map(|b| &b[..]), Some(&b"hi"[..]));
+
+        let mut frame = vec![2u8, 1, 1];
+        frame.extend_from_slice(b"te");
+        let m = message(decode_binary(&Bytes::from(frame)).unwrap());
+        assert!(m.is_broadcast());
+        assert!(m.payload.as_binary().is_some_and(|b| b.is_empty()));
+
+        let mut frame = vec![0u8, 0, 1, 1];
+        frame.extend_from_slice(b"te");
+        assert_eq!(
+            message(decode_binary(&Bytes::from(frame)).unwrap()).join_ref,
+            None
+        );
+    }
+
+    #[test]
+    fn binary_errors() {
+        let d = |v: Vec<u8>| decode_binary(&Bytes::from(v));
+        assert_eq!(d(vec![]), Err(DecodeError::EmptyBinary));
+        assert_eq!(d(vec![9, 0, 0]), Err(DecodeError::UnknownKind(9)));
+        assert_eq!(d(vec![2, 5]), Err(DecodeError::Truncated));
+        assert_eq!(d(vec![2, 5, 0, b'a']), Err(DecodeError::Truncated));
+        assert_eq!(d(vec![2, 1, 0, 0xff]), Err(DecodeError::NotUtf8("topic")));
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let bytes = Bytes::from(bytes);
+            let _ = decode_text(&bytes);
+            let _ = decode_binary(&bytes);
+        }
+
+        #[test]
+        fn decoders_never_panic_on_near_valid_frames(
+            prefix in "\\[(null|\"[0-9]{0,3}\"|[0-9]{1,3}|-1),(null|\"[0-9a-z]{0,3}\"|[0-9]{1,3}),\"[a-z:\\\\\"]{0,6}\",\"(phx_reply|ev)\",",
+            tail in "(\\{|\\}|\\[|\\]|\"status\"|\"response\"|:|,|\"ok\"|1|null|\\\\u00){0,8}",
+        ) {
+            let bytes = Bytes::from(format!("{prefix}{tail}"));
+            let _ = decode_text(&bytes);
+        }
+
+        #[test]
+        fn binary_kinds_never_panic(kind in 0u8..3, lens in proptest::collection::vec(any::<u8>(), 0..5),
+                                    body in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let mut frame = vec![kind];
+            frame.extend(lens);
+            frame.extend(body);
+            let _ = decode_binary(&Bytes::from(frame));
+        }
+
+        #[test]
+        fn text_encode_decode_round_trip(join in proptest::option::of(any::<u64>()), r in proptest::option::of(any::<u64>()),
+                                         topic in ".{0,20}", event in "[^\u{0}]{0,12}", n in any::<i64>()) {
+            prop_assume!(event != Event::REPLY);
+            let payload = Payload::json(&serde_json::json!({"n": n, "s": topic})).unwrap();
+            let join = join.map(Ref::new);
+            let r = r.map(Ref::new);
+            let out = encode(join.as_ref(), r.as_ref(), &topic, &event, &payload).unwrap();
+            let OutFrame::Text(s) = out else { panic!("expected text") };
+            let m = message(decode_text(&Bytes::from(s)).unwrap());
+            prop_assert_eq!(m.join_ref, join);
+            prop_assert_eq!(m.msg_ref, r);
+            prop_assert_eq!(m.topic.as_str(), topic.as_str());
+            prop_assert_eq!(m.event.as_str(), event.as_str());
+            prop_assert_eq!(m.payload.to_value().unwrap(), payload.to_value().unwrap());
+        }
+    }
+}

@@ -1,0 +1,598 @@
+//! The values carried by Phoenix Channels frames: topics, events, refs, payloads, messages and
+//! replies.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::ops::Deref;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use smol_str::SmolStr;
+
+/// Defines a cheap-to-clone string newtype (inline up to 23 bytes, shared beyond).
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        pub struct $name(SmolStr);
+
+        impl $name {
+            /// Creates a value from any string.
+            pub fn new(value: impl AsRef<str>) -> Self {
+                Self(SmolStr::new(value.as_ref()))
+            }
+
+            /// Creates a value from a string literal, without allocating.
+            pub const fn from_static(value: &'static str) -> Self {
+                Self(SmolStr::new_static(value))
+            }
+
+            /// The value as a string slice.
+            pub fn as_str(&self) -> &str {
+                self.0.as_str()
+            }
+        }
+
+        impl Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                self.0.as_str()
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                self.0.as_str()
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                self.0.as_str()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0.as_str())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(self.0.as_str(), f)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(value: &str) -> Self {
+                Self(SmolStr::new(value))
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(value: String) -> Self {
+                Self(SmolStr::from(value))
+            }
+        }
+
+        impl From<&String> for $name {
+            fn from(value: &String) -> Self {
+                Self(SmolStr::new(value))
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0.as_str() == *other
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A channel topic such as `"room:lobby"`.
+    ///
+    /// Cloning is cheap (no allocation), so the client hands the same topic to every message of
+    /// a channel instead of allocating one per frame.
+    ///
+    /// ```
+    /// use phoenix_channels::Topic;
+    /// let topic = Topic::from("room:lobby");
+    /// assert_eq!(topic, "room:lobby");
+    /// ```
+    Topic
+);
+
+name_type!(
+    /// An event name such as `"new_msg"` or `"phx_reply"`.
+    ///
+    /// ```
+    /// use phoenix_channels::Event;
+    /// assert_eq!(Event::from("new_msg").as_str(), "new_msg");
+    /// ```
+    Event
+);
+
+impl Event {
+    /// `phx_join`: the client joins a topic.
+    pub const JOIN: &'static str = "phx_join";
+    /// `phx_leave`: the client leaves a topic.
+    pub const LEAVE: &'static str = "phx_leave";
+    /// `phx_reply`: the server answers a push.
+    pub const REPLY: &'static str = "phx_reply";
+    /// `phx_close`: the server closed the channel normally.
+    pub const CLOSE: &'static str = "phx_close";
+    /// `phx_error`: the server's channel process crashed.
+    pub const ERROR: &'static str = "phx_error";
+    /// `heartbeat`: the socket heartbeat, on topic `phoenix`.
+    pub const HEARTBEAT: &'static str = "heartbeat";
+}
+
+/// A message reference (`ref` or `join_ref`).
+///
+/// This client sends refs as strings of an increasing integer. A server echoes the JSON type it
+/// received, and a hostile one may send anything, so a decoded ref is either a number or some
+/// other text, which never matches a ref of ours.
+///
+/// ```
+/// use phoenix_channels::Ref;
+/// assert_eq!(Ref::new(7).as_u64(), Some(7));
+/// assert_eq!(Ref::new(7).to_string(), "7");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Ref(RefRepr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum RefRepr {
+    Num(u64),
+    Text(SmolStr),
+}
+
+impl Ref {
+    /// A numeric ref, the kind this client generates.
+    pub const fn new(value: u64) -> Self {
+        Self(RefRepr::Num(value))
+    }
+
+    /// Parses a ref from its text form: a decimal number becomes a numeric ref.
+    pub fn parse(text: &str) -> Self {
+        match text.parse::<u64>() {
+            Ok(n) if !text.starts_with('+') => Self(RefRepr::Num(n)),
+            _ => Self(RefRepr::Text(SmolStr::new(text))),
+        }
+    }
+
+    /// The numeric value, if the ref is a number (as every ref of this client is).
+    pub fn as_u64(&self) -> Option<u64> {
+        match self.0 {
+            RefRepr::Num(n) => Some(n),
+            RefRepr::Text(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Ref {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            RefRepr::Num(n) => write!(f, "{n}"),
+            RefRepr::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+impl fmt::Debug for Ref {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            RefRepr::Num(n) => write!(f, "Ref({n})"),
+            RefRepr::Text(t) => write!(f, "Ref({t:?})"),
+        }
+    }
+}
+
+impl From<u64> for Ref {
+    fn from(value: u64) -> Self {
+        Self::new(value)
+    }
+}
+
+/// Why a payload could not be built or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PayloadError {
+    /// The value could not be serialized to JSON, or the JSON could not be deserialized into
+    /// the requested type.
+    #[error("payload JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// JSON was requested from a binary payload.
+    #[error("the payload is binary, not JSON")]
+    Binary,
+}
+
+/// A message payload: JSON text, or bytes for binary frames.
+///
+/// JSON payloads are kept as their encoded text: a decoded frame's payload is a slice of the
+/// received buffer (no copy, no second parse), and a payload built with [`Payload::json`] is
+/// serialized once, when it is created. Cloning is cheap (reference counted).
+///
+/// ```
+/// use phoenix_channels::Payload;
+/// use serde_json::json;
+///
+/// let payload = Payload::json(&json!({"body": "hi"})).unwrap();
+/// assert_eq!(payload.as_json(), Some(r#"{"body":"hi"}"#));
+/// let value: serde_json::Value = payload.deserialize().unwrap();
+/// assert_eq!(value["body"], "hi");
+///
+/// let bytes = Payload::binary(vec![1u8, 2, 255]);
+/// assert_eq!(bytes.as_binary().map(|b| b.as_ref()), Some(&[1u8, 2, 255][..]));
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Payload(PayloadRepr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum PayloadRepr {
+    /// Valid JSON text (UTF-8).
+    Json(Bytes),
+    Binary(Bytes),
+}
+
+impl Payload {
+    /// The empty JSON object `{}`.
+    pub const fn empty() -> Self {
+        Self(PayloadRepr::Json(Bytes::from_static(b"{}")))
+    }
+
+    /// JSON `null`.
+    pub const fn null() -> Self {
+        Self(PayloadRepr::Json(Bytes::from_static(b"null")))
+    }
+
+    /// Serializes a value to a JSON payload.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, PayloadError> {
+        let text = serde_json::to_vec(value)?;
+        Ok(Self(PayloadRepr::Json(Bytes::from(text))))
+    }
+
+    /// A JSON payload from JSON text, which is checked to be one valid JSON value.
+    pub fn from_json_text(text: impl Into<Bytes>) -> Result<Self, PayloadError> {
+        let text = text.into();
+        serde_json::from_slice::<serde::de::IgnoredAny>(&text)?;
+        Ok(Self(PayloadRepr::Json(text)))
+    }
+
+    /// A JSON payload from text the caller knows to be valid JSON (a slice of a checked frame).
+    pub(crate) fn from_checked_json(text: Bytes) -> Self {
+        Self(PayloadRepr::Json(text))
+    }
+
+    /// A binary payload, sent and received as a binary WebSocket frame.
+    pub fn binary(bytes: impl Into<Bytes>) -> Self {
+        Self(PayloadRepr::Binary(bytes.into()))
+    }
+
+    /// Whether this is a binary payload.
+    pub fn is_binary(&self) -> bool {
+        matches!(self.0, PayloadRepr::Binary(_))
+    }
+
+    /// The JSON text, or `None` for a binary payload.
+    pub fn as_json(&self) -> Option<&str> {
+        match &self.0 {
+            PayloadRepr::Json(b) => std::str::from_utf8(b).ok(),
+            PayloadRepr::Binary(_) => None,
+        }
+    }
+
+    /// The bytes, or `None` for a JSON payload.
+    pub fn as_binary(&self) -> Option<&Bytes> {
+        match &self.0 {
+            PayloadRepr::Binary(b) => Some(b),
+            PayloadRepr::Json(_) => None,
+        }
+    }
+
+    /// The raw bytes: the JSON text or the binary content.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            PayloadRepr::Json(b) | PayloadRepr::Binary(b) => b,
+        }
+    }
+
+    /// Deserializes a JSON payload into `T`.
+    pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
+        match &self.0 {
+            PayloadRepr::Json(b) => Ok(serde_json::from_slice(b)?),
+            PayloadRepr::Binary(_) => Err(PayloadError::Binary),
+        }
+    }
+
+    /// Parses a JSON payload into a [`serde_json::Value`].
+    pub fn to_value(&self) -> Result<serde_json::Value, PayloadError> {
+        self.deserialize()
+    }
+
+    /// The same payload with a JSON value turned into a `serde_json::Value`, and binary content
+    /// as `{"binary_base64": ...}`. Handy for logging and command-line tools.
+    pub fn to_display_value(&self) -> serde_json::Value {
+        use base64::Engine as _;
+        match &self.0 {
+            PayloadRepr::Json(b) => serde_json::from_slice(b).unwrap_or(serde_json::Value::Null),
+            PayloadRepr::Binary(b) => serde_json::json!({
+                "binary_base64": base64::engine::general_purpose::STANDARD.encode(b)
+            }),
+        }
+    }
+}
+
+impl Default for Payload {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl From<serde_json::Value> for Payload {
+    fn from(value: serde_json::Value) -> Self {
+        Self::from(&value)
+    }
+}
+
+impl From<&serde_json::Value> for Payload {
+    fn from(value: &serde_json::Value) -> Self {
+        // Serializing a `Value` cannot fail: its map keys are strings.
+        let text = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
+        Self(PayloadRepr::Json(Bytes::from(text)))
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(value: Bytes) -> Self {
+        Self::binary(value)
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            PayloadRepr::Json(b) => match std::str::from_utf8(b) {
+                Ok(s) if s.len() <= 256 => write!(f, "Json({s})"),
+                Ok(s) => {
+                    let mut end = 256;
+                    while !s.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    write!(f, "Json({}… {} bytes)", &s[..end], s.len())
+                }
+                Err(_) => write!(f, "Json({} bytes)", b.len()),
+            },
+            PayloadRepr::Binary(b) => write!(f, "Binary({} bytes)", b.len()),
+        }
+    }
+}
+
+/// The status of a reply: `"ok"`, `"error"` or any other string a server chose.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReplyStatus {
+    /// `"ok"`
+    Ok,
+    /// `"error"`
+    Error,
+    /// Any other status.
+    Other(SmolStr),
+}
+
+impl ReplyStatus {
+    /// Parses a status string.
+    pub fn parse(status: &str) -> Self {
+        match status {
+            "ok" => Self::Ok,
+            "error" => Self::Error,
+            other => Self::Other(SmolStr::new(other)),
+        }
+    }
+
+    /// The status as the server wrote it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for ReplyStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A server's reply to a push: its status and its response.
+///
+/// ```
+/// use phoenix_channels::{Payload, Reply, ReplyStatus};
+/// let reply = Reply::new(ReplyStatus::Ok, Payload::empty());
+/// assert!(reply.is_ok());
+/// assert_eq!(reply.response().as_json(), Some("{}"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    status: ReplyStatus,
+    response: Payload,
+}
+
+impl Reply {
+    /// A reply with this status and response.
+    pub fn new(status: ReplyStatus, response: Payload) -> Self {
+        Self { status, response }
+    }
+
+    /// The status.
+    pub fn status(&self) -> &ReplyStatus {
+        &self.status
+    }
+
+    /// Whether the status is `"ok"`.
+    pub fn is_ok(&self) -> bool {
+        self.status == ReplyStatus::Ok
+    }
+
+    /// The response payload.
+    pub fn response(&self) -> &Payload {
+        &self.response
+    }
+
+    /// Takes the response payload.
+    pub fn into_response(self) -> Payload {
+        self.response
+    }
+
+    /// `Ok(response)` for an `"ok"` reply, `Err(self)` otherwise.
+    pub fn into_result(self) -> Result<Payload, Reply> {
+        if self.is_ok() {
+            Ok(self.response)
+        } else {
+            Err(self)
+        }
+    }
+
+    /// The `reason` string of an error response such as `{"reason": "unauthorized"}`.
+    pub fn reason(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Reason {
+            reason: String,
+        }
+        self.response.deserialize::<Reason>().ok().map(|r| r.reason)
+    }
+}
+
+/// A message pushed by the server on a topic: a channel push (with a `join_ref`) or a
+/// broadcast (without), or a reserved event such as `phx_close`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Message {
+    /// The topic.
+    pub topic: Topic,
+    /// The event name.
+    pub event: Event,
+    /// The payload.
+    pub payload: Payload,
+    /// The join ref of the channel instance the message belongs to (`None` for broadcasts).
+    pub join_ref: Option<Ref>,
+    /// The message ref (`None` for server pushes and broadcasts).
+    pub msg_ref: Option<Ref>,
+}
+
+impl Message {
+    /// A message with no refs.
+    pub fn new(topic: impl Into<Topic>, event: impl Into<Event>, payload: Payload) -> Self {
+        Self {
+            topic: topic.into(),
+            event: event.into(),
+            payload,
+            join_ref: None,
+            msg_ref: None,
+        }
+    }
+
+    /// The same message with these refs.
+    pub fn with_refs(mut self, join_ref: Option<Ref>, msg_ref: Option<Ref>) -> Self {
+        self.join_ref = join_ref;
+        self.msg_ref = msg_ref;
+        self
+    }
+
+    /// Whether the message is a broadcast (no join ref) rather than a push to this channel.
+    pub fn is_broadcast(&self) -> bool {
+        self.join_ref.is_none()
+    }
+}
+
+/// A reply frame: the answer to the push whose ref it carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplyMessage {
+    /// The topic.
+    pub topic: Topic,
+    /// The join ref (`None`, e.g., in the "unmatched topic" reply).
+    pub join_ref: Option<Ref>,
+    /// The ref of the push this answers.
+    pub msg_ref: Option<Ref>,
+    /// Status and response.
+    pub reply: Reply,
+}
+
+/// One decoded inbound frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Inbound {
+    /// A server push, broadcast or reserved event.
+    Message(Message),
+    /// A `phx_reply`.
+    Reply(ReplyMessage),
+}
+
+impl Inbound {
+    /// The topic of the frame.
+    pub fn topic(&self) -> &Topic {
+        match self {
+            Self::Message(m) => &m.topic,
+            Self::Reply(r) => &r.topic,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_parse_numbers_and_keep_other_text() {
+        assert_eq!(Ref::parse("12"), Ref::new(12));
+        assert_eq!(Ref::parse("+12").as_u64(), None);
+        assert_eq!(Ref::parse("abc").to_string(), "abc");
+        assert_eq!(Ref::parse("").as_u64(), None);
+    }
+
+    #[test]
+    fn payload_json_round_trip_and_binary_errors() {
+        let p = Payload::from_json_text("[1,2]").unwrap();
+        assert_eq!(p.deserialize::<Vec<u8>>().unwrap(), vec![1, 2]);
+        assert!(Payload::from_json_text("{").is_err());
+        assert!(matches!(
+            Payload::binary(vec![1u8]).deserialize::<serde_json::Value>(),
+            Err(PayloadError::Binary)
+        ));
+        assert_eq!(
+            Payload::binary(vec![104u8, 105]).to_display_value(),
+            serde_json::json!({"binary_base64": "aGk="})
+        );
+    }
+
+    #[test]
+    fn reply_reason() {
+        let r = Reply::new(
+            ReplyStatus::Error,
+            Payload::from_json_text(r#"{"reason":"unmatched topic"}"#).unwrap(),
+        );
+        assert_eq!(r.reason().as_deref(), Some("unmatched topic"));
+        assert!(r.clone().into_result().is_err());
+        assert_eq!(ReplyStatus::parse("weird").as_str(), "weird");
+    }
+
+    #[test]
+    fn long_json_debug_is_truncated_on_char_boundary() {
+        let text = format!("\"{}\"", "é".repeat(300));
+        let p = Payload::from_json_text(text).unwrap();
+        let shown = format!("{p:?}");
+        assert!(shown.contains("bytes)"));
+    }
+}

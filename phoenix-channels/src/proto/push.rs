@@ -1,0 +1,122 @@
+//! Pending pushes by ref, their deadlines, and the timer set of the core.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use super::channel::ChannelId;
+use super::frame::EncodeError;
+use super::message::{Event, Payload};
+
+/// Why a push got no reply.
+///
+/// Cloneable, so that one failure can be reported to every party waiting on it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushError {
+    /// No reply came before the push's deadline (counted from the moment of the push, including
+    /// any time spent buffered while the channel was joining).
+    #[error("no reply before the push timeout")]
+    Timeout,
+    /// The push had been sent when the connection dropped: the server may or may not have
+    /// handled it, and its reply can never arrive.
+    #[error("the connection dropped while the push was in flight")]
+    Disconnected,
+    /// The server's channel process crashed (`phx_error`) while the push was in flight.
+    #[error("the channel crashed while the push was in flight")]
+    ChannelErrored,
+    /// The channel was closed or left before the push could be sent or answered.
+    #[error("the channel is closed")]
+    ChannelClosed,
+    /// The channel was never asked to join: call `join` first.
+    #[error("the channel has not been joined")]
+    NotJoined,
+    /// The channel is not joined yet and its buffer of pending pushes is full.
+    #[error("the push buffer of the channel is full ({capacity} pushes)")]
+    BufferFull {
+        /// The buffer's capacity.
+        capacity: usize,
+    },
+    /// The socket was shut down (by `disconnect`, or because its reconnect policy gave up).
+    #[error("the socket is closed")]
+    SocketClosed,
+    /// The push cannot be encoded (e.g. a binary push on a topic longer than 255 bytes).
+    #[error("cannot encode the push: {0}")]
+    Encode(#[from] EncodeError),
+    /// The payload could not be serialized.
+    #[error("cannot serialize the payload: {0}")]
+    Payload(String),
+}
+
+/// A push waiting to be sent (buffered) or answered (sent).
+#[derive(Debug)]
+pub(crate) struct PendingPush<T> {
+    pub(crate) channel: ChannelId,
+    pub(crate) deadline: Instant,
+    /// Who is waiting for the reply; `None` for a cast, which is forgotten once sent.
+    pub(crate) token: Option<T>,
+    /// The frame content while buffered; `None` once sent.
+    pub(crate) buffered: Option<(Event, Payload)>,
+}
+
+/// What a ref in flight stands for.
+#[derive(Debug)]
+pub(crate) enum Pending<T> {
+    Push(PendingPush<T>),
+    Join(ChannelId),
+    Leave(ChannelId),
+    Heartbeat,
+}
+
+/// The timers of the core, each at most once in the set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Timer {
+    Heartbeat,
+    HeartbeatTimeout,
+    Reconnect,
+    Push(u64),
+    JoinTimeout(ChannelId),
+    LeaveTimeout(ChannelId),
+    Rejoin(ChannelId),
+}
+
+/// Every armed timer, ordered by deadline. Entities remember their own deadline so that a timer
+/// can be removed exactly, which keeps the set from growing with stale entries.
+#[derive(Debug, Default)]
+pub(crate) struct Timers(BTreeSet<(Instant, Timer)>);
+
+impl Timers {
+    pub(crate) fn arm(&mut self, at: Instant, timer: Timer) {
+        self.0.insert((at, timer));
+    }
+
+    pub(crate) fn disarm(&mut self, at: Option<Instant>, timer: Timer) {
+        if let Some(at) = at {
+            self.0.remove(&(at, timer));
+        }
+    }
+
+    pub(crate) fn next(&self) -> Option<Instant> {
+        self.0.first().map(|(at, _)| *at)
+    }
+
+    /// Removes and returns the timers due at `now`.
+    pub(crate) fn take_due(&mut self, now: Instant) -> Vec<(Instant, Timer)> {
+        let mut due = Vec::new();
+        while let Some(&(at, timer)) = self.0.first() {
+            if at > now {
+                break;
+            }
+            self.0.pop_first();
+            due.push((at, timer));
+        }
+        due
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
