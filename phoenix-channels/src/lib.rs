@@ -1,13 +1,92 @@
-//! A complete Phoenix Channels client.
+//! A complete [Phoenix Channels](https://hexdocs.pm/phoenix/channels.html) client.
+//!
+//! A sans-io protocol core ([`proto`]) holds every rule of the protocol — refs and join refs,
+//! heartbeats, push replies and timeouts, the channel states, the reconnect and rejoin
+//! schedules — and a tokio task drives it over a WebSocket. You talk to that task through cheap
+//! handles: a [`Socket`] and its [`Channel`]s.
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use phoenix_channels::Socket;
+//! use serde_json::json;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let socket = Socket::builder("ws://localhost:4000/socket")
+//!         .param("token", "secret") // or `.params_provider(...)` for a fresh token per connect
+//!         .connect()?;
+//!
+//!     let (room, mut messages) = socket.channel("room:lobby").params(json!({"nick": "ada"})).stream();
+//!     let joined = room.join().await?;
+//!     println!("joined: {joined:?}");
+//!
+//!     let reply = room.push("new_msg", json!({"body": "hello"})).await?;
+//!     println!("reply: {} {:?}", reply.status(), reply.response());
+//!
+//!     while let Some(Ok(message)) = messages.next().await {
+//!         println!("{}: {:?}", message.event, message.payload);
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! For code that reacts to a channel (and computes fresh join params on every rejoin), implement
+//! [`ChannelHandler`] and create the channel with
+//! [`socket.channel(topic).handler(h)`](ChannelBuilder::handler).
+//!
+//! # What it does for you
+//!
+//! - **Reconnects** on the phoenix.js schedule (10, 50, 100, 150, 200, 250, 500, 1000, 2000, then
+//!   5000 ms; optional jitter), and stops with a clear reason when retrying cannot help (an HTTP
+//!   4xx answer to the upgrade, such as 403): see [`backoff::ReconnectSchedule`]. The connect
+//!   params can come from an async provider called on every attempt.
+//! - **Rejoins** every joined channel after a reconnect, and after a failed join or a crash on
+//!   the schedule 1000, 2000, 5000, then 10000 ms, with a policy that can stop on chosen reasons
+//!   ([`backoff::RejoinSchedule`]). Every join uses a new join ref; messages of an outdated join
+//!   are dropped.
+//! - **Heartbeats** every 30 s, with a separately configurable reply timeout; a missed reply
+//!   drops the connection and reconnects.
+//! - **Pushes** resolve to the reply or a timeout. Pushes made while the channel is joining wait
+//!   in a bounded buffer (their timeout runs meanwhile). Pushes in flight when the connection
+//!   drops fail at once with [`PushError::Disconnected`] instead of waiting for their timeout.
+//! - **Binary** payloads in both directions ([`Payload::binary`]).
+//!
+//! # Important notes
+//!
+//! - **Cancel safety.** `push` sends when it is called; dropping the returned future only drops
+//!   the reply. `join` and `leave` act when called too; dropping their futures only stops the
+//!   wait. The socket task is a single non-blocking poll loop: no user code runs on it.
+//! - **Backpressure.** Each channel's consumer (its message stream or handler) may fall
+//!   `queue_capacity` messages behind (default 1024); beyond that, messages are dropped and
+//!   reported ([`Lagged`], [`ChannelHandler::on_overflow`]) so that a slow consumer never stalls
+//!   heartbeats or other channels, and memory stays bounded. Pushes waiting for a join are
+//!   bounded by `push_buffer` ([`PushError::BufferFull`]).
+//! - **Drop.** The socket task ends when [`Socket::disconnect`] is called or when every
+//!   [`Socket`] and [`Channel`] handle is dropped. Dropping the last handle of a channel leaves
+//!   it.
+//! - **TLS.** `wss://` works with the default `rustls-ring` feature (rustls, `ring`, webpki
+//!   roots); `native-tls` is the alternative.
+//! - **Logs.** `tracing`, with one span per socket and per channel; tokens in URLs are redacted
+//!   and payloads are never logged above debug level.
 
+pub mod channel;
+pub mod driver;
+pub mod error;
+pub mod handler;
 pub mod proto;
+pub mod socket;
 
+pub use channel::{Channel, ChannelBuilder, Messages, Push};
+pub use driver::SocketDriver;
+pub use driver::transport;
+pub use error::{BuildError, JoinError, Lagged, PushError, SocketClosed};
+pub use handler::{ChannelContext, ChannelHandler};
 pub use proto::backoff;
 pub use proto::frame;
 pub use proto::message::{
     Event, Inbound, Message, Payload, PayloadError, Ref, Reply, ReplyMessage, ReplyStatus, Topic,
 };
-pub use proto::push::PushError;
 pub use proto::{
     ChannelState, CloseCause, DisconnectReason, ErrorCause, RejoinCause, SocketStatus,
 };
+pub use socket::{ConnectParams, ConnectParamsProvider, ProviderError, Socket, SocketBuilder};

@@ -1,0 +1,385 @@
+//! Channel handles: join, leave, push, cast, state, and the stream of messages.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use serde::Serialize;
+use tokio::sync::{oneshot, watch};
+
+use crate::driver::Command;
+use crate::driver::queue::{self, Delivery, Item, QueueRx};
+use crate::error::{JoinError, Lagged, PushError};
+use crate::handler::{ChannelContext, ChannelHandler, HandlerTask};
+use crate::proto::backoff::RejoinPolicy;
+use crate::proto::channel::{ChannelId, ChannelOptions, ChannelState, CloseCause, JoinParams};
+use crate::proto::message::{Event, Message, Payload, Reply, Topic};
+use crate::socket::Socket;
+
+/// Configures a channel before it is created; from [`Socket::channel`].
+///
+/// Finish with [`stream`](Self::stream) (messages as a stream) or [`handler`](Self::handler)
+/// (messages to a [`ChannelHandler`]). Creating a channel does not join it: call
+/// [`Channel::join`].
+#[must_use = "a channel builder does nothing until `stream` or `handler` is called"]
+pub struct ChannelBuilder<'a> {
+    socket: &'a Socket,
+    topic: Topic,
+    params: Payload,
+    options: ChannelOptions,
+    queue_capacity: usize,
+    push_timeout: Duration,
+}
+
+impl fmt::Debug for ChannelBuilder<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChannelBuilder")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> ChannelBuilder<'a> {
+    pub(crate) fn new(socket: &'a Socket, topic: Topic) -> Self {
+        let defaults = socket.defaults();
+        Self {
+            socket,
+            topic,
+            params: Payload::empty(),
+            options: ChannelOptions::default(),
+            queue_capacity: defaults.queue_capacity,
+            push_timeout: defaults.push_timeout,
+        }
+    }
+
+    /// The join params (default `{}`), sent on every join and rejoin. A handler can compute
+    /// fresh ones instead with [`ChannelHandler::join_params`].
+    pub fn params(mut self, params: impl Into<Payload>) -> Self {
+        self.params = params.into();
+        self
+    }
+
+    /// How long a join (and a leave) may wait for its reply (default: the socket's, 10 s).
+    pub fn join_timeout(mut self, timeout: Duration) -> Self {
+        self.options.join_timeout = Some(timeout);
+        self
+    }
+
+    /// When and whether to rejoin after a failed join or a crash (default: the socket's).
+    pub fn rejoin_policy(mut self, policy: impl RejoinPolicy + 'static) -> Self {
+        self.options.rejoin = Some(Arc::new(policy));
+        self
+    }
+
+    /// How many pushes may wait for the join before further pushes fail with
+    /// [`PushError::BufferFull`] (default: the socket's, 1024).
+    pub fn push_buffer(mut self, capacity: usize) -> Self {
+        self.options.buffer_capacity = Some(capacity);
+        self
+    }
+
+    /// How many messages may wait for the consumer before further ones are dropped and
+    /// reported (default: the socket's, 1024).
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = capacity;
+        self
+    }
+
+    /// The default timeout of this channel's pushes (default: the socket's, 10 s).
+    pub fn push_timeout(mut self, timeout: Duration) -> Self {
+        self.push_timeout = timeout;
+        self
+    }
+
+    /// Creates the channel, with its messages delivered as a stream.
+    ///
+    /// ```no_run
+    /// use futures_util::StreamExt;
+    /// use phoenix_channels::Socket;
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let socket = Socket::builder("ws://localhost:4000/socket").connect()?;
+    /// let (channel, mut messages) = socket.channel("room:lobby").stream();
+    /// channel.join().await?;
+    /// while let Some(Ok(message)) = messages.next().await {
+    ///     println!("{} {:?}", message.event, message.payload);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn stream(mut self) -> (Channel, Messages) {
+        self.options.params = JoinParams::Static(self.params.clone());
+        let (tx, rx) = queue::queue(self.queue_capacity);
+        let channel = self.register(tx);
+        (channel, Messages { queue: rx })
+    }
+
+    /// Creates the channel, with everything that happens on it delivered to `handler` on the
+    /// channel's own task.
+    pub fn handler<H: ChannelHandler>(mut self, handler: H) -> Channel {
+        self.options.params = JoinParams::Ask;
+        let (tx, rx) = queue::queue(self.queue_capacity);
+        let default_params = self.params.clone();
+        let socket = self.socket.clone();
+        let channel = self.register(tx);
+        let task = HandlerTask {
+            handler,
+            queue: rx,
+            ctx: channel.context(),
+            default_params,
+            socket_status: socket.status_watch(),
+            commands: socket.weak_commands(),
+            id: channel.inner.id,
+        };
+        socket.spawn(task.run());
+        channel
+    }
+
+    fn register(self, queue: queue::QueueTx) -> Channel {
+        let id = self.socket.next_channel_id();
+        let (state_tx, state_rx) = watch::channel(ChannelState::Closed);
+        self.socket.send(Command::AddChannel {
+            id,
+            topic: self.topic.clone(),
+            options: self.options,
+            queue,
+            state: state_tx,
+        });
+        Channel::from_inner(Arc::new(ChannelInner {
+            id,
+            topic: self.topic,
+            socket: self.socket.clone(),
+            state: state_rx,
+            push_timeout: self.push_timeout,
+        }))
+    }
+}
+
+pub(crate) struct ChannelInner {
+    pub(crate) id: ChannelId,
+    topic: Topic,
+    socket: Socket,
+    state: watch::Receiver<ChannelState>,
+    push_timeout: Duration,
+}
+
+impl Drop for ChannelInner {
+    fn drop(&mut self) {
+        self.socket.send(Command::Remove { id: self.id });
+    }
+}
+
+/// A channel of a [`Socket`]: a cheap `Clone` handle.
+///
+/// Once joined, the channel stays joined across reconnects and crashes (it rejoins on its
+/// schedule) until it is left, closed by the server, or its rejoin policy gives up. When the
+/// last handle is dropped, the channel is left and forgotten.
+///
+/// ```no_run
+/// use phoenix_channels::Socket;
+/// use serde_json::json;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let socket = Socket::builder("ws://localhost:4000/socket").connect()?;
+/// let (channel, _messages) = socket.channel("room:lobby").params(json!({"name": "ada"})).stream();
+/// let joined = channel.join().await?;
+/// let reply = channel.push("new_msg", json!({"body": "hi"})).await?;
+/// assert!(reply.is_ok());
+/// channel.leave().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Channel {
+    inner: Arc<ChannelInner>,
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("topic", &self.inner.topic)
+            .field("state", &*self.inner.state.borrow())
+            .finish()
+    }
+}
+
+impl Channel {
+    pub(crate) fn from_inner(inner: Arc<ChannelInner>) -> Self {
+        Self { inner }
+    }
+
+    pub(crate) fn context(&self) -> ChannelContext {
+        ChannelContext {
+            topic: self.inner.topic.clone(),
+            channel: Arc::downgrade(&self.inner),
+        }
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &Topic {
+        &self.inner.topic
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ChannelState {
+        *self.inner.state.borrow()
+    }
+
+    /// A receiver of the state, to await changes.
+    pub fn state_watch(&self) -> watch::Receiver<ChannelState> {
+        self.inner.state.clone()
+    }
+
+    /// Joins the channel and waits for the first outcome: the server's join response, or why
+    /// the attempt failed. Joining again while joined returns the last join response.
+    ///
+    /// The join starts when this is called, not when the future is first polled; the channel
+    /// stays joined (rejoining when needed) until [`leave`](Self::leave), even if the future is
+    /// dropped or the first attempt fails.
+    pub fn join(&self) -> impl Future<Output = Result<Payload, JoinError>> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        self.inner.socket.send(Command::Join {
+            id: self.inner.id,
+            done: Some(tx),
+        });
+        async move {
+            rx.await
+                .unwrap_or(Err(JoinError::Closed(CloseCause::SocketClosed(None))))
+        }
+    }
+
+    /// Leaves the channel (at once, when called) and waits until it is closed (on the server's reply or the leave
+    /// timeout). Pushes still waiting for the join fail with [`PushError::ChannelClosed`];
+    /// pushes already sent keep waiting for their replies.
+    pub fn leave(&self) -> impl Future<Output = ()> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        self.inner.socket.send(Command::Leave {
+            id: self.inner.id,
+            done: Some(tx),
+        });
+        async move {
+            let _ = rx.await;
+        }
+    }
+
+    /// Pushes `event` with `payload` serialized to JSON, and waits for the reply (any status)
+    /// or the push timeout.
+    ///
+    /// The push is sent (or buffered, while the channel is joining) when this is called, not
+    /// when the future is first polled, so pushes go out in call order; dropping the future only
+    /// discards the reply.
+    pub fn push(&self, event: impl Into<Event>, payload: impl Serialize) -> Push {
+        match Payload::json(&payload) {
+            Ok(payload) => self.push_with_timeout(event, payload, self.inner.push_timeout),
+            Err(e) => Push::failed(PushError::Payload(e.to_string())),
+        }
+    }
+
+    /// Pushes a prepared payload: JSON, or binary (sent as a binary frame).
+    pub fn push_payload(&self, event: impl Into<Event>, payload: Payload) -> Push {
+        self.push_with_timeout(event, payload, self.inner.push_timeout)
+    }
+
+    /// Pushes a prepared payload with its own timeout.
+    pub fn push_with_timeout(
+        &self,
+        event: impl Into<Event>,
+        payload: Payload,
+        timeout: Duration,
+    ) -> Push {
+        let (tx, rx) = oneshot::channel();
+        self.inner.socket.send(Command::Push {
+            id: self.inner.id,
+            event: event.into(),
+            payload,
+            timeout,
+            reply: Some(tx),
+        });
+        Push(PushState::Waiting(rx))
+    }
+
+    /// Sends `event` without waiting for a reply, for events the server never answers. Sent
+    /// after the join if the channel is joining; dropped (with a debug log) if the channel is
+    /// closed. Fails at once only if the payload cannot be serialized.
+    pub fn cast(&self, event: impl Into<Event>, payload: impl Serialize) -> Result<(), PushError> {
+        let payload = Payload::json(&payload).map_err(|e| PushError::Payload(e.to_string()))?;
+        self.cast_payload(event, payload);
+        Ok(())
+    }
+
+    /// [`cast`](Self::cast) with a prepared payload (JSON or binary).
+    pub fn cast_payload(&self, event: impl Into<Event>, payload: Payload) {
+        self.inner.socket.send(Command::Push {
+            id: self.inner.id,
+            event: event.into(),
+            payload,
+            timeout: self.inner.push_timeout,
+            reply: None,
+        });
+    }
+}
+
+#[derive(Debug)]
+enum PushState {
+    Failed(Option<PushError>),
+    Waiting(oneshot::Receiver<Result<Reply, PushError>>),
+}
+
+/// The reply of a push: resolves to the server's [`Reply`] (whatever its status) or a
+/// [`PushError`].
+#[derive(Debug)]
+#[must_use = "the push is sent either way; await this to get its reply"]
+pub struct Push(PushState);
+
+impl Push {
+    pub(crate) fn failed(error: PushError) -> Self {
+        Self(PushState::Failed(Some(error)))
+    }
+}
+
+impl Future for Push {
+    type Output = Result<Reply, PushError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            PushState::Failed(error) => {
+                Poll::Ready(Err(error.take().unwrap_or(PushError::SocketClosed)))
+            }
+            PushState::Waiting(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(PushError::SocketClosed))),
+        }
+    }
+}
+
+/// The messages of a channel created with [`ChannelBuilder::stream`]: server pushes and
+/// broadcasts, in order, with `Err(Lagged(n))` where `n` messages were dropped because the
+/// stream was not read fast enough. Ends when the channel is forgotten or the socket stops.
+pub struct Messages {
+    queue: QueueRx,
+}
+
+impl fmt::Debug for Messages {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Messages").finish_non_exhaustive()
+    }
+}
+
+impl Stream for Messages {
+    type Item = Result<Message, Lagged>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            return match self.queue.poll_recv(cx) {
+                Poll::Ready(Some(Item::Delivery(Delivery::Message(m)))) => Poll::Ready(Some(Ok(m))),
+                Poll::Ready(Some(Item::Overflow(n))) => Poll::Ready(Some(Err(Lagged(n)))),
+                // A stream channel gets no control notices; skip any.
+                Poll::Ready(Some(Item::Delivery(_))) => continue,
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}

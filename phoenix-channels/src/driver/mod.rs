@@ -1,0 +1,625 @@
+//! The tokio driver: the only code that touches tokio, the WebSocket, the clock and spawning.
+//!
+//! One task per socket runs [`SocketDriver`], a hand-written future that, on each wake-up, takes the
+//! commands of the handles, the frames of the transport and the expired timers, feeds them to
+//! the sans-io [`SocketCore`], and carries out what it says: frames are fed to the transport and
+//! flushed once per batch, channel notices go to the channels' queues, replies to the pushes'
+//! waiters. It never awaits user code, and every step is a non-blocking poll, so nothing can be
+//! lost to cancellation.
+
+pub(crate) mod queue;
+pub mod transport;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, Stream};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::time::{Instant, Sleep};
+
+use crate::error::JoinError;
+use crate::proto::channel::{ChannelId, ChannelOptions, ChannelState, CloseCause};
+use crate::proto::frame::OutFrame;
+use crate::proto::message::{Event, Inbound, Payload, Reply, Topic};
+use crate::proto::push::PushError;
+use crate::proto::socket::{
+    ChannelEvent, CoreConfig, DisconnectReason, Output, SocketCore, SocketStatus,
+};
+use crate::socket::ConnectSetup;
+use queue::{Delivery, QueueTx};
+use transport::{BoxTransport, Connector, Outgoing, Received};
+
+type PushReply = oneshot::Sender<Result<Reply, PushError>>;
+type Connecting = Pin<Box<dyn Future<Output = Result<BoxTransport, DisconnectReason>> + Send>>;
+
+/// Frames read or commands taken per wake-up before yielding to other tasks.
+const BUDGET: usize = 256;
+
+/// A request from a handle to the socket task.
+pub(crate) enum Command {
+    AddChannel {
+        id: ChannelId,
+        topic: Topic,
+        options: ChannelOptions,
+        queue: QueueTx,
+        state: watch::Sender<ChannelState>,
+    },
+    Join {
+        id: ChannelId,
+        done: Option<oneshot::Sender<Result<Payload, JoinError>>>,
+    },
+    JoinParams {
+        id: ChannelId,
+        params: Payload,
+    },
+    Leave {
+        id: ChannelId,
+        done: Option<oneshot::Sender<()>>,
+    },
+    Push {
+        id: ChannelId,
+        event: Event,
+        payload: Payload,
+        timeout: Duration,
+        reply: Option<PushReply>,
+    },
+    Remove {
+        id: ChannelId,
+    },
+    Tap,
+    Disconnect {
+        done: oneshot::Sender<()>,
+    },
+}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Self::AddChannel { .. } => "AddChannel",
+            Self::Join { .. } => "Join",
+            Self::JoinParams { .. } => "JoinParams",
+            Self::Leave { .. } => "Leave",
+            Self::Push { .. } => "Push",
+            Self::Remove { .. } => "Remove",
+            Self::Tap => "Tap",
+            Self::Disconnect { .. } => "Disconnect",
+        };
+        f.write_str(name)
+    }
+}
+
+/// The driver's side of a channel.
+struct Slot {
+    queue: QueueTx,
+    /// Whether the consumer is a handler (it gets control notices) or a message stream.
+    notify: bool,
+    state: watch::Sender<ChannelState>,
+    last_join: Option<Payload>,
+    join_waiters: Vec<oneshot::Sender<Result<Payload, JoinError>>>,
+    leave_waiters: Vec<oneshot::Sender<()>>,
+    /// The core refused the channel (another channel uses the topic).
+    refused: bool,
+    /// The handle is gone: forget the slot once the channel is closed.
+    removed: bool,
+}
+
+/// The socket task.
+pub(crate) struct Driver {
+    core: SocketCore<PushReply>,
+    setup: Arc<ConnectSetup>,
+    connector: Arc<dyn Connector>,
+    connect_timeout: Duration,
+    commands: mpsc::UnboundedReceiver<Command>,
+    commands_open: bool,
+    connecting: Option<Connecting>,
+    transport: Option<BoxTransport>,
+    /// Frames for the current transport, not yet accepted by it.
+    outbox: VecDeque<OutFrame>,
+    needs_flush: bool,
+    timer: Pin<Box<Sleep>>,
+    timer_at: Option<Instant>,
+    slots: HashMap<ChannelId, Slot>,
+    status: watch::Sender<SocketStatus>,
+    tap: broadcast::Sender<Inbound>,
+    disconnect_waiters: Vec<oneshot::Sender<()>>,
+    stopped: bool,
+    span: tracing::Span,
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: CoreConfig,
+        setup: ConnectSetup,
+        connector: Arc<dyn Connector>,
+        connect_timeout: Duration,
+        commands: mpsc::UnboundedReceiver<Command>,
+        status: watch::Sender<SocketStatus>,
+        tap: broadcast::Sender<Inbound>,
+        url: &str,
+    ) -> Self {
+        let mut core = SocketCore::new(config);
+        core.start(Instant::now().into_std());
+        Self {
+            core,
+            setup: Arc::new(setup),
+            connector,
+            connect_timeout,
+            commands,
+            commands_open: true,
+            connecting: None,
+            transport: None,
+            outbox: VecDeque::new(),
+            needs_flush: false,
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            timer_at: None,
+            slots: HashMap::new(),
+            status,
+            tap,
+            disconnect_waiters: Vec::new(),
+            stopped: false,
+            span: tracing::info_span!("phoenix_socket", url = %url),
+        }
+    }
+
+    fn now() -> std::time::Instant {
+        Instant::now().into_std()
+    }
+
+    fn command(&mut self, command: Command) {
+        let now = Self::now();
+        match command {
+            Command::AddChannel {
+                id,
+                topic,
+                options,
+                queue,
+                state,
+            } => {
+                let notify = matches!(options.params, crate::proto::JoinParams::Ask);
+                let refused = self.core.add_channel(id, topic.clone(), options).is_err();
+                if refused {
+                    tracing::warn!(%topic, "another channel of this socket already uses the topic");
+                }
+                self.slots.insert(
+                    id,
+                    Slot {
+                        queue,
+                        notify,
+                        state,
+                        last_join: None,
+                        join_waiters: Vec::new(),
+                        leave_waiters: Vec::new(),
+                        refused,
+                        removed: false,
+                    },
+                );
+            }
+            Command::Join { id, done } => {
+                let Some(slot) = self.slots.get_mut(&id) else {
+                    return;
+                };
+                if slot.refused {
+                    if let Some(done) = done {
+                        let _ = done.send(Err(JoinError::Closed(CloseCause::TopicTaken)));
+                    }
+                    return;
+                }
+                if let Some(done) = done {
+                    match (&slot.last_join, *slot.state.borrow()) {
+                        (Some(reply), ChannelState::Joined) => {
+                            let _ = done.send(Ok(reply.clone()));
+                        }
+                        _ => slot.join_waiters.push(done),
+                    }
+                }
+                self.core.join(now, id);
+            }
+            Command::JoinParams { id, params } => self.core.provide_join_params(now, id, params),
+            Command::Leave { id, done } => {
+                let Some(slot) = self.slots.get_mut(&id) else {
+                    return;
+                };
+                if let Some(done) = done {
+                    if *slot.state.borrow() == ChannelState::Closed {
+                        let _ = done.send(());
+                    } else {
+                        slot.leave_waiters.push(done);
+                    }
+                }
+                self.core.leave(now, id);
+            }
+            Command::Push {
+                id,
+                event,
+                payload,
+                timeout,
+                reply,
+            } => {
+                self.core.push(now, id, event, payload, timeout, reply);
+            }
+            Command::Remove { id } => {
+                if let Some(slot) = self.slots.get_mut(&id) {
+                    slot.removed = true;
+                    if slot.refused || *slot.state.borrow() == ChannelState::Closed {
+                        self.slots.remove(&id);
+                    }
+                }
+                self.core.remove_channel(now, id);
+            }
+            Command::Tap => self.core.set_tap(true),
+            Command::Disconnect { done } => {
+                self.disconnect_waiters.push(done);
+                self.core.close(now);
+            }
+        }
+    }
+
+    fn start_connect(&mut self) {
+        let setup = self.setup.clone();
+        let connector = self.connector.clone();
+        let timeout = self.connect_timeout;
+        self.connecting = Some(Box::pin(async move {
+            let attempt = async {
+                let request = setup.request().await?;
+                connector.connect(&request).await
+            };
+            tokio::time::timeout(timeout, attempt)
+                .await
+                .unwrap_or(Err(DisconnectReason::ConnectTimeout))
+        }));
+    }
+
+    /// The transport ended by itself: forget it and the frames meant for it.
+    fn transport_lost(&mut self, reason: DisconnectReason) {
+        tracing::debug!(%reason, "connection lost");
+        self.transport = None;
+        self.outbox.clear();
+        self.needs_flush = false;
+        self.core.handle_disconnected(Self::now(), reason);
+    }
+
+    /// Hands the transport to a task that flushes what is queued, sends a close frame and
+    /// waits a moment for the peer, so that closing never blocks the socket task.
+    fn close_transport(&mut self, code: u16, reason: &'static str) {
+        self.connecting = None;
+        let frames: Vec<OutFrame> = self.outbox.drain(..).collect();
+        self.needs_flush = false;
+        if let Some(mut transport) = self.transport.take() {
+            tokio::spawn(async move {
+                let close = async {
+                    for frame in frames {
+                        transport.feed(Outgoing::Frame(frame)).await?;
+                    }
+                    transport
+                        .send(Outgoing::Close {
+                            code,
+                            reason: reason.to_owned(),
+                        })
+                        .await?;
+                    transport.close().await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+            });
+        }
+    }
+
+    /// Carries out the core's outputs; returns whether a connect attempt started (its future
+    /// must be polled before the task sleeps).
+    fn dispatch(&mut self) -> bool {
+        let mut started = false;
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Transmit(frame) => {
+                    if self.transport.is_some() {
+                        self.outbox.push_back(frame);
+                    }
+                }
+                Output::Channel(id, event) => self.channel_event(id, event),
+                Output::PushDone(reply, result) => {
+                    let _ = reply.send(result);
+                }
+                Output::Connect => {
+                    self.start_connect();
+                    started = true;
+                }
+                Output::CloseTransport { code, reason } => self.close_transport(code, reason),
+                Output::Status(status) => {
+                    match &status {
+                        SocketStatus::Connected => tracing::info!("connected"),
+                        SocketStatus::Reconnecting {
+                            attempt,
+                            delay,
+                            reason,
+                        } => {
+                            tracing::info!(%reason, attempt, ?delay, "disconnected; reconnecting")
+                        }
+                        SocketStatus::Disconnected {
+                            reason: Some(reason),
+                        } => {
+                            tracing::warn!(%reason, "disconnected; not reconnecting")
+                        }
+                        other => tracing::debug!(status = other.as_str(), "socket status"),
+                    }
+                    if matches!(status, SocketStatus::Disconnected { .. }) {
+                        self.stopped = true;
+                    }
+                    self.status.send_replace(status);
+                }
+                Output::Tap(inbound) => {
+                    if self.tap.send(inbound).is_err() {
+                        self.core.set_tap(false);
+                    }
+                }
+                Output::Malformed(error) => {
+                    tracing::warn!(%error, "dropping a malformed frame from the server");
+                }
+            }
+        }
+        started
+    }
+
+    fn channel_event(&mut self, id: ChannelId, event: ChannelEvent) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let delivered = match event {
+            ChannelEvent::Message(message) => slot.queue.message(message).map(|queued| {
+                if !queued {
+                    tracing::debug!(channel = %id, "channel consumer is behind; message dropped");
+                }
+            }),
+            ChannelEvent::State(state) => {
+                slot.state.send_replace(state);
+                Ok(())
+            }
+            ChannelEvent::NeedJoinParams => slot.queue.control(Delivery::JoinParams),
+            ChannelEvent::Joined(response) => {
+                slot.last_join = Some(response.clone());
+                for done in slot.join_waiters.drain(..) {
+                    let _ = done.send(Ok(response.clone()));
+                }
+                if slot.notify {
+                    slot.queue.control(Delivery::Joined(response))
+                } else {
+                    Ok(())
+                }
+            }
+            ChannelEvent::JoinFailed(cause) => {
+                for done in slot.join_waiters.drain(..) {
+                    let _ = done.send(Err(JoinError::from(cause.clone())));
+                }
+                if slot.notify {
+                    slot.queue.control(Delivery::JoinFailed(cause))
+                } else {
+                    Ok(())
+                }
+            }
+            ChannelEvent::Errored(cause) => {
+                if slot.notify {
+                    slot.queue.control(Delivery::Errored(cause))
+                } else {
+                    Ok(())
+                }
+            }
+            ChannelEvent::Closed(cause) => {
+                slot.last_join = None;
+                for done in slot.join_waiters.drain(..) {
+                    let _ = done.send(Err(JoinError::Closed(cause.clone())));
+                }
+                for done in slot.leave_waiters.drain(..) {
+                    let _ = done.send(());
+                }
+                let delivered = if slot.notify {
+                    slot.queue.control(Delivery::Closed(cause))
+                } else {
+                    Ok(())
+                };
+                if slot.removed {
+                    // The handle is gone and the channel is closed: dropping the slot ends the
+                    // consumer after this last notice.
+                    self.slots.remove(&id);
+                    return;
+                }
+                delivered
+            }
+        };
+        if delivered.is_err() && !slot.removed && slot.notify {
+            // The handler task ended (it panicked): nothing can take this channel's events.
+            tracing::error!(channel = %id, "channel handler task ended; leaving the channel");
+            slot.removed = true;
+            self.core.remove_channel(Self::now(), id);
+        }
+    }
+
+    /// Writes queued frames to the transport and flushes once for the batch.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), DisconnectReason> {
+        let Some(transport) = self.transport.as_mut() else {
+            return Ok(());
+        };
+        let mut transport: Pin<&mut dyn transport::Transport> = Pin::new(&mut **transport);
+        while !self.outbox.is_empty() {
+            match transport.as_mut().poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Some(frame) = self.outbox.pop_front() {
+                        transport.as_mut().start_send(Outgoing::Frame(frame))?;
+                        self.needs_flush = true;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        if self.needs_flush {
+            match transport.as_mut().poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// One round of work; returns whether anything happened.
+    fn poll_round(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progress = false;
+
+        for _ in 0..BUDGET {
+            if !self.commands_open {
+                break;
+            }
+            match self.commands.poll_recv(cx) {
+                Poll::Ready(Some(command)) => {
+                    self.command(command);
+                    progress = true;
+                }
+                Poll::Ready(None) => {
+                    // Every handle is gone: shut down.
+                    self.commands_open = false;
+                    self.core.close(Self::now());
+                    progress = true;
+                }
+                Poll::Pending => break,
+            }
+        }
+
+        if let Some(connecting) = self.connecting.as_mut()
+            && let Poll::Ready(result) = connecting.as_mut().poll(cx)
+        {
+            self.connecting = None;
+            progress = true;
+            match result {
+                Ok(transport) => {
+                    self.transport = Some(transport);
+                    self.core.handle_connected(Self::now());
+                }
+                Err(reason) => self.core.handle_disconnected(Self::now(), reason),
+            }
+        }
+
+        let mut lost = None;
+        if let Some(transport) = self.transport.as_mut() {
+            let now = Self::now();
+            for _ in 0..BUDGET {
+                match Pin::new(&mut *transport).poll_next(cx) {
+                    Poll::Ready(Some(Ok(Received::Text(text)))) => self.core.handle_text(now, text),
+                    Poll::Ready(Some(Ok(Received::Binary(bytes)))) => {
+                        self.core.handle_binary(now, bytes)
+                    }
+                    Poll::Ready(Some(Ok(Received::Close { code, reason }))) => {
+                        lost = Some(DisconnectReason::Closed { code, reason });
+                    }
+                    Poll::Ready(Some(Err(reason))) => lost = Some(reason),
+                    Poll::Ready(None) => lost = Some(DisconnectReason::Eof),
+                    Poll::Pending => break,
+                }
+                progress = true;
+                if lost.is_some() {
+                    break;
+                }
+            }
+        }
+        if let Some(reason) = lost {
+            self.transport_lost(reason);
+        }
+
+        if let Some(at) = self.core.poll_timeout() {
+            let now = Self::now();
+            if at <= now {
+                self.core.handle_timeout(now);
+                progress = true;
+            }
+        }
+
+        progress |= self.dispatch();
+
+        if let Err(reason) = self.poll_write(cx) {
+            self.transport_lost(reason);
+            self.dispatch();
+            progress = true;
+        }
+        progress
+    }
+
+    fn finished(&mut self) -> bool {
+        if !self.stopped || self.core.poll_timeout().is_some() {
+            return false;
+        }
+        for done in self.disconnect_waiters.drain(..) {
+            let _ = done.send(());
+        }
+        // Closing the queues ends the channels' handler tasks and message streams.
+        self.slots.clear();
+        true
+    }
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let span = this.span.clone();
+        let _entered = span.enter();
+        let mut rounds = 0;
+        while this.poll_round(cx) {
+            if this.finished() {
+                return Poll::Ready(());
+            }
+            rounds += 1;
+            if rounds == 16 {
+                // Busy: let other tasks run, and come back at once.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
+        if this.finished() {
+            return Poll::Ready(());
+        }
+        if let Some(at) = this.core.poll_timeout() {
+            let at = Instant::from_std(at);
+            if this.timer_at != Some(at) {
+                this.timer.as_mut().reset(at);
+                this.timer_at = Some(at);
+            }
+            if this.timer.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// The socket's task, from [`SocketBuilder::build`](crate::SocketBuilder::build): spawn it or
+/// await it. It ends when the socket stops.
+#[must_use = "the socket does nothing unless its driver runs"]
+pub struct SocketDriver {
+    driver: Pin<Box<Driver>>,
+}
+
+impl SocketDriver {
+    pub(crate) fn new(driver: Driver) -> Self {
+        Self {
+            driver: Box::pin(driver),
+        }
+    }
+}
+
+impl fmt::Debug for SocketDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SocketDriver").finish_non_exhaustive()
+    }
+}
+
+impl Future for SocketDriver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.driver.as_mut().poll(cx)
+    }
+}

@@ -1,0 +1,87 @@
+//! The errors of the public API.
+
+use std::fmt;
+
+use crate::proto::channel::{CloseCause, RejoinCause};
+use crate::proto::message::Payload;
+use crate::proto::socket::DisconnectReason;
+
+pub use crate::proto::push::PushError;
+
+/// Why [`Channel::join`](crate::Channel::join) did not succeed.
+///
+/// A rejected or timed-out join is not final: the channel keeps rejoining on its schedule
+/// unless its rejoin policy stops, which closes it ([`JoinError::Closed`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The server answered the join with an error; its response.
+    #[error("join rejected: {}", RejoinCause::Rejected(.0.clone()).reason().unwrap_or_else(|| format!("{:?}", .0)))]
+    Rejected(Payload),
+    /// No answer within the join timeout.
+    #[error("join timed out")]
+    Timeout,
+    /// The channel closed before it joined.
+    #[error("channel closed: {0}")]
+    Closed(CloseCause),
+}
+
+impl JoinError {
+    /// The `reason` of a rejection (`{"reason": "unauthorized"}` → `"unauthorized"`), or of the
+    /// rejection that made the rejoin policy stop.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Self::Rejected(p) => RejoinCause::Rejected(p.clone()).reason(),
+            Self::Closed(CloseCause::RejoinStopped(cause)) => cause.reason(),
+            _ => None,
+        }
+    }
+}
+
+impl From<RejoinCause> for JoinError {
+    fn from(cause: RejoinCause) -> Self {
+        match cause {
+            RejoinCause::Rejected(p) => Self::Rejected(p),
+            RejoinCause::Timeout => Self::Timeout,
+            RejoinCause::Crashed => Self::Closed(CloseCause::RejoinStopped(RejoinCause::Crashed)),
+        }
+    }
+}
+
+/// Why a socket could not be built.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The endpoint is not a `ws://`, `wss://`, `http://` or `https://` URL.
+    #[error("invalid endpoint URL: {0}")]
+    InvalidUrl(String),
+    /// `connect` was called outside a tokio runtime; use `build` and run the driver yourself.
+    #[error(
+        "no tokio runtime: call `connect` inside a runtime, or use `build` and spawn the driver"
+    )]
+    NoRuntime,
+    /// A setting is out of range.
+    #[error("invalid setting: {0}")]
+    InvalidConfig(&'static str),
+}
+
+/// The socket stopped for good (disconnected by the user, or its reconnect policy gave up).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct SocketClosed {
+    /// Why, when it was not the user's choice.
+    pub reason: Option<DisconnectReason>,
+}
+
+impl fmt::Display for SocketClosed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.reason {
+            Some(reason) => write!(f, "the socket stopped: {reason}"),
+            None => f.write_str("the socket was disconnected"),
+        }
+    }
+}
+
+/// Messages were dropped because the consumer fell `capacity` messages behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0} messages were dropped because the consumer fell behind")]
+pub struct Lagged(pub u64);
