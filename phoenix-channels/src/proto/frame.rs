@@ -27,6 +27,7 @@
 //! ```
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 
 use bytes::Bytes;
@@ -190,14 +191,30 @@ impl<'de> Deserialize<'de> for RefField {
     }
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a>(
-    RefField,
-    RefField,
-    #[serde(borrow)] Cow<'a, str>,
-    #[serde(borrow)] Cow<'a, str>,
-    #[serde(borrow)] &'a RawValue,
-);
+/// A string borrowed from the frame when it has no escapes.
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StrVisitor;
+        impl<'de> Visitor<'de> for StrVisitor {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<CowStr<'de>, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<CowStr<'de>, E> {
+                Ok(CowStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<CowStr<'de>, E> {
+                Ok(CowStr(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(StrVisitor)
+    }
+}
 
 #[derive(Deserialize)]
 struct ReplyPayload<'a> {
@@ -207,25 +224,101 @@ struct ReplyPayload<'a> {
     response: Option<&'a RawValue>,
 }
 
-pub(crate) fn decode_text_view(frame: &Bytes) -> Result<FrameView<'_>, DecodeError> {
-    let Envelope(join_ref, msg_ref, topic, event, payload) =
-        serde_json::from_slice(frame).map_err(|e| DecodeError::Json(e.to_string()))?;
-    let body = if event == Event::REPLY {
-        let parsed: ReplyPayload<'_> =
-            serde_json::from_str(payload.get()).map_err(|e| DecodeError::Reply(e.to_string()))?;
-        let response = match parsed.response {
-            Some(raw) => Payload::from_checked_json(frame.slice_ref(raw.get().as_bytes())),
-            None => Payload::null(),
+enum Body<'a> {
+    Payload(&'a RawValue),
+    Reply(ReplyPayload<'a>),
+}
+
+/// `[join_ref, ref, topic, event, payload]`, read in one pass: a `phx_reply` payload is read as
+/// `{status, response}` directly, without parsing the payload a second time.
+struct Envelope<'a> {
+    join_ref: Option<Ref>,
+    msg_ref: Option<Ref>,
+    topic: Cow<'a, str>,
+    event: Cow<'a, str>,
+    body: Body<'a>,
+}
+
+/// Reads an [`Envelope`], noting in `in_reply` whether it got as far as a `phx_reply` payload
+/// (so that an error there is reported as a malformed reply).
+struct EnvelopeSeed<'c> {
+    in_reply: &'c Cell<bool>,
+}
+
+impl<'de> de::DeserializeSeed<'de> for EnvelopeSeed<'_> {
+    type Value = Envelope<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
+    type Value = Envelope<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array [join_ref, ref, topic, event, payload]")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Envelope<'de>, A::Error> {
+        let missing = |n| de::Error::invalid_length(n, &"an array of 5 elements");
+        let join_ref: RefField = seq.next_element()?.ok_or_else(|| missing(0))?;
+        let msg_ref: RefField = seq.next_element()?.ok_or_else(|| missing(1))?;
+        let topic: CowStr<'de> = seq.next_element()?.ok_or_else(|| missing(2))?;
+        let event: CowStr<'de> = seq.next_element()?.ok_or_else(|| missing(3))?;
+        let body = if event.0 == Event::REPLY {
+            self.in_reply.set(true);
+            let reply = seq.next_element()?.ok_or_else(|| missing(4))?;
+            self.in_reply.set(false);
+            Body::Reply(reply)
+        } else {
+            Body::Payload(seq.next_element()?.ok_or_else(|| missing(4))?)
         };
-        ViewBody::Reply(Reply::new(ReplyStatus::parse(&parsed.status), response))
-    } else {
-        let payload = Payload::from_checked_json(frame.slice_ref(payload.get().as_bytes()));
-        ViewBody::Message { event, payload }
+        if seq.next_element::<de::IgnoredAny>()?.is_some() {
+            return Err(missing(6));
+        }
+        Ok(Envelope {
+            join_ref: join_ref.0,
+            msg_ref: msg_ref.0,
+            topic: topic.0,
+            event: event.0,
+            body,
+        })
+    }
+}
+
+pub(crate) fn decode_text_view(frame: &Bytes) -> Result<FrameView<'_>, DecodeError> {
+    let in_reply = Cell::new(false);
+    let mut deserializer = serde_json::Deserializer::from_slice(frame);
+    let envelope = de::DeserializeSeed::deserialize(
+        EnvelopeSeed {
+            in_reply: &in_reply,
+        },
+        &mut deserializer,
+    )
+    .and_then(|envelope| deserializer.end().map(|()| envelope))
+    .map_err(|e| {
+        if in_reply.get() {
+            DecodeError::Reply(e.to_string())
+        } else {
+            DecodeError::Json(e.to_string())
+        }
+    })?;
+    let slice = |raw: &RawValue| Payload::from_checked_json(frame.slice_ref(raw.get().as_bytes()));
+    let body = match envelope.body {
+        Body::Reply(reply) => {
+            let response = reply.response.map_or_else(Payload::null, slice);
+            ViewBody::Reply(Reply::new(ReplyStatus::parse(&reply.status), response))
+        }
+        Body::Payload(raw) => ViewBody::Message {
+            event: envelope.event,
+            payload: slice(raw),
+        },
     };
     Ok(FrameView {
-        join_ref: join_ref.0,
-        msg_ref: msg_ref.0,
-        topic,
+        join_ref: envelope.join_ref,
+        msg_ref: envelope.msg_ref,
+        topic: envelope.topic,
         body,
     })
 }
