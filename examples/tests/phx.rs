@@ -1,0 +1,187 @@
+//! The `phx` tool against the embedded conformance server, driven in-process: commands in,
+//! JSON lines out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use dust_conformance::ServerConfig;
+use examples::phx::{Options, run};
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+
+/// Runs `phx` with these commands and returns its output lines.
+async fn phx(url: String, extra: &[&str], commands: &[Value]) -> Vec<Value> {
+    let mut args = vec!["--url".to_owned(), url, "--timeout-ms".into(), "500".into()];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let options = Options::parse(args).unwrap();
+    let input: String = commands
+        .iter()
+        .map(|c| {
+            format!(
+                "{}\n",
+                if c.is_string() {
+                    c.as_str().unwrap().to_owned()
+                } else {
+                    c.to_string()
+                }
+            )
+        })
+        .collect();
+    let (writer, mut reader) = tokio::io::duplex(1 << 20);
+    let run = tokio::time::timeout(
+        Duration::from_secs(20),
+        run(options, input.as_bytes(), writer),
+    );
+    run.await.expect("phx did not finish").unwrap();
+    let mut text = String::new();
+    reader.read_to_string(&mut text).await.unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect()
+}
+
+fn find<'a>(lines: &'a [Value], wanted: &Value) -> &'a Value {
+    lines
+        .iter()
+        .find(|line| {
+            wanted
+                .as_object()
+                .unwrap()
+                .iter()
+                .all(|(k, v)| &line[k] == v)
+        })
+        .unwrap_or_else(|| panic!("no line like {wanted} in {lines:#?}"))
+}
+
+#[tokio::test]
+async fn a_script_runs_and_every_event_is_reported() {
+    let server = dust_conformance::start(ServerConfig::default())
+        .await
+        .unwrap();
+    let lines = phx(
+        server.socket_url(),
+        &[],
+        &[
+            json!({"cmd": "join", "topic": "echo:1", "params": {"a": 1}}),
+            json!({"cmd": "push", "topic": "echo:1", "event": "echo", "payload": {"hello": "world"}, "id": 1}),
+            json!({"cmd": "push", "topic": "echo:1", "event": "error_reply", "payload": {"e": 1}, "id": "two"}),
+            json!({"cmd": "push", "topic": "echo:1", "event": "noreply", "payload": {}, "id": 3}),
+            json!({"cmd": "push", "topic": "echo:1", "event": "echo", "binary_base64": "AQL/", "id": 4}),
+            json!({"cmd": "cast", "topic": "echo:1", "event": "push_binary", "payload": {}}),
+            json!({"cmd": "push", "topic": "echo:1", "event": "broadcast", "payload": {"b": 1}, "id": 5}),
+            json!("this is not json"),
+            json!({"cmd": "push", "topic": "nope", "event": "e", "id": 6}),
+            json!({"cmd": "fly"}),
+            json!({"cmd": "wait", "ms": 100}),
+        ],
+    )
+    .await;
+    assert_eq!(
+        lines[0],
+        json!({"type": "status", "status": "connecting", "attempt": 1})
+    );
+    find(&lines, &json!({"type": "status", "status": "connected"}));
+    find(
+        &lines,
+        &json!({"type": "joined", "topic": "echo:1", "response": {"joined": "echo:1", "params": {"a": 1}}}),
+    );
+    find(
+        &lines,
+        &json!({"type": "reply", "id": 1, "status": "ok", "response": {"hello": "world"}}),
+    );
+    find(
+        &lines,
+        &json!({"type": "reply", "id": "two", "status": "error", "response": {"e": 1}}),
+    );
+    find(
+        &lines,
+        &json!({"type": "push_error", "id": 3, "error": "timeout"}),
+    );
+    find(
+        &lines,
+        &json!({"type": "reply", "id": 4, "status": "ok", "response": {"binary_base64": "AQL/"}}),
+    );
+    find(
+        &lines,
+        &json!({"type": "message", "topic": "echo:1", "event": "pushed_binary", "payload": {"binary_base64": "aGk="}}),
+    );
+    find(
+        &lines,
+        &json!({"type": "message", "topic": "echo:1", "event": "broadcasted", "payload": {"b": 1}}),
+    );
+    find(
+        &lines,
+        &json!({"type": "channel", "topic": "echo:1", "state": "joined"}),
+    );
+    let errors: Vec<&Value> = lines.iter().filter(|l| l["type"] == "error").collect();
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    // At the end of input: leave, then disconnect.
+    find(
+        &lines,
+        &json!({"type": "channel", "topic": "echo:1", "state": "closed"}),
+    );
+    assert_eq!(
+        lines.last().unwrap(),
+        &json!({"type": "status", "status": "disconnected"})
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connect_reports_its_http_status() {
+    let server = dust_conformance::start(ServerConfig::default())
+        .await
+        .unwrap();
+    let lines = phx(
+        server.socket_url(),
+        &["--param", "token=bad"],
+        &[json!({"cmd": "wait", "ms": 200})],
+    )
+    .await;
+    find(
+        &lines,
+        &json!({"type": "status", "status": "disconnected", "http_status": 403}),
+    );
+}
+
+#[tokio::test]
+async fn crash_and_reconnect_show_up_as_status_and_channel_lines() {
+    let server = dust_conformance::start(ServerConfig::default())
+        .await
+        .unwrap();
+    let lines = phx(
+        server.socket_url(),
+        &["--heartbeat-ms", "1000"],
+        &[
+            json!({"cmd": "join", "topic": "echo:1"}),
+            json!({"cmd": "push", "topic": "echo:1", "event": "crash", "id": "c"}),
+            json!({"cmd": "wait", "ms": 1300}),
+            json!({"cmd": "cast", "topic": "echo:1", "event": "disconnect_me"}),
+            json!({"cmd": "wait", "ms": 300}),
+            json!({"cmd": "push", "topic": "echo:1", "event": "echo", "payload": {"after": true}, "id": "e"}),
+        ],
+    )
+    .await;
+    find(
+        &lines,
+        &json!({"type": "push_error", "id": "c", "error": "channel_errored"}),
+    );
+    find(
+        &lines,
+        &json!({"type": "channel", "topic": "echo:1", "state": "errored"}),
+    );
+    find(
+        &lines,
+        &json!({"type": "status", "status": "disconnected", "close_code": 1000}),
+    );
+    find(&lines, &json!({"type": "status", "status": "reconnecting"}));
+    find(
+        &lines,
+        &json!({"type": "reply", "id": "e", "status": "ok", "response": {"after": true}}),
+    );
+    let joins = lines.iter().filter(|l| l["type"] == "joined").count();
+    assert_eq!(
+        joins, 3,
+        "joined, rejoined after the crash, rejoined after the reconnect"
+    );
+}
