@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use phoenix_channels::{
-    Channel, ChannelContext, ChannelHandler, CloseCause, DisconnectReason, Message, Payload,
-    PushError, RejoinCause, Socket, SocketStatus,
+    Channel, ChannelContext, ChannelHandler, CloseCause, DisconnectReason, Joined, Message,
+    Payload, PushError, RejoinCause, Socket, SocketStatus,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
@@ -164,8 +164,8 @@ impl ChannelHandler for Printer {
         Some(self.params.clone())
     }
 
-    async fn on_joined(&mut self, ctx: &ChannelContext, response: Payload) {
-        self.out.emit(json!({"type": "joined", "topic": ctx.topic().as_str(), "response": response.to_display_value()}));
+    async fn on_joined(&mut self, ctx: &ChannelContext, joined: Joined) {
+        self.out.emit(json!({"type": "joined", "topic": ctx.topic().as_str(), "response": joined.response.to_display_value()}));
     }
 
     async fn on_join_error(&mut self, ctx: &ChannelContext, cause: RejoinCause) {

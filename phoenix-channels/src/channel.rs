@@ -17,7 +17,7 @@ use crate::error::{JoinError, Lagged, PushError};
 use crate::handler::{ChannelContext, ChannelHandler, HandlerTask};
 use crate::proto::backoff::RejoinPolicy;
 use crate::proto::channel::{ChannelId, ChannelOptions, ChannelState, CloseCause, JoinParams};
-use crate::proto::message::{Event, Message, Payload, Reply, Topic};
+use crate::proto::message::{Event, Message, Payload, Ref, Reply, Topic};
 use crate::socket::Socket;
 
 /// Configures a channel before it is created; from [`Socket::channel`].
@@ -289,12 +289,24 @@ impl Channel {
         payload: Payload,
         timeout: Duration,
     ) -> Push {
+        self.push_with(event, payload, PushOptions::new().timeout(timeout))
+    }
+
+    /// Pushes a prepared payload with options: a timeout, and optionally a pin to one join of
+    /// the channel (sent only while the channel is joined under that join, never buffered).
+    pub fn push_with(
+        &self,
+        event: impl Into<Event>,
+        payload: Payload,
+        options: PushOptions,
+    ) -> Push {
         let (tx, rx) = oneshot::channel();
         self.inner.socket.send(Command::Push {
             id: self.inner.id,
             event: event.into(),
             payload,
-            timeout,
+            timeout: options.timeout.unwrap_or(self.inner.push_timeout),
+            pinned: options.pinned,
             reply: Some(tx),
         });
         Push(PushState::Waiting(rx))
@@ -316,8 +328,45 @@ impl Channel {
             event: event.into(),
             payload,
             timeout: self.inner.push_timeout,
+            pinned: None,
             reply: None,
         });
+    }
+}
+
+/// Options of [`Channel::push_with`].
+///
+/// ```
+/// use std::time::Duration;
+/// use phoenix_channels::PushOptions;
+/// let options = PushOptions::new().timeout(Duration::from_secs(30));
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct PushOptions {
+    timeout: Option<Duration>,
+    pinned: Option<Ref>,
+}
+
+impl PushOptions {
+    /// The channel's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// This push's timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sends the push only if the channel is joined under the join with this ref (from
+    /// [`Joined::join_ref`](crate::Joined)); otherwise it fails at once with
+    /// [`PushError::Unavailable`] and is never sent, not even after a rejoin. This is how a
+    /// consumer that resends after a rejoin makes sure nothing it sent earlier goes out late.
+    pub fn pinned_to(mut self, join_ref: Ref) -> Self {
+        self.pinned = Some(join_ref);
+        self
     }
 }
 

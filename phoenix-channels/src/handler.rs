@@ -7,12 +7,13 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
+use crate::channel::PushOptions;
 use crate::channel::{Channel, ChannelInner, Push};
 use crate::driver::Command;
 use crate::driver::queue::{Delivery, Item, QueueRx};
 use crate::error::PushError;
 use crate::proto::channel::{ChannelId, CloseCause, ErrorCause, RejoinCause};
-use crate::proto::message::{Event, Message, Payload, Topic};
+use crate::proto::message::{Event, Message, Payload, Ref, Topic};
 use crate::proto::socket::{DisconnectReason, SocketStatus};
 
 /// Reacts to what happens on a channel: Slipstream's callbacks, made Rust.
@@ -53,8 +54,8 @@ pub trait ChannelHandler: Send + 'static {
         None
     }
 
-    /// The channel joined (or rejoined); the server's join response.
-    async fn on_joined(&mut self, _ctx: &ChannelContext, _response: Payload) {}
+    /// The channel joined (or rejoined): the server's join response and this join's ref.
+    async fn on_joined(&mut self, _ctx: &ChannelContext, _joined: Joined) {}
 
     /// A join attempt failed; the channel rejoins on its schedule unless its policy stops.
     async fn on_join_error(&mut self, _ctx: &ChannelContext, _cause: RejoinCause) {}
@@ -84,6 +85,17 @@ pub trait ChannelHandler: Send + 'static {
     async fn on_overflow(&mut self, _ctx: &ChannelContext, dropped: u64) {
         tracing::warn!(dropped, "channel handler overflow: messages dropped");
     }
+}
+
+/// A join that succeeded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Joined {
+    /// The server's join response.
+    pub response: Payload,
+    /// The join ref of this join: pushes pinned to it with [`PushOptions::pinned_to`] are sent
+    /// only while the channel is still joined under this join.
+    pub join_ref: Ref,
 }
 
 /// What a handler can do with its channel: read its topic, push and cast.
@@ -119,6 +131,19 @@ impl ChannelContext {
     pub fn push_payload(&self, event: impl Into<Event>, payload: Payload) -> Push {
         match self.channel() {
             Some(channel) => channel.push_payload(event, payload),
+            None => Push::failed(PushError::ChannelClosed),
+        }
+    }
+
+    /// Pushes with options (timeout, join pinning); see [`Channel::push_with`].
+    pub fn push_with(
+        &self,
+        event: impl Into<Event>,
+        payload: Payload,
+        options: PushOptions,
+    ) -> Push {
+        match self.channel() {
+            Some(channel) => channel.push_with(event, payload, options),
             None => Push::failed(PushError::ChannelClosed),
         }
     }
@@ -203,7 +228,7 @@ impl<H: ChannelHandler> HandlerTask<H> {
                     });
                 }
             }
-            Delivery::Joined(response) => self.handler.on_joined(ctx, response).await,
+            Delivery::Joined(joined) => self.handler.on_joined(ctx, joined).await,
             Delivery::JoinFailed(cause) => self.handler.on_join_error(ctx, cause).await,
             Delivery::Message(message) => self.handler.on_message(ctx, message).await,
             Delivery::Errored(cause) => self.handler.on_error(ctx, cause).await,

@@ -76,11 +76,11 @@ pub mod handler;
 pub mod proto;
 pub mod socket;
 
-pub use channel::{Channel, ChannelBuilder, Messages, Push};
+pub use channel::{Channel, ChannelBuilder, Messages, Push, PushOptions};
 pub use driver::SocketDriver;
 pub use driver::transport;
 pub use error::{BuildError, JoinError, Lagged, PushError, SocketClosed};
-pub use handler::{ChannelContext, ChannelHandler};
+pub use handler::{ChannelContext, ChannelHandler, Joined};
 pub use proto::backoff;
 pub use proto::frame;
 pub use proto::message::{

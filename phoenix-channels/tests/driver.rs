@@ -15,7 +15,8 @@ use common::{Answer, fake_server, within};
 use futures_util::StreamExt;
 use phoenix_channels::{
     ChannelContext, ChannelHandler, ChannelState, CloseCause, ConnectParams, DisconnectReason,
-    ErrorCause, Inbound, JoinError, Message, Payload, PushError, RejoinCause, Socket, SocketStatus,
+    ErrorCause, Inbound, JoinError, Joined, Message, Payload, PushError, RejoinCause, Socket,
+    SocketStatus,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -241,10 +242,11 @@ impl ChannelHandler for Recorder {
         self.joins += 1;
         Payload::json(&json!({"attempt": self.joins})).ok()
     }
-    async fn on_joined(&mut self, _ctx: &ChannelContext, response: Payload) {
-        let _ = self
-            .events
-            .send(format!("joined {}", response.as_json().unwrap_or("")));
+    async fn on_joined(&mut self, _ctx: &ChannelContext, joined: Joined) {
+        let _ = self.events.send(format!(
+            "joined {}",
+            joined.response.as_json().unwrap_or("")
+        ));
     }
     async fn on_join_error(&mut self, _ctx: &ChannelContext, cause: RejoinCause) {
         let _ = self.events.send(format!("join_error {cause}"));

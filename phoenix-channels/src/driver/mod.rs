@@ -23,9 +23,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::JoinError;
+use crate::handler::Joined;
 use crate::proto::channel::{ChannelId, ChannelOptions, ChannelState, CloseCause};
 use crate::proto::frame::OutFrame;
-use crate::proto::message::{Event, Inbound, Payload, Reply, Topic};
+use crate::proto::message::{Event, Inbound, Payload, Ref, Reply, Topic};
 use crate::proto::push::PushError;
 use crate::proto::socket::{
     ChannelEvent, CoreConfig, DisconnectReason, Output, SocketCore, SocketStatus,
@@ -66,6 +67,7 @@ pub(crate) enum Command {
         event: Event,
         payload: Payload,
         timeout: Duration,
+        pinned: Option<Ref>,
         reply: Option<PushReply>,
     },
     Remove {
@@ -239,9 +241,11 @@ impl Driver {
                 event,
                 payload,
                 timeout,
+                pinned,
                 reply,
             } => {
-                self.core.push(now, id, event, payload, timeout, reply);
+                self.core
+                    .push(now, id, event, payload, timeout, pinned.as_ref(), reply);
             }
             Command::Remove { id } => {
                 if let Some(slot) = self.slots.get_mut(&id) {
@@ -379,13 +383,14 @@ impl Driver {
                 Ok(())
             }
             ChannelEvent::NeedJoinParams => slot.queue.control(Delivery::JoinParams),
-            ChannelEvent::Joined(response) => {
+            ChannelEvent::Joined { response, join_ref } => {
                 slot.last_join = Some(response.clone());
                 for done in slot.join_waiters.drain(..) {
                     let _ = done.send(Ok(response.clone()));
                 }
                 if slot.notify {
-                    slot.queue.control(Delivery::Joined(response))
+                    slot.queue
+                        .control(Delivery::Joined(Joined { response, join_ref }))
                 } else {
                     Ok(())
                 }

@@ -14,14 +14,15 @@ use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
 
+use crate::handler::Joined;
 use crate::proto::channel::{CloseCause, ErrorCause, RejoinCause};
-use crate::proto::message::{Message, Payload};
+use crate::proto::message::Message;
 
 /// Something for a channel's consumer.
 #[derive(Debug)]
 pub(crate) enum Delivery {
     JoinParams,
-    Joined(Payload),
+    Joined(Joined),
     JoinFailed(RejoinCause),
     Message(Message),
     Errored(ErrorCause),
@@ -124,6 +125,8 @@ impl QueueRx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::proto::message::Payload;
 
     fn message(n: u32) -> Message {
         Message::new("t", format!("e{n}"), Payload::empty())

@@ -27,6 +27,10 @@ pub enum PushError {
     /// The channel was closed or left before the push could be sent or answered.
     #[error("the channel is closed")]
     ChannelClosed,
+    /// The push was pinned to a join of the channel that is not the current one (or the channel
+    /// is not joined): it was not sent.
+    #[error("the channel is not joined under the join the push was pinned to; not sent")]
+    Unavailable,
     /// The channel was never asked to join: call `join` first.
     #[error("the channel has not been joined")]
     NotJoined,

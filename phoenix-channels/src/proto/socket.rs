@@ -174,8 +174,14 @@ pub enum ChannelEvent {
     /// The channel is about to join and its params are asked for (channels with
     /// [`JoinParams::Ask`]); answer with [`SocketCore::provide_join_params`].
     NeedJoinParams,
-    /// The join succeeded; the server's response.
-    Joined(Payload),
+    /// The join succeeded: the server's response, and the join ref of this join (pushes can be
+    /// pinned to it, see [`SocketCore::push`]).
+    Joined {
+        /// The server's join response.
+        response: Payload,
+        /// The join ref of this join.
+        join_ref: Ref,
+    },
     /// A join attempt failed (rejected or timed out); a rejoin follows unless the policy stops.
     JoinFailed(RejoinCause),
     /// A server push or broadcast on the channel's topic.
@@ -760,7 +766,14 @@ impl<T> SocketCore<T> {
             chan.rejoin_attempt = 0;
             chan.joined_once = true;
             self.set_state(id, ChannelState::Joined);
-            self.emit_channel(id, ChannelEvent::Joined(reply.into_response()));
+            let join_ref = Ref::new(r);
+            self.emit_channel(
+                id,
+                ChannelEvent::Joined {
+                    response: reply.into_response(),
+                    join_ref,
+                },
+            );
             self.flush_buffer(id);
         } else {
             let cause = RejoinCause::Rejected(reply.into_response());
@@ -963,6 +976,11 @@ impl<T> SocketCore<T> {
     /// one [`Output::PushDone`] carrying it: the reply, or an error (including an immediate one,
     /// such as [`PushError::NotJoined`]). Without a token it is a cast: sent once (after the join
     /// if the channel is joining) and never tracked.
+    ///
+    /// With `pinned` set to the join ref of a join (from [`ChannelEvent::Joined`]), the push is
+    /// sent only if the channel is joined under that very join; otherwise it fails at once with
+    /// [`PushError::Unavailable`] and is never sent (it is not buffered).
+    #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
         now: Instant,
@@ -970,15 +988,16 @@ impl<T> SocketCore<T> {
         event: Event,
         payload: Payload,
         timeout: Duration,
+        pinned: Option<&Ref>,
         token: Option<T>,
     ) {
-        let result = self.try_push(now, id, event, payload, timeout, token);
+        let result = self.try_push(now, id, event, payload, timeout, pinned, token);
         if let Err((error, Some(token))) = result {
             self.out.push_back(Output::PushDone(token, Err(error)));
         }
     }
 
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn try_push(
         &mut self,
         now: Instant,
@@ -986,11 +1005,18 @@ impl<T> SocketCore<T> {
         event: Event,
         payload: Payload,
         timeout: Duration,
+        pinned: Option<&Ref>,
         token: Option<T>,
     ) -> Result<(), (PushError, Option<T>)> {
         let Some(chan) = self.channels.get(&id) else {
             return Err((PushError::ChannelClosed, token));
         };
+        if let Some(pinned) = pinned
+            && (chan.state != ChannelState::Joined
+                || chan.join_ref.map(Ref::new).as_ref() != Some(pinned))
+        {
+            return Err((PushError::Unavailable, token));
+        }
         if payload.is_binary()
             && let Err(e) = frame::check_binary_fields(&chan.topic, &event)
         {

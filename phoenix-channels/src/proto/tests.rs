@@ -11,7 +11,7 @@ use super::channel::{
     ChannelId, ChannelOptions, ChannelState, CloseCause, ErrorCause, JoinParams, RejoinCause,
 };
 use super::frame::OutFrame;
-use super::message::{Event, Payload, Reply};
+use super::message::{Event, Payload, Ref, Reply};
 use super::push::PushError;
 use super::socket::{ChannelEvent, CoreConfig, DisconnectReason, Output, SocketCore, SocketStatus};
 
@@ -108,6 +108,7 @@ impl Harness {
             Event::from(event),
             Payload::empty(),
             ms(10_000),
+            None,
             Some(token),
         );
     }
@@ -156,15 +157,17 @@ fn join_uses_its_own_ref_as_join_ref_and_pushes_carry_it() {
     h.server(&ok_reply(1, 1, "echo:1", r#"{"joined":"echo:1"}"#));
     let events = h.channel_events(A);
     assert!(events.contains(&ChannelEvent::State(ChannelState::Joined)));
-    assert!(events.contains(&ChannelEvent::Joined(
-        Payload::from_json_text(r#"{"joined":"echo:1"}"#).unwrap()
-    )));
+    assert!(events.contains(&ChannelEvent::Joined {
+        response: Payload::from_json_text(r#"{"joined":"echo:1"}"#).unwrap(),
+        join_ref: Ref::new(1),
+    }));
     h.core.push(
         h.now,
         A,
         "echo".into(),
         Payload::from_json_text(r#"{"hello":"world"}"#).unwrap(),
         ms(10_000),
+        None,
         Some(7),
     );
     assert_eq!(h.sent(), [r#"["1","2","echo:1","echo",{"hello":"world"}]"#]);
@@ -218,8 +221,15 @@ fn pushes_before_the_join_are_buffered_then_sent_in_order() {
     h.core.join(h.now, A);
     h.sent();
     h.push(A, "first", 1);
-    h.core
-        .push(h.now, A, "cast".into(), Payload::empty(), ms(10_000), None);
+    h.core.push(
+        h.now,
+        A,
+        "cast".into(),
+        Payload::empty(),
+        ms(10_000),
+        None,
+        None,
+    );
     h.push(A, "second", 2);
     assert!(
         h.sent().is_empty(),
@@ -251,8 +261,15 @@ fn a_buffered_push_that_expires_is_never_sent() {
     h.add(A, "t");
     h.core.join(h.now, A);
     h.sent();
-    h.core
-        .push(h.now, A, "late".into(), Payload::empty(), ms(500), Some(1));
+    h.core.push(
+        h.now,
+        A,
+        "late".into(),
+        Payload::empty(),
+        ms(500),
+        None,
+        Some(1),
+    );
     h.push(A, "kept", 2);
     h.advance(ms(500));
     assert_eq!(h.done(), [(1, Err(PushError::Timeout))]);
@@ -301,6 +318,7 @@ fn binary_pushes_are_checked_before_they_are_accepted() {
         "e".into(),
         Payload::binary(vec![1u8]),
         ms(1000),
+        None,
         Some(1),
     );
     let done = h.done();
@@ -777,6 +795,7 @@ fn many_timed_out_pushes_leave_nothing_behind() {
                 "noreply".into(),
                 Payload::empty(),
                 ms(50),
+                None,
                 Some(round * 1000 + i),
             );
         }
@@ -893,6 +912,7 @@ fn binary_replies_and_pushes_reach_the_channel() {
         "echo".into(),
         Payload::binary(vec![1u8, 2, 255]),
         ms(1000),
+        None,
         Some(1),
     );
     let out = h.take();
@@ -963,4 +983,59 @@ fn a_join_asked_while_leaving_starts_after_the_leave() {
     assert_eq!(h.sent(), [r#"["1","2","t","phx_leave",{}]"#]);
     h.server(&ok_reply(1, 2, "t", "{}"));
     assert_eq!(h.sent(), [r#"["3","3","t","phx_join",{}]"#]);
+}
+
+#[test]
+fn pinned_pushes_go_out_only_under_their_join() {
+    let mut h = Harness::new();
+    let first = h.joined(A, "t");
+    h.core.push(
+        h.now,
+        A,
+        "ok".into(),
+        Payload::empty(),
+        ms(1000),
+        Some(&Ref::new(first)),
+        Some(1),
+    );
+    assert_eq!(h.sent(), [r#"["1","2","t","ok",{}]"#]);
+    h.server(r#"["1","1","t","phx_error",{}]"#);
+    h.take();
+    // Errored (and later joining): a pinned push is neither sent nor buffered.
+    h.core.push(
+        h.now,
+        A,
+        "late".into(),
+        Payload::empty(),
+        ms(1000),
+        Some(&Ref::new(first)),
+        Some(2),
+    );
+    assert_eq!(h.done(), [(2, Err(PushError::Unavailable))]);
+    h.advance(ms(1000));
+    let rejoin = h.sent();
+    assert_eq!(rejoin, [r#"["3","3","t","phx_join",{}]"#]);
+    h.server(&ok_reply(3, 3, "t", "{}"));
+    h.take();
+    // Joined again, but under another join: still refused.
+    h.core.push(
+        h.now,
+        A,
+        "stale".into(),
+        Payload::empty(),
+        ms(1000),
+        Some(&Ref::new(first)),
+        Some(3),
+    );
+    assert_eq!(h.done(), [(3, Err(PushError::Unavailable))]);
+    h.core.push(
+        h.now,
+        A,
+        "fresh".into(),
+        Payload::empty(),
+        ms(1000),
+        Some(&Ref::new(3)),
+        Some(4),
+    );
+    assert_eq!(h.sent(), [r#"["3","4","t","fresh",{}]"#]);
 }
