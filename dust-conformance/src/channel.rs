@@ -240,6 +240,15 @@ impl ChannelContext {
         self.shared.broadcast(&self.topic, event, payload.into())
     }
 
+    /// A handle that broadcasts to this topic from anywhere (a spawned task, say), like
+    /// [`ChannelContext::broadcast`]; it outlives the channel.
+    pub fn broadcaster(&self) -> Broadcaster {
+        Broadcaster {
+            shared: self.shared.clone(),
+            topic: self.topic.clone(),
+        }
+    }
+
     /// Sends this channel a message, handled by [`Channel::handle_info`] after the messages
     /// already queued.
     pub fn send_self(&self, info: Info) {
@@ -276,6 +285,34 @@ impl ChannelContext {
             status: reply.status,
             response: reply.response,
         }
+    }
+}
+
+/// Broadcasts to one topic (see [`ChannelContext::broadcaster`]). Cheap to clone.
+#[derive(Clone)]
+pub struct Broadcaster {
+    shared: Arc<Shared>,
+    topic: String,
+}
+
+impl fmt::Debug for Broadcaster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broadcaster")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broadcaster {
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Broadcasts to every joiner of the topic, on every connection; returns how many it
+    /// reached.
+    pub fn broadcast(&self, event: &str, payload: impl Into<Payload>) -> usize {
+        self.shared.broadcast(&self.topic, event, payload.into())
     }
 }
 

@@ -9,8 +9,8 @@
 //!
 //! | `cmd` | fields | answer fields |
 //! |---|---|---|
-//! | `connections` | | `connections`: `[{id, path, params, protocol, topics, stalled, delay}]` |
-//! | `stats` | | `stats`: `{connects_accepted, connects_refused, open_connections, joins, joins_refused, heartbeats}` |
+//! | `connections` | | `connections`: `[{id, path, socket_id, params, protocol, topics, stalled, delay}]` |
+//! | `stats` | | `stats`: `{connects_accepted, connects_refused, open_connections, joins, joins_refused, heartbeats, restarts}` |
 //! | `wait` | `stat`, `at_least`, `timeout_ms` (default 5000) | `stats` (error on timeout) |
 //! | `drop` | `id` | |
 //! | `drop_all` | | `count` |
@@ -24,7 +24,26 @@
 //! | `send_raw` | `id`, and `text` or `binary_base64` | |
 //! | `idle_timeout` | `ms` | |
 //! | `broadcast` | `topic`, `event`, `payload` | `count` |
+//! | `disconnect_socket` | `socket_id` | `count` |
+//! | `restart` | `downtime_ms` (default 0) | (answers once listening again) |
 //! | `shutdown` | | (the server stops after answering) |
+//!
+//! With the Dust emulation mounted ([`crate::dust`]); `store` is `org/name` or a UUID:
+//!
+//! | `cmd` | fields | answer fields |
+//! |---|---|---|
+//! | `stores` | | `stores`: `[{name, id, archived, seq, entries, ops, snapshot_seq}]` |
+//! | `create_store` | `store` | `store` |
+//! | `ops` | `store` | `ops`: `[{seq, op, path, client_op_id, device_id, value, inserted_at}]` |
+//! | `entries` | `store` | `entries`: `[{path, value, type, revision}]` |
+//! | `archive_store` | `store` | `count` (joiners sent `phx_close`) |
+//! | `reset_store` | `store` | |
+//! | `compact` | `store` | `snapshot_seq` (null when there was no op) |
+//! | `drop_next_write_reply` | | |
+//! | `delay_next_write_reply` | `ms` | |
+//! | `disconnect_device` | `device_id` | `count` |
+//! | `acks` | `store` | `acks`: `{device_id: seq}` |
+//! | `devices` | | `devices`: `{device_id: last connect}` |
 
 use std::time::Duration;
 
@@ -133,8 +152,69 @@ pub enum Command {
         /// The JSON payload.
         payload: Value,
     },
+    /// Close every connection with this socket id (code 1011).
+    DisconnectSocket {
+        /// The socket id, e.g. `store_socket:dev_1`.
+        socket_id: String,
+    },
+    /// Restart the server on the same port, state kept.
+    Restart {
+        /// How long the port stays closed (default 0).
+        downtime_ms: Option<u64>,
+    },
     /// Stop the server.
     Shutdown,
+    /// List the Dust stores.
+    Stores,
+    /// Create a Dust store.
+    CreateStore {
+        /// `org/name`.
+        store: String,
+    },
+    /// A store's op log.
+    Ops {
+        /// The store.
+        store: String,
+    },
+    /// A store's entries.
+    Entries {
+        /// The store.
+        store: String,
+    },
+    /// Archive a store.
+    ArchiveStore {
+        /// The store.
+        store: String,
+    },
+    /// Reset a store to seq 0.
+    ResetStore {
+        /// The store.
+        store: String,
+    },
+    /// Compact a store's op log into a snapshot.
+    Compact {
+        /// The store.
+        store: String,
+    },
+    /// Drop the reply of the next write.
+    DropNextWriteReply,
+    /// Delay the reply of the next write.
+    DelayNextWriteReply {
+        /// The delay.
+        ms: u64,
+    },
+    /// Close every socket of a device.
+    DisconnectDevice {
+        /// The device id.
+        device_id: String,
+    },
+    /// The last `ack_seq` of each device on a store.
+    Acks {
+        /// The store.
+        store: String,
+    },
+    /// The devices seen.
+    Devices,
 }
 
 /// An answer: the JSON line, and whether the server should stop after writing it.
@@ -297,6 +377,56 @@ pub async fn execute(control: &Control, command: Command) -> Result<Map<String, 
             event,
             payload,
         } => count(control.broadcast(&topic, &event, payload)),
+        Command::DisconnectSocket { socket_id } => count(control.disconnect_socket(&socket_id)),
+        Command::Restart { downtime_ms } => control
+            .restart(Duration::from_millis(downtime_ms.unwrap_or(0)))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|()| none()),
         Command::Shutdown => none(),
+        dust_command => execute_dust(control, dust_command).await,
     }
+}
+
+async fn execute_dust(control: &Control, command: Command) -> Result<Map<String, Value>, String> {
+    let dust = control
+        .dust()
+        .ok_or_else(|| "no Dust emulation is mounted".to_owned())?;
+    let err = |e: crate::dust::DustError| e.to_string();
+    Ok(match command {
+        Command::Stores => fields(json!({ "stores": to_json(&dust.stores().await) })),
+        Command::CreateStore { store } => {
+            fields(json!({ "store": to_json(&dust.create_store(&store).await.map_err(err)?) }))
+        }
+        Command::Ops { store } => {
+            fields(json!({ "ops": to_json(&dust.ops(&store).await.map_err(err)?) }))
+        }
+        Command::Entries { store } => {
+            fields(json!({ "entries": to_json(&dust.entries(&store).await.map_err(err)?) }))
+        }
+        Command::ArchiveStore { store } => {
+            fields(json!({ "count": dust.archive(&store).await.map_err(err)? }))
+        }
+        Command::ResetStore { store } => {
+            dust.reset(&store).await.map_err(err)?;
+            Map::new()
+        }
+        Command::Compact { store } => {
+            fields(json!({ "snapshot_seq": dust.compact(&store).await.map_err(err)? }))
+        }
+        Command::DropNextWriteReply => {
+            dust.drop_next_write_reply();
+            Map::new()
+        }
+        Command::DelayNextWriteReply { ms } => {
+            dust.delay_next_write_reply(Duration::from_millis(ms));
+            Map::new()
+        }
+        Command::DisconnectDevice { device_id } => {
+            fields(json!({ "count": dust.disconnect_device(&device_id) }))
+        }
+        Command::Acks { store } => fields(json!({ "acks": dust.acks(&store).map_err(err)? })),
+        Command::Devices => fields(json!({ "devices": dust.devices() })),
+        other => return Err(format!("unexpected command {other:?}")),
+    })
 }

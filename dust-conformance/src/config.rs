@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use crate::dust::DustConfig;
 use crate::echo;
 use crate::socket::SocketConfig;
 
@@ -16,6 +17,7 @@ pub struct ServerConfig {
     pub(crate) listen: SocketAddr,
     pub(crate) idle_timeout: Duration,
     pub(crate) sockets: BTreeMap<String, SocketConfig>,
+    pub(crate) dust: Option<DustConfig>,
 }
 
 impl Default for ServerConfig {
@@ -36,6 +38,7 @@ impl ServerConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             idle_timeout: Duration::from_secs(60),
             sockets: BTreeMap::new(),
+            dust: None,
         }
     }
 
@@ -61,6 +64,14 @@ impl ServerConfig {
             format!("/{path}")
         };
         self.sockets.insert(path, socket);
+        self
+    }
+
+    /// Mounts the Dust `store:*` emulation ([`crate::dust`]) at its path (by default
+    /// `/ws/sync`), next to the other sockets. [`start`](crate::start) loads its state file,
+    /// if any; [`Server::dust`](crate::Server::dust) gives its control handle.
+    pub fn dust(mut self, config: DustConfig) -> Self {
+        self.dust = Some(config);
         self
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::channel::Exit;
 use crate::frame::{Payload, Protocol, Wire};
-use crate::shared::{ConnEntry, ConnEvent, Shared, lock};
+use crate::shared::{ConnEntry, ConnEvent, ListenerCmd, Shared, lock};
 
 /// A connection's id, unique for the server's lifetime (counts from 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -44,6 +44,9 @@ pub struct ConnectionInfo {
     pub id: ConnectionId,
     /// The socket path it connected to (e.g. `/socket`).
     pub path: String,
+    /// Its socket id (see [`SocketConfig::id`](crate::SocketConfig::id)), e.g.
+    /// `store_socket:dev_1` on the Dust socket.
+    pub socket_id: Option<String>,
     /// Its connect params (the upgrade's query).
     pub params: BTreeMap<String, String>,
     /// Its serializer.
@@ -77,6 +80,8 @@ pub struct ServerStats {
     pub joins_refused: u64,
     /// Heartbeats answered.
     pub heartbeats: u64,
+    /// Restarts ([`Control::restart`]) completed.
+    pub restarts: u64,
 }
 
 /// A frame to send as is, valid or not.
@@ -96,6 +101,20 @@ pub enum ControlError {
     /// No open connection has this id.
     #[error("no connection {0}")]
     NoSuchConnection(ConnectionId),
+    /// The server has stopped.
+    #[error("the server has stopped")]
+    Stopped,
+    /// A restart could not listen on the same address again.
+    #[error("cannot listen on {addr} again: {reason}")]
+    Rebind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        reason: String,
+    },
+    /// A restart could not reload the Dust state from its file.
+    #[error("cannot reload the Dust state: {0}")]
+    State(String),
 }
 
 /// The control handle: inspect connections and inject faults. Cheap to clone; every method
@@ -251,6 +270,76 @@ impl Control {
     /// The idle timeout.
     pub fn idle_timeout(&self) -> Duration {
         *self.shared.idle_timeout.borrow()
+    }
+
+    /// Closes every connection whose socket id is `socket_id` (see
+    /// [`SocketConfig::id`](crate::SocketConfig::id)), as Phoenix does on a `"disconnect"`
+    /// broadcast to that id: Phoenix 1.8 on Bandit stops the socket with
+    /// `{:shutdown, :disconnected}`, which Bandit sends as close code 1011. Returns how many.
+    pub fn disconnect_socket(&self, socket_id: &str) -> usize {
+        lock(&self.shared.connections)
+            .values()
+            .filter(|c| c.socket_id.as_deref() == Some(socket_id))
+            .filter(|c| {
+                c.events
+                    .send(ConnEvent::CloseSocket {
+                        code: 1011,
+                        reason: String::new(),
+                    })
+                    .is_ok()
+            })
+            .count()
+    }
+
+    /// Restarts the server the way a deployment or a crash does: the listener closes, every
+    /// connection is dropped (no close frame), the port stays closed for `downtime`
+    /// (connects are refused), then a new listener binds the same address. State is kept:
+    /// the Dust stores survive (reloaded from their file when one is configured; lease
+    /// deadlines and rate-limit counters are lost, as the real server's in-memory ones are).
+    /// Returns once the new listener accepts.
+    pub async fn restart(&self, downtime: Duration) -> Result<(), ControlError> {
+        self.suspend().await?;
+        let reloaded = match &self.shared.dust {
+            Some(dust) => dust.after_restart().await,
+            None => Ok(()),
+        };
+        tokio::time::sleep(downtime).await;
+        self.resume().await?;
+        reloaded.map_err(ControlError::State)?;
+        self.shared.update_stats(|s| s.restarts += 1);
+        Ok(())
+    }
+
+    /// Closes the listener and drops every connection; returns when they are gone.
+    async fn suspend(&self) -> Result<(), ControlError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared
+            .listener
+            .send(ListenerCmd::Suspend(tx))
+            .map_err(|_| ControlError::Stopped)?;
+        rx.await.map_err(|_| ControlError::Stopped)
+    }
+
+    /// Listens again on the same address.
+    async fn resume(&self) -> Result<(), ControlError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared
+            .listener
+            .send(ListenerCmd::Resume(tx))
+            .map_err(|_| ControlError::Stopped)?;
+        let addr = self.shared.local_addr;
+        rx.await
+            .map_err(|_| ControlError::Stopped)?
+            .map_err(|reason| ControlError::Rebind { addr, reason })
+    }
+
+    /// The Dust store emulation's handle, when the server mounts one
+    /// ([`ServerConfig::dust`](crate::ServerConfig::dust)).
+    pub fn dust(&self) -> Option<crate::dust::DustControl> {
+        self.shared
+            .dust
+            .as_ref()
+            .map(|dust| crate::dust::DustControl::new(dust.clone(), self.clone()))
     }
 
     fn end_channel(&self, topic: &str, exit: Exit) -> usize {

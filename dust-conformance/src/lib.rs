@@ -1,5 +1,6 @@
 //! A server that speaks real Phoenix Channels, for tests: the `echo:*` reference channel,
-//! fault injection, and the extension points the Dust `store:*` channel is built on.
+//! fault injection, the extension points, and on them the Dust `store:*` server emulation
+//! ([`dust`]).
 //!
 //! ```
 //! use std::time::Duration;
@@ -51,12 +52,21 @@
 //! `dust-conformance/crosscheck/run.sh` drives the `dust-conformance-server` binary through
 //! every scenario (see [`command`] for the control protocol the script uses).
 //!
+//! # The Dust emulation
+//!
+//! [`ServerConfig::dust`] mounts the real Dust server's `/ws/sync` socket: tokens, stores,
+//! catch-up, every write op with its rejections, leases, files, rate limit, a durable state
+//! file, and its faults on [`dust::DustControl`]. See [`dust`].
+//!
 //! # Extending it
 //!
 //! A [`SocketConfig`] is a connect callback plus channel routes by topic pattern; mount it at a
 //! path with [`ServerConfig::socket`]. A route's factory makes one [`channel::Channel`] per join,
 //! run in its own task (pushes, replies later, broadcasts, timers through
-//! [`channel::ChannelContext`]).
+//! [`channel::ChannelContext`]). A socket can restrict its serializers
+//! ([`SocketConfig::protocols`]) and name its connections ([`SocketConfig::id`], closed
+//! together by [`Control::disconnect_socket`]); [`Control::restart`] restarts the server on
+//! the same port with its state.
 //!
 //! # Important notes
 //!
@@ -81,6 +91,7 @@ mod socket;
 pub mod channel;
 pub mod command;
 pub mod control;
+pub mod dust;
 pub mod echo;
 
 pub use config::ServerConfig;

@@ -19,7 +19,7 @@ use crate::connection::{CLOSE_WAIT, ConnSetup, run_connection};
 use crate::control::{ConnectionId, Control};
 use crate::error::StartError;
 use crate::frame::Protocol;
-use crate::shared::{ConnEntry, ConnEvent, Shared, lock};
+use crate::shared::{ConnEntry, ConnEvent, ListenerCmd, Shared, lock};
 use crate::socket::{Assigns, ConnectDecision, ConnectRequest, SocketConfig};
 
 /// How long a client may take to send its upgrade request.
@@ -34,8 +34,18 @@ pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
     let ServerConfig {
         listen,
         idle_timeout,
-        sockets,
+        mut sockets,
+        dust,
     } = config;
+    // The Dust state is loaded before the port opens: a client never sees a half-loaded store.
+    let dust = match dust {
+        Some(config) => {
+            let (path, dust) = crate::dust::DustShared::open(config).await?;
+            sockets.insert(path, crate::dust::socket(dust.clone()));
+            Some(dust)
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -46,9 +56,16 @@ pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
         addr: listen,
         source,
     })?;
-    let shared = Arc::new(Shared::new(sockets, idle_timeout));
+    let (listener_tx, listener_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared::new(
+        sockets,
+        idle_timeout,
+        listener_tx,
+        local_addr,
+        dust,
+    ));
     let span = tracing::info_span!("dust_conformance", %local_addr);
-    let task = tokio::spawn(accept_loop(listener, shared.clone()).instrument(span));
+    let task = tokio::spawn(accept_loop(listener, shared.clone(), listener_rx).instrument(span));
     tracing::info!(%local_addr, "dust-conformance listening");
     Ok(Server {
         local_addr,
@@ -100,6 +117,12 @@ impl Server {
         self.control.clone()
     }
 
+    /// The Dust emulation's control handle, when the server mounts it
+    /// ([`ServerConfig::dust`]).
+    pub fn dust(&self) -> Option<crate::dust::DustControl> {
+        self.control.dust()
+    }
+
     /// Stops accepting, closes every connection with code 1001 and waits until they are gone
     /// (at most a few seconds for clients that do not answer the close).
     pub async fn shutdown(mut self) {
@@ -116,16 +139,43 @@ impl Drop for Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut commands: mpsc::UnboundedReceiver<ListenerCmd>,
+) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut connections = JoinSet::new();
+    let mut listener = Some(listener);
     loop {
         if *shutdown.borrow_and_update() {
             break;
         }
         tokio::select! {
             _ = shutdown.changed() => {}
-            accepted = listener.accept() => match accepted {
+            Some(command) = commands.recv() => match command {
+                ListenerCmd::Suspend(done) => {
+                    listener = None;
+                    drop_connections(&shared, &mut connections).await;
+                    tracing::info!("listener closed, connections dropped");
+                    let _ = done.send(());
+                }
+                ListenerCmd::Resume(done) => {
+                    let result = match listener {
+                        Some(_) => Ok(()),
+                        None => match TcpListener::bind(shared.local_addr).await {
+                            Ok(bound) => {
+                                listener = Some(bound);
+                                tracing::info!("listening again");
+                                Ok(())
+                            }
+                            Err(error) => Err(error.to_string()),
+                        },
+                    };
+                    let _ = done.send(result);
+                }
+            },
+            accepted = accept(listener.as_ref()) => match accepted {
                 Ok((stream, peer)) => {
                     let span = tracing::debug_span!("connection", %peer);
                     connections.spawn(handle_tcp(stream, shared.clone()).instrument(span));
@@ -152,9 +202,32 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     tracing::info!("dust-conformance stopped");
 }
 
+/// Accepts on the listener, or waits forever while there is none (suspended).
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Drops every connection without a close frame and waits until their tasks are gone.
+async fn drop_connections(shared: &Shared, connections: &mut JoinSet<()>) {
+    shared.send_to_all(|_| ConnEvent::Drop);
+    // Registered connections end at once; one still in its handshake is aborted.
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    lock(&shared.connections).clear();
+    shared.update_stats(|s| s.open_connections = 0);
+}
+
 /// An upgrade the handshake callback accepted.
 struct Accepted {
     path: String,
+    socket_id: Option<String>,
     params: BTreeMap<String, String>,
     protocol: Protocol,
     assigns: Assigns,
@@ -231,6 +304,7 @@ fn register(
         id,
         ConnEntry {
             path: accepted.path.clone(),
+            socket_id: accepted.socket_id.clone(),
             params: accepted.params.clone(),
             protocol: accepted.protocol,
             topics: Default::default(),
@@ -281,8 +355,9 @@ fn upgrade(
                 .collect()
         })
         .unwrap_or_default();
-    let protocol =
-        Protocol::negotiate(params.get("vsn").map(String::as_str)).ok_or(StatusCode::FORBIDDEN)?;
+    let protocol = Protocol::negotiate(params.get("vsn").map(String::as_str))
+        .filter(|protocol| socket.accepts(*protocol))
+        .ok_or(StatusCode::FORBIDDEN)?;
     let offered = subprotocols(request);
     let auth_token = match offered
         .iter()
@@ -301,6 +376,7 @@ fn upgrade(
         ConnectDecision::Accept(assigns) => assigns,
         ConnectDecision::Refuse => return Err(StatusCode::FORBIDDEN),
     };
+    let socket_id = socket.socket_id(&connect, &assigns);
     if offered.iter().any(|p| p == "phoenix") {
         response.headers_mut().insert(
             "sec-websocket-protocol",
@@ -311,6 +387,7 @@ fn upgrade(
         response,
         Accepted {
             path: connect.path,
+            socket_id,
             params: connect.params,
             protocol,
             assigns,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::channel::{Exit, SendError};
@@ -100,6 +100,8 @@ pub(crate) struct Subscriber {
 #[derive(Debug)]
 pub(crate) struct ConnEntry {
     pub(crate) path: String,
+    /// The socket's id for this connection (Phoenix's `id/1`), if any.
+    pub(crate) socket_id: Option<String>,
     pub(crate) params: BTreeMap<String, String>,
     pub(crate) protocol: Protocol,
     pub(crate) topics: BTreeSet<String>,
@@ -113,6 +115,7 @@ impl ConnEntry {
         ConnectionInfo {
             id,
             path: self.path.clone(),
+            socket_id: self.socket_id.clone(),
             params: self.params.clone(),
             protocol: self.protocol,
             topics: self.topics.iter().cloned().collect(),
@@ -134,6 +137,15 @@ pub(crate) struct Settings {
 
 type SubKey = (ConnectionId, u64);
 
+/// Requests to the accept loop.
+#[derive(Debug)]
+pub(crate) enum ListenerCmd {
+    /// Close the listener and drop every connection; answer when they are gone.
+    Suspend(oneshot::Sender<()>),
+    /// Bind the same address again; answer with the outcome.
+    Resume(oneshot::Sender<Result<(), String>>),
+}
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) sockets: BTreeMap<String, SocketConfig>,
@@ -143,13 +155,27 @@ pub(crate) struct Shared {
     subscriptions: Mutex<HashMap<String, HashMap<SubKey, Subscriber>>>,
     pub(crate) stats: watch::Sender<ServerStats>,
     pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) listener: mpsc::UnboundedSender<ListenerCmd>,
+    /// The bound address (kept across restarts).
+    pub(crate) local_addr: std::net::SocketAddr,
+    /// The Dust store emulation, when one is mounted.
+    pub(crate) dust: Option<Arc<crate::dust::DustShared>>,
     next_id: AtomicU64,
     next_instance: AtomicU64,
 }
 
 impl Shared {
-    pub(crate) fn new(sockets: BTreeMap<String, SocketConfig>, idle_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        sockets: BTreeMap<String, SocketConfig>,
+        idle_timeout: Duration,
+        listener: mpsc::UnboundedSender<ListenerCmd>,
+        local_addr: std::net::SocketAddr,
+        dust: Option<Arc<crate::dust::DustShared>>,
+    ) -> Self {
         Self {
+            listener,
+            local_addr,
+            dust,
             sockets,
             settings: Mutex::default(),
             idle_timeout: watch::Sender::new(idle_timeout),

@@ -40,6 +40,7 @@ pub enum ConnectDecision {
 
 type ConnectFn = dyn Fn(&ConnectRequest) -> ConnectDecision + Send + Sync;
 type ChannelFactory = dyn Fn(&str) -> Box<dyn Channel> + Send + Sync;
+type SocketIdFn = dyn Fn(&ConnectRequest, &Assigns) -> Option<String> + Send + Sync;
 
 /// A socket mounted at a path: its connect callback and its channel routes.
 ///
@@ -61,6 +62,8 @@ type ChannelFactory = dyn Fn(&str) -> Box<dyn Channel> + Send + Sync;
 pub struct SocketConfig {
     connect: Arc<ConnectFn>,
     routes: Vec<(String, Arc<ChannelFactory>)>,
+    id: Option<Arc<SocketIdFn>>,
+    protocols: Option<Vec<Protocol>>,
 }
 
 impl fmt::Debug for SocketConfig {
@@ -70,6 +73,7 @@ impl fmt::Debug for SocketConfig {
                 "routes",
                 &self.routes.iter().map(|(p, _)| p).collect::<Vec<_>>(),
             )
+            .field("protocols", &self.protocols)
             .finish_non_exhaustive()
     }
 }
@@ -82,7 +86,45 @@ impl SocketConfig {
         Self {
             connect: Arc::new(connect),
             routes: Vec::new(),
+            id: None,
+            protocols: None,
         }
+    }
+
+    /// Names each accepted connection (Phoenix's `id/1`, e.g. `"user_socket:42"`), so that
+    /// [`Control::disconnect_socket`](crate::Control::disconnect_socket) can close every
+    /// connection with that id at once, as a `"disconnect"` broadcast to the id does in
+    /// Phoenix. `None` leaves the connection anonymous (Phoenix's `nil`).
+    pub fn id(
+        mut self,
+        id: impl Fn(&ConnectRequest, &Assigns) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.id = Some(Arc::new(id));
+        self
+    }
+
+    /// Accepts only these serializers (Phoenix's `serializer:` option of a socket); an
+    /// upgrade whose `vsn` negotiates another one is refused with 403. By default both V1
+    /// and V2 are accepted.
+    ///
+    /// ```
+    /// use dust_conformance::{ConnectDecision, Protocol, SocketConfig};
+    ///
+    /// let v2_only = SocketConfig::new(|_| ConnectDecision::Accept(Default::default()))
+    ///     .protocols([Protocol::V2]);
+    /// assert!(v2_only.accepts(Protocol::V2));
+    /// assert!(!v2_only.accepts(Protocol::V1));
+    /// ```
+    pub fn protocols(mut self, protocols: impl IntoIterator<Item = Protocol>) -> Self {
+        self.protocols = Some(protocols.into_iter().collect());
+        self
+    }
+
+    /// Whether a connection with this serializer is accepted.
+    pub fn accepts(&self, protocol: Protocol) -> bool {
+        self.protocols
+            .as_ref()
+            .is_none_or(|list| list.contains(&protocol))
     }
 
     /// Routes topics to a channel. A pattern ending in `*` matches every topic with that prefix
@@ -105,6 +147,10 @@ impl SocketConfig {
 
     pub(crate) fn connect(&self, request: &ConnectRequest) -> ConnectDecision {
         (self.connect)(request)
+    }
+
+    pub(crate) fn socket_id(&self, request: &ConnectRequest, assigns: &Assigns) -> Option<String> {
+        self.id.as_ref().and_then(|id| id(request, assigns))
     }
 
     pub(crate) fn find(&self, topic: &str) -> Option<&Arc<ChannelFactory>> {

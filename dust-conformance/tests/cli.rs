@@ -40,6 +40,15 @@ impl Process {
             url.starts_with("ws://127.0.0.1:") && url.ends_with("/socket"),
             "{url}"
         );
+        // The second line names the Dust socket on the same port.
+        let second = within("second line", stdout.next_line())
+            .await
+            .expect("read")
+            .expect("a second line");
+        assert_eq!(
+            second,
+            format!("listening {}/ws/sync", url.trim_end_matches("/socket"))
+        );
         Process {
             child,
             stdin,

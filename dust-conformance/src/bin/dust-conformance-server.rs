@@ -3,9 +3,12 @@
 //!
 //! ```text
 //! dust-conformance-server [--listen ADDR] [--idle-timeout-ms MS] [--control-stdin]
+//!     [--token TOKEN[:SCOPES][@ACCESS]]... [--store ORG/NAME]... [--rate-limit N/min]
+//!     [--state FILE] [--plan free|pro|team] [--no-auto-create]
 //! ```
 //!
-//! The first stdout line is `listening ws://HOST:PORT/socket`. Logs go to stderr (`RUST_LOG`,
+//! The first stdout line is `listening ws://HOST:PORT/socket` (the echo socket), the second
+//! `listening ws://HOST:PORT/ws/sync` (the Dust socket). Logs go to stderr (`RUST_LOG`,
 //! default `info`). With `--control-stdin` it reads one JSON command per line from stdin and
 //! answers one JSON line each on stdout (see `dust_conformance::command`); it stops when stdin
 //! closes. It stops cleanly on Ctrl-C and SIGTERM.
@@ -15,6 +18,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use dust_conformance::dust::{self, DustConfig, Limits, RateLimit, StoreAccess, TokenConfig};
 use dust_conformance::{Control, ServerConfig, command};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -22,10 +26,28 @@ use tracing_subscriber::EnvFilter;
 
 const USAGE: &str =
     "usage: dust-conformance-server [--listen ADDR] [--idle-timeout-ms MS] [--control-stdin]
+           [--token TOKEN[:SCOPES][@ACCESS]]... [--store ORG/NAME]... [--rate-limit N/min]
+           [--state FILE] [--plan free|pro|team] [--no-auto-create]
+
+Serves the echo socket at /socket and the Dust store socket at /ws/sync.
 
   --listen ADDR          address to bind (default 127.0.0.1:0)
   --idle-timeout-ms MS   close connections idle for MS milliseconds with 1000 (default 60000)
   --control-stdin        read JSON control commands from stdin, one per line; answer on stdout
+  --token SPEC           a Dust token the /ws/sync socket accepts (repeatable). SPEC is
+                         TOKEN[:SCOPES][@ACCESS]: TOKEN starts with dust_tok_; SCOPES is a
+                         comma-separated list (default: every scope), e.g.
+                         dust_tok_ro:entries:read; ACCESS is an org (the token reaches only
+                         that org's stores) or a comma-separated list of org/name stores
+                         (default: every store of every org)
+  --store ORG/NAME       create this store at start (repeatable; stores are also created on
+                         first join unless --no-auto-create)
+  --rate-limit N/UNIT    at most N writes per token per minute (UNIT min) or second (UNIT s)
+  --state FILE           keep the stores in FILE (an fsynced append-only journal): every
+                         acknowledged write survives a crash or kill -9
+  --plan PLAN            key and file limits of the real plans: free (default), pro, team
+  --no-auto-create       joining an unknown store is refused (unauthorized), as on the real
+                         server
 ";
 
 #[derive(Debug)]
@@ -33,6 +55,60 @@ struct Args {
     listen: SocketAddr,
     idle_timeout: Option<Duration>,
     control_stdin: bool,
+    dust: DustConfig,
+    tokens: usize,
+}
+
+/// Parses `TOKEN[:SCOPES][@ACCESS]`.
+fn parse_token(spec: &str) -> Result<TokenConfig, String> {
+    let (left, access) = match spec.split_once('@') {
+        Some((left, access)) => (left, Some(access)),
+        None => (spec, None),
+    };
+    let (token, scopes) = match left.split_once(':') {
+        Some((token, scopes)) => (token, Some(scopes)),
+        None => (left, None),
+    };
+    if !token.starts_with(dust::TOKEN_PREFIX) || token.len() == dust::TOKEN_PREFIX.len() {
+        return Err(format!(
+            "--token: a Dust token starts with {}",
+            dust::TOKEN_PREFIX
+        ));
+    }
+    let mut config = TokenConfig::new(token);
+    if let Some(scopes) = scopes {
+        let list: Vec<&str> = scopes.split(',').filter(|s| !s.is_empty()).collect();
+        if let Some(bad) = list.iter().find(|s| !dust::SCOPES.contains(s)) {
+            return Err(format!(
+                "--token: unknown scope {bad:?} (known: {})",
+                dust::SCOPES.join(", ")
+            ));
+        }
+        config = config.scopes(list);
+    }
+    match access {
+        None => {}
+        Some(access) if access.contains('/') => {
+            let stores: Vec<String> = access.split(',').map(str::to_owned).collect();
+            config = config.access(StoreAccess::Selected(stores));
+        }
+        Some(org) if !org.is_empty() => config = config.org(org),
+        Some(_) => return Err("--token: empty access after @".to_owned()),
+    }
+    Ok(config)
+}
+
+/// Parses `N/min` or `N/s`.
+fn parse_rate(spec: &str) -> Result<RateLimit, String> {
+    let (n, unit) = spec
+        .split_once('/')
+        .ok_or_else(|| format!("--rate-limit {spec}: expected N/min or N/s"))?;
+    let n: u64 = n.parse().map_err(|e| format!("--rate-limit {spec}: {e}"))?;
+    match unit {
+        "min" | "m" => Ok(RateLimit::per_minute(n)),
+        "s" | "sec" => Ok(RateLimit::new(n, Duration::from_secs(1))),
+        _ => Err(format!("--rate-limit {spec}: the unit is min or s")),
+    }
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
@@ -40,6 +116,8 @@ fn parse_args() -> Result<Option<Args>, String> {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         idle_timeout: None,
         control_stdin: false,
+        dust: DustConfig::new(),
+        tokens: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -66,6 +144,33 @@ fn parse_args() -> Result<Option<Args>, String> {
                 args.idle_timeout = Some(Duration::from_millis(ms));
             }
             "--control-stdin" => args.control_stdin = true,
+            "--token" => {
+                let token = parse_token(&value()?)?;
+                args.dust = args.dust.token(token);
+                args.tokens += 1;
+            }
+            "--store" => {
+                let store = value()?;
+                args.dust = args.dust.store(store);
+            }
+            "--rate-limit" => {
+                let rate = parse_rate(&value()?)?;
+                args.dust = args.dust.rate_limit(rate);
+            }
+            "--state" => {
+                let path = value()?;
+                args.dust = args.dust.state_file(path);
+            }
+            "--plan" => {
+                let limits = match value()?.as_str() {
+                    "free" => Limits::free(),
+                    "pro" => Limits::pro(),
+                    "team" => Limits::team(),
+                    other => return Err(format!("--plan {other}: free, pro or team")),
+                };
+                args.dust = args.dust.limits(limits);
+            }
+            "--no-auto-create" => args.dust = args.dust.auto_create(false),
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -114,7 +219,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let mut config = ServerConfig::default().listen(args.listen);
+    if args.tokens == 0 {
+        tracing::warn!("no --token: every connect to /ws/sync is refused");
+    }
+    let mut config = ServerConfig::default().listen(args.listen).dust(args.dust);
     if let Some(timeout) = args.idle_timeout {
         config = config.idle_timeout(timeout);
     }
@@ -134,6 +242,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     });
     lines_tx.send(Some(format!("listening {}", server.socket_url())))?;
+    lines_tx.send(Some(format!("listening {}", server.url("/ws/sync"))))?;
 
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<&'static str>();
     if args.control_stdin {

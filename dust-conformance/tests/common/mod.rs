@@ -198,3 +198,5 @@ pub async fn connect_with_protocols(url: &str, protocols: &str) -> (Client, Opti
         .map(|v| v.to_str().expect("ascii").to_owned());
     (Client { ws }, picked)
 }
+
+pub mod dust;
