@@ -1,0 +1,621 @@
+//! The [`SyncEngine`] trait (the seed's `Dust.SyncEngine` surface) and [`MemoryEngine`], an
+//! in-memory engine for examples, tests and small apps.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::write::{ClientOpId, Path, Rejection, WriteAck};
+
+/// A store's connection status, as the engine sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreStatus {
+    /// Joined: events flow, writes go out.
+    Connected,
+    /// Not joined; the connection is working on it.
+    Reconnecting,
+    /// The join was refused for good (`unauthorized`, `store_not_allowed`, `missing_scope`) or
+    /// the connection stopped; nothing happens until asked.
+    Failed,
+}
+
+impl StoreStatus {
+    /// `connected`, `reconnecting` or `failed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Connected => "connected",
+            Self::Reconnecting => "reconnecting",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// What the join reply says the device may do in the store.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// The server's `store_seq` at the join.
+    pub store_seq: u64,
+    /// `{"read": bool, "write": bool}`.
+    pub permissions: Value,
+    /// The token's scopes.
+    pub scopes: Vec<String>,
+    /// The token's store access.
+    pub store_access: Value,
+}
+
+impl Capabilities {
+    /// Reads them from a join reply (missing parts are empty, as the seed reads them).
+    pub fn from_join_reply(reply: &Value) -> Self {
+        Self {
+            store_seq: reply.get("store_seq").and_then(Value::as_u64).unwrap_or(0),
+            permissions: reply
+                .get("permissions")
+                .cloned()
+                .unwrap_or_else(|| Value::Object(Default::default())),
+            scopes: reply
+                .get("scopes")
+                .and_then(Value::as_array)
+                .map(|s| {
+                    s.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            store_access: reply
+                .get("store_access")
+                .cloned()
+                .unwrap_or_else(|| Value::Object(Default::default())),
+        }
+    }
+
+    /// Whether `permissions.write` is true.
+    pub fn can_write(&self) -> bool {
+        self.permissions
+            .get("write")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    /// Whether `permissions.read` is true.
+    pub fn can_read(&self) -> bool {
+        self.permissions
+            .get("read")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+}
+
+/// One op of a store's log, as the server pushes it (`event`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[non_exhaustive]
+pub struct ServerEvent {
+    /// Its sequence number in the store.
+    pub store_seq: u64,
+    /// The op (`set`, `delete`, ..., `put_file`).
+    pub op: String,
+    /// The rendered path.
+    pub path: String,
+    /// The path's segments.
+    #[serde(default)]
+    pub path_segments: Option<Vec<String>>,
+    /// The materialized value (an increment's new total, a set's whole content, a lease
+    /// envelope, a file ref; `null` for delete and release).
+    #[serde(default)]
+    pub value: Value,
+    /// The device that wrote it.
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// The writer's idempotency key.
+    #[serde(default)]
+    pub client_op_id: Option<String>,
+}
+
+/// A snapshot of a store (`snapshot`), sent in catch-up when the device is behind the latest
+/// compaction.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// The seq the snapshot is at.
+    pub snapshot_seq: u64,
+    /// Every entry by rendered path, values in the storage envelope (`{"_scalar": v}`).
+    #[serde(default)]
+    pub entries: BTreeMap<String, SnapshotEntry>,
+}
+
+/// One entry of a [`Snapshot`].
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[non_exhaustive]
+pub struct SnapshotEntry {
+    /// The stored value, in its envelope.
+    pub value: Value,
+    /// The value's type (`string`, `integer`, `map`, `lease`, `file`, ...).
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+}
+
+/// Removes the storage envelope: `{"_scalar": v}` → `v`; maps and typed values as they are.
+pub fn unwrap_stored(value: &Value) -> Value {
+    match value {
+        Value::Object(map) if map.len() == 1 && map.contains_key("_scalar") => {
+            map.get("_scalar").cloned().unwrap_or(Value::Null)
+        }
+        other => other.clone(),
+    }
+}
+
+/// What the connection tells the app's local state, per store: the seed's `Dust.SyncEngine`.
+///
+/// Every call comes from the store's own task, in the order things happened, never from the
+/// socket task: a slow engine delays its store, nothing else.
+#[async_trait]
+pub trait SyncEngine: Send + Sync + 'static {
+    /// The last seq the engine has applied (0 if none); sent as `last_store_seq` on every join.
+    async fn last_store_seq(&self, store: &str) -> u64;
+
+    /// The store's status changed.
+    async fn set_status(&self, _store: &str, _status: StoreStatus) {}
+
+    /// The join reply's capabilities (and the server's `store_seq`).
+    async fn set_capabilities(&self, _store: &str, _capabilities: &Capabilities) {}
+
+    /// An op of the store's log.
+    async fn handle_server_event(&self, store: &str, event: &ServerEvent);
+
+    /// A snapshot: replaces the store's contents.
+    async fn handle_snapshot(&self, store: &str, snapshot: &Snapshot);
+
+    /// Catch-up after a join is complete up to `through_seq`.
+    async fn set_catch_up_complete(&self, _store: &str, _through_seq: u64) {}
+
+    /// A write of this device was accepted.
+    async fn handle_write_accepted(
+        &self,
+        _store: &str,
+        _client_op_id: &ClientOpId,
+        _ack: &WriteAck,
+    ) {
+    }
+
+    /// A write of this device was rejected.
+    async fn handle_write_rejected(
+        &self,
+        _store: &str,
+        _client_op_id: &ClientOpId,
+        _rejection: &Rejection,
+    ) {
+    }
+
+    /// The server's seq went below the engine's (the server was reset): forget the store, so
+    /// that `last_store_seq` is 0 and the next join syncs it from scratch.
+    async fn handle_server_reset(&self, store: &str, server_seq: u64);
+}
+
+/// A change in a [`MemoryEngine`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Change {
+    /// A path got a value.
+    Set {
+        /// The store.
+        store: String,
+        /// The rendered path.
+        path: String,
+        /// The value.
+        value: Value,
+        /// The seq of the op.
+        seq: u64,
+    },
+    /// A path (and what was below it) was removed.
+    Removed {
+        /// The store.
+        store: String,
+        /// The rendered path.
+        path: String,
+        /// The seq of the op.
+        seq: u64,
+    },
+    /// The store's contents were replaced by a snapshot.
+    Snapshot {
+        /// The store.
+        store: String,
+        /// The snapshot's seq.
+        seq: u64,
+    },
+    /// Events were missing between `expected` and `got`.
+    Gap {
+        /// The store.
+        store: String,
+        /// The seq that should have come.
+        expected: u64,
+        /// The seq that came.
+        got: u64,
+    },
+    /// The server was reset; the store starts over from 0.
+    Reset {
+        /// The store.
+        store: String,
+        /// The server's seq.
+        server_seq: u64,
+    },
+    /// The store's status changed.
+    Status {
+        /// The store.
+        store: String,
+        /// The status.
+        status: StoreStatus,
+    },
+    /// Catch-up completed.
+    CaughtUp {
+        /// The store.
+        store: String,
+        /// Through this seq.
+        through_seq: u64,
+    },
+}
+
+#[derive(Debug, Default)]
+struct StoreState {
+    entries: BTreeMap<String, Value>,
+    last_seq: u64,
+    status: Option<StoreStatus>,
+    capabilities: Option<Capabilities>,
+    caught_up: Option<u64>,
+    gaps: Vec<(u64, u64)>,
+}
+
+/// An in-memory [`SyncEngine`]: entries per store, events applied in seq order (duplicates
+/// dropped, gaps reported), snapshots unwrapped and replacing the contents, server resets
+/// detected, and a stream of changes.
+///
+/// ```
+/// use dust_connection::{MemoryEngine, ServerEvent, SyncEngine};
+/// use serde_json::json;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let engine = MemoryEngine::new();
+/// let event: ServerEvent = serde_json::from_value(json!({
+///     "store_seq": 1, "op": "set", "path": "users/ada", "value": {"name": "Ada", "age": 36}
+/// })).unwrap();
+/// engine.handle_server_event("org/app", &event).await;
+/// assert_eq!(engine.get("org/app", "users/ada/name"), Some(json!("Ada")));
+/// assert_eq!(engine.last_store_seq("org/app").await, 1);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MemoryEngine {
+    stores: Arc<Mutex<HashMap<String, StoreState>>>,
+    changes: broadcast::Sender<Change>,
+}
+
+impl fmt::Debug for MemoryEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryEngine").finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryEngine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryEngine {
+    /// An empty engine.
+    pub fn new() -> Self {
+        Self {
+            stores: Arc::default(),
+            changes: broadcast::channel(4096).0,
+        }
+    }
+
+    fn with<R>(&self, store: &str, f: impl FnOnce(&mut StoreState) -> R) -> R {
+        let mut stores = match self.stores.lock() {
+            Ok(stores) => stores,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(stores.entry(store.to_owned()).or_default())
+    }
+
+    fn emit(&self, change: Change) {
+        let _ = self.changes.send(change);
+    }
+
+    /// A receiver of every change from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// The value at a rendered path.
+    pub fn get(&self, store: &str, path: &str) -> Option<Value> {
+        self.with(store, |s| s.entries.get(path).cloned())
+    }
+
+    /// Every entry of a store, by rendered path.
+    pub fn entries(&self, store: &str) -> BTreeMap<String, Value> {
+        self.with(store, |s| s.entries.clone())
+    }
+
+    /// The last applied seq of a store.
+    pub fn seq(&self, store: &str) -> u64 {
+        self.with(store, |s| s.last_seq)
+    }
+
+    /// The store's status, once the connection has set one.
+    pub fn status(&self, store: &str) -> Option<StoreStatus> {
+        self.with(store, |s| s.status)
+    }
+
+    /// The capabilities of the last join.
+    pub fn capabilities(&self, store: &str) -> Option<Capabilities> {
+        self.with(store, |s| s.capabilities.clone())
+    }
+
+    /// The `through_seq` of the last completed catch-up.
+    pub fn caught_up(&self, store: &str) -> Option<u64> {
+        self.with(store, |s| s.caught_up)
+    }
+
+    /// The gaps seen: (expected seq, seq that came).
+    pub fn gaps(&self, store: &str) -> Vec<(u64, u64)> {
+        self.with(store, |s| s.gaps.clone())
+    }
+
+    fn remove_subtree(entries: &mut BTreeMap<String, Value>, path: &str) {
+        let prefix = format!("{path}/");
+        entries.retain(|k, _| k != path && !k.starts_with(&prefix));
+    }
+
+    /// A map value's leaves (`{"a": {"b": 1}}` at `p` → `p/a/b = 1`); typed envelopes (files,
+    /// leases) and other values are one leaf.
+    fn leaves(path: &Path, value: &Value, out: &mut Vec<(String, Value)>) {
+        match value {
+            Value::Object(map)
+                if !matches!(
+                    map.get("_type").and_then(Value::as_str),
+                    Some("file" | "lease")
+                ) =>
+            {
+                for (key, child) in map {
+                    if let Ok(child_path) = path.child(key.as_str()) {
+                        Self::leaves(&child_path, child, out);
+                    }
+                }
+            }
+            other => out.push((path.render(), other.clone())),
+        }
+    }
+
+    fn apply(&self, store: &str, event: &ServerEvent) {
+        let path = event
+            .path_segments
+            .clone()
+            .map(Path::new)
+            .unwrap_or_else(|| Path::parse(&event.path));
+        let Ok(path) = path else {
+            tracing::warn!(store, path = %event.path, "event with an invalid path; ignored");
+            return;
+        };
+        let rendered = path.render();
+        let seq = event.store_seq;
+        let mut changes = Vec::new();
+        let outcome = self.with(store, |s| {
+            if seq <= s.last_seq {
+                return Err(());
+            }
+            let gap = (seq != s.last_seq + 1).then_some((s.last_seq + 1, seq));
+            if let Some(gap) = gap {
+                s.gaps.push(gap);
+            }
+            s.last_seq = seq;
+            let mut set = |entries: &mut BTreeMap<String, Value>, value: &Value, replace: bool| {
+                if replace {
+                    Self::remove_subtree(entries, &rendered);
+                }
+                let mut leaves = Vec::new();
+                Self::leaves(&path, value, &mut leaves);
+                for (p, v) in leaves {
+                    entries.insert(p.clone(), v.clone());
+                    changes.push(Change::Set {
+                        store: store.to_owned(),
+                        path: p,
+                        value: v,
+                        seq,
+                    });
+                }
+            };
+            match (event.op.as_str(), &event.value) {
+                ("merge", value) => set(&mut s.entries, value, false),
+                ("delete" | "release", _) | (_, Value::Null) => {
+                    Self::remove_subtree(&mut s.entries, &rendered);
+                    changes.push(Change::Removed {
+                        store: store.to_owned(),
+                        path: rendered.clone(),
+                        seq,
+                    });
+                }
+                (_, value) => set(&mut s.entries, value, true),
+            }
+            Ok(gap)
+        });
+        match outcome {
+            Err(()) => tracing::debug!(store, seq, "duplicate event dropped"),
+            Ok(gap) => {
+                if let Some((expected, got)) = gap {
+                    tracing::warn!(store, expected, got, "gap in the store's events");
+                    self.emit(Change::Gap {
+                        store: store.to_owned(),
+                        expected,
+                        got,
+                    });
+                }
+                changes.into_iter().for_each(|c| self.emit(c));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SyncEngine for MemoryEngine {
+    async fn last_store_seq(&self, store: &str) -> u64 {
+        self.seq(store)
+    }
+
+    async fn set_status(&self, store: &str, status: StoreStatus) {
+        self.with(store, |s| s.status = Some(status));
+        self.emit(Change::Status {
+            store: store.to_owned(),
+            status,
+        });
+    }
+
+    async fn set_capabilities(&self, store: &str, capabilities: &Capabilities) {
+        self.with(store, |s| s.capabilities = Some(capabilities.clone()));
+    }
+
+    async fn handle_server_event(&self, store: &str, event: &ServerEvent) {
+        self.apply(store, event);
+    }
+
+    async fn handle_snapshot(&self, store: &str, snapshot: &Snapshot) {
+        self.with(store, |s| {
+            s.entries = snapshot
+                .entries
+                .iter()
+                .map(|(p, e)| (p.clone(), unwrap_stored(&e.value)))
+                .collect();
+            s.last_seq = snapshot.snapshot_seq;
+        });
+        self.emit(Change::Snapshot {
+            store: store.to_owned(),
+            seq: snapshot.snapshot_seq,
+        });
+    }
+
+    async fn set_catch_up_complete(&self, store: &str, through_seq: u64) {
+        self.with(store, |s| s.caught_up = Some(through_seq));
+        self.emit(Change::CaughtUp {
+            store: store.to_owned(),
+            through_seq,
+        });
+    }
+
+    async fn handle_server_reset(&self, store: &str, server_seq: u64) {
+        self.with(store, |s| {
+            s.entries.clear();
+            s.last_seq = 0;
+            s.caught_up = None;
+        });
+        self.emit(Change::Reset {
+            store: store.to_owned(),
+            server_seq,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(seq: u64, op: &str, path: &str, value: Value) -> ServerEvent {
+        serde_json::from_value(json!({"store_seq": seq, "op": op, "path": path, "value": value}))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn events_apply_in_order_with_duplicates_dropped_and_gaps_reported() {
+        let engine = MemoryEngine::new();
+        let mut changes = engine.subscribe();
+        engine
+            .handle_server_event("s", &event(1, "set", "a", json!({"x": 1, "y": {"z": 2}})))
+            .await;
+        assert_eq!(
+            engine.entries("s"),
+            BTreeMap::from([("a/x".into(), json!(1)), ("a/y/z".into(), json!(2))])
+        );
+        engine
+            .handle_server_event("s", &event(1, "set", "a", json!(9)))
+            .await;
+        assert_eq!(engine.get("s", "a/x"), Some(json!(1)), "duplicate dropped");
+        engine
+            .handle_server_event("s", &event(4, "merge", "a", json!({"w": 3})))
+            .await;
+        assert_eq!(engine.gaps("s"), [(2, 4)]);
+        assert_eq!(engine.get("s", "a/w"), Some(json!(3)));
+        assert_eq!(
+            engine.get("s", "a/x"),
+            Some(json!(1)),
+            "merge keeps siblings"
+        );
+        engine
+            .handle_server_event("s", &event(5, "delete", "a", Value::Null))
+            .await;
+        assert!(engine.entries("s").is_empty());
+        engine
+            .handle_server_event(
+                "s",
+                &event(6, "lease", "lock", json!({"_type": "lease", "token": 6})),
+            )
+            .await;
+        assert_eq!(
+            engine.get("s", "lock"),
+            Some(json!({"_type": "lease", "token": 6}))
+        );
+        engine
+            .handle_server_event("s", &event(7, "release", "lock", Value::Null))
+            .await;
+        assert_eq!(engine.get("s", "lock"), None);
+        let mut gap_seen = false;
+        while let Ok(change) = changes.try_recv() {
+            gap_seen |= matches!(
+                change,
+                Change::Gap {
+                    expected: 2,
+                    got: 4,
+                    ..
+                }
+            );
+        }
+        assert!(gap_seen);
+    }
+
+    #[tokio::test]
+    async fn snapshots_unwrap_and_replace_and_resets_start_over() {
+        let engine = MemoryEngine::new();
+        engine
+            .handle_server_event("s", &event(1, "set", "stale", json!(1)))
+            .await;
+        let snapshot: Snapshot = serde_json::from_value(json!({
+            "snapshot_seq": 10,
+            "entries": {"a": {"value": {"_scalar": 5}, "type": "integer"}, "m/k": {"value": {"_scalar": "v"}, "type": "string"}}
+        }))
+        .unwrap();
+        engine.handle_snapshot("s", &snapshot).await;
+        assert_eq!(
+            engine.entries("s"),
+            BTreeMap::from([("a".into(), json!(5)), ("m/k".into(), json!("v"))])
+        );
+        assert_eq!(engine.last_store_seq("s").await, 10);
+        engine.handle_server_reset("s", 3).await;
+        assert_eq!(engine.last_store_seq("s").await, 0);
+        assert!(engine.entries("s").is_empty());
+    }
+
+    #[test]
+    fn capabilities_from_a_join_reply() {
+        let caps = Capabilities::from_join_reply(&json!({
+            "store_seq": 4, "permissions": {"read": true, "write": false}, "scopes": ["entries:read"], "store_access": {"all": true}
+        }));
+        assert_eq!(caps.store_seq, 4);
+        assert!(caps.can_read() && !caps.can_write());
+        assert_eq!(caps.scopes, ["entries:read"]);
+    }
+}

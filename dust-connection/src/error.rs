@@ -1,0 +1,65 @@
+//! Errors of the public API.
+
+use phoenix_channels::PushError;
+
+use crate::write::Rejection;
+
+/// Why a write did not succeed. Cloneable; never a boxed error.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The server rejected the write (its reason and payload). Not retried by the outbox.
+    #[error("rejected: {0}")]
+    Rejected(Rejection),
+    /// The write is invalid (bad path, wrong value for the op, impossible precondition): it
+    /// failed before anything was queued, with the reason the server would have given.
+    #[error("invalid write: {0}")]
+    Invalid(Rejection),
+    /// The store's outbox is full (only from calls that do not wait, such as `try_write`).
+    #[error("the store's outbox is full")]
+    OutboxFull,
+    /// The store's join was refused for good (`unauthorized`, `store_not_allowed`,
+    /// `missing_scope`); the write was not sent. Call `Store::rejoin` to try again.
+    #[error("the store's join was refused: {0}")]
+    JoinFailed(Rejection),
+    /// The write was sent but whether the server applied it cannot be known (for instance its
+    /// log was compacted into a snapshot meanwhile, or the connection was shut down before the
+    /// outcome could be learned). It was not resent.
+    #[error("the outcome of the write is unknown: {0}")]
+    Indeterminate(String),
+    /// The connection was shut down before the write was sent.
+    #[error("the connection is closed")]
+    Closed,
+    /// No store of that name was configured.
+    #[error("no store `{0}` in this connection")]
+    UnknownStore(String),
+    /// The push failed in transport (from the leaf service; the outbox turns this into a
+    /// resend or an answer, callers of the whole stack do not see it).
+    #[error("transport: {0}")]
+    Transport(PushError),
+}
+
+impl WriteError {
+    /// The rejection, for `Rejected`, `Invalid` and `JoinFailed`.
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            Self::Rejected(r) | Self::Invalid(r) | Self::JoinFailed(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// Why a connection could not be built.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The socket could not be built (bad URL, no runtime, bad setting).
+    #[error(transparent)]
+    Socket(#[from] phoenix_channels::BuildError),
+    /// A required setting is missing.
+    #[error("missing setting: {0}")]
+    Missing(&'static str),
+    /// The same store is configured twice.
+    #[error("store `{0}` is configured twice")]
+    DuplicateStore(String),
+}

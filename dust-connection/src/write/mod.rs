@@ -1,0 +1,11 @@
+//! Writes: paths, operations and preconditions, their wire encoding, and the server's answers.
+
+mod encode;
+mod op;
+mod path;
+mod reply;
+
+pub use encode::{EncodedWrite, encode};
+pub use op::{ClientOpId, Fence, FileContent, WriteOp, WriteRequest};
+pub use path::{IntoSegments, Path, PathError};
+pub use reply::{Lease, RejectReason, Rejection, WriteAck};
