@@ -652,10 +652,19 @@ impl DustConnection {
         &self.inner.socket
     }
 
-    /// Closes the connection for good; writes not answered yet fail.
+    /// Closes the connection for good; writes not answered yet fail. The state change to
+    /// `Disconnected` is emitted before this returns.
     pub async fn disconnect(&self) {
         self.connect();
         self.inner.socket.disconnect().await;
+        let from = {
+            let mut state = lock(&self.inner.state);
+            (state.status != ConnectionStatus::Disconnected)
+                .then(|| std::mem::replace(&mut state.status, ConnectionStatus::Disconnected))
+        };
+        if let Some(from) = from {
+            self.emit_change(Some(from), ConnectionStatus::Disconnected, None);
+        }
     }
 }
 

@@ -9,8 +9,12 @@
 //!    ([`SendWrite`] → the reply).
 //!
 //! Each stage takes its own request type, so a stack in the wrong order does not compile.
+//!
+//! [`RetryRateLimited`] is a ready-made user layer policy: `tower::retry` for writes rejected
+//! with `rate_limited`, honouring the server's `retry_after_ms`.
 
 mod push;
+mod retry;
 mod telemetry;
 mod validate;
 
@@ -18,5 +22,6 @@ pub mod outbox;
 
 pub use outbox::Outbox;
 pub use push::{ChannelService, SendWrite};
+pub use retry::RetryRateLimited;
 pub use telemetry::{Telemetry, TelemetryLayer};
 pub use validate::{Validate, ValidateLayer};

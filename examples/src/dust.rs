@@ -1,0 +1,463 @@
+//! `dust`: a scriptable Dust client that reads JSON commands on stdin and writes JSON events on
+//! stdout, one per line. See the README for the formats.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use base64::Engine as _;
+use dust_connection::{
+    DeviceId, DustConnection, Fence, Notice, Store, WriteAck, WriteError, WriteOp, WriteRequest,
+};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// The options of the `dust` command line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    /// The Dust socket, e.g. `ws://localhost:7755/ws/sync`.
+    pub url: String,
+    /// The token.
+    pub token: String,
+    /// The stores.
+    pub stores: Vec<String>,
+    /// The device id (default: a new one).
+    pub device_id: Option<String>,
+    /// The heartbeat interval.
+    pub heartbeat: Option<Duration>,
+}
+
+/// The usage text.
+pub const USAGE: &str = "usage: dust --url ws://HOST:PORT/ws/sync --token T --store S [--store S2]... [--device-id D] [--heartbeat-ms N]";
+
+impl Options {
+    /// Parses the command-line arguments (without the program name).
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+        let (mut url, mut token, mut stores, mut device_id, mut heartbeat) =
+            (None, None, Vec::new(), None, None);
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+            match arg.as_str() {
+                "--url" => url = Some(value("--url")?),
+                "--token" => token = Some(value("--token")?),
+                "--store" => stores.push(value("--store")?),
+                "--device-id" => device_id = Some(value("--device-id")?),
+                "--heartbeat-ms" => {
+                    let ms = value("--heartbeat-ms")?;
+                    let ms: u64 = ms.parse().ok().filter(|ms| *ms > 0).ok_or_else(|| {
+                        format!("--heartbeat-ms: `{ms}` is not a positive number")
+                    })?;
+                    heartbeat = Some(Duration::from_millis(ms));
+                }
+                "-h" | "--help" => return Err(USAGE.to_owned()),
+                other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+            }
+        }
+        let url = url.ok_or_else(|| format!("--url is required\n{USAGE}"))?;
+        let token = token.ok_or_else(|| format!("--token is required\n{USAGE}"))?;
+        if stores.is_empty() {
+            return Err(format!("at least one --store is required\n{USAGE}"));
+        }
+        Ok(Self {
+            url,
+            token,
+            stores,
+            device_id,
+            heartbeat,
+        })
+    }
+}
+
+fn segments(value: Option<&Value>, name: &str) -> Result<Vec<String>, String> {
+    let list = value
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("`{name}` must be a list of strings"))?;
+    list.iter()
+        .map(|s| {
+            s.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("`{name}` must be a list of strings"))
+        })
+        .collect()
+}
+
+fn number(command: &Value, name: &str) -> Result<Option<u64>, String> {
+    match command.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| format!("`{name}` must be a non-negative integer")),
+    }
+}
+
+/// The write a `write` or `put_file` command asks for.
+fn request(command: &Value) -> Result<WriteRequest, String> {
+    let path = segments(command.get("path"), "path")?;
+    let value = command.get("value").cloned().unwrap_or(Value::Null);
+    let cmd = command
+        .get("cmd")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let mut request = if cmd == "put_file" {
+        let content = command
+            .get("content_base64")
+            .and_then(Value::as_str)
+            .ok_or("`content_base64` is required")?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(content)
+            .map_err(|e| format!("`content_base64`: {e}"))?;
+        let text = |name: &str| command.get(name).and_then(Value::as_str).map(str::to_owned);
+        WriteRequest::put_file(path, bytes).file_meta(text("filename"), text("content_type"))
+    } else {
+        let op = command
+            .get("op")
+            .and_then(Value::as_str)
+            .ok_or("`op` is required")?;
+        let ttl = number(command, "ttl_ms")?.unwrap_or(30_000);
+        let holder = command
+            .get("holder")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let token =
+            || number(command, "token")?.ok_or_else(|| format!("`token` is required for {op}"));
+        let op = match op {
+            "set" => WriteOp::Set { path, value },
+            "delete" => WriteOp::Delete { path },
+            "merge" => WriteOp::Merge { path, value },
+            "increment" => WriteOp::Increment { path, by: value },
+            "add" => WriteOp::Add {
+                path,
+                member: value,
+            },
+            "remove" => WriteOp::Remove {
+                path,
+                member: value,
+            },
+            "lease" => WriteOp::Lease {
+                path,
+                ttl_ms: ttl,
+                holder,
+            },
+            "renew" => WriteOp::Renew {
+                path,
+                token: token()?,
+                ttl_ms: ttl,
+            },
+            "release" => WriteOp::Release {
+                path,
+                token: token()?,
+            },
+            other => return Err(format!("unknown op `{other}`")),
+        };
+        WriteRequest::new(op)
+    };
+    if let Some(revision) = number(command, "if_match")? {
+        request = request.if_match(revision);
+    }
+    if command.get("if_absent").and_then(Value::as_bool) == Some(true) {
+        request = request.if_absent();
+    }
+    if let Some(fence) = command.get("fence").filter(|f| !f.is_null()) {
+        let key = segments(fence.get("key"), "fence.key")?;
+        let token = fence
+            .get("token")
+            .and_then(Value::as_u64)
+            .ok_or("`fence.token` must be an integer")?;
+        request = request.fence(Fence::new(key, token));
+    }
+    Ok(request)
+}
+
+type Answer = (Value, String, String, Result<WriteAck, WriteError>);
+type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+fn answer_line((id, store, client_op_id, result): Answer) -> Value {
+    match result {
+        Ok(ack) => {
+            json!({"type": "ack", "id": id, "store": store, "client_op_id": client_op_id, "reply": ack.reply()})
+        }
+        Err(error) => match error.rejection() {
+            Some(rejection) => json!({
+                "type": "rejected", "id": id, "store": store, "client_op_id": client_op_id,
+                "reason": rejection.reason.as_str(), "payload": rejection.payload,
+            }),
+            None => json!({
+                "type": "rejected", "id": id, "store": store, "client_op_id": client_op_id,
+                "reason": "error", "payload": {"message": error.to_string()},
+            }),
+        },
+    }
+}
+
+fn notice_line(notice: Notice) -> Option<Value> {
+    Some(match notice {
+        Notice::Joined {
+            store,
+            capabilities,
+        } => json!({
+            "type": "joined", "store": store, "store_seq": capabilities.store_seq,
+            "capabilities": {"permissions": capabilities.permissions, "scopes": capabilities.scopes, "store_access": capabilities.store_access},
+        }),
+        Notice::Event { store, event } => json!({
+            "type": "event", "store": store,
+            "event": {
+                "store_seq": event.store_seq, "op": event.op, "path": event.path, "path_segments": event.path_segments,
+                "value": event.value, "device_id": event.device_id, "client_op_id": event.client_op_id,
+            },
+        }),
+        Notice::Snapshot {
+            store,
+            snapshot_seq,
+        } => json!({"type": "snapshot", "store": store, "snapshot_seq": snapshot_seq}),
+        Notice::CatchUpComplete { store, through_seq } => {
+            json!({"type": "catch_up_complete", "store": store, "through_seq": through_seq})
+        }
+        Notice::Status {
+            store,
+            status,
+            reason,
+        } => {
+            json!({"type": "store_status", "store": store, "status": status.as_str(), "reason": reason})
+        }
+        Notice::Resync { store, reason } => {
+            json!({"type": "resync", "store": store, "reason": reason})
+        }
+        _ => return None,
+    })
+}
+
+/// Runs the tool: connects, executes the commands read from `input` in order, writes events to
+/// `output`; at the end of the input waits (at most 30 s) for outstanding writes, disconnects.
+pub async fn run<R, W>(options: Options, input: R, mut output: W) -> Result<(), String>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = DustConnection::builder(&options.url).token(&options.token);
+    for store in &options.stores {
+        builder = builder.store(store);
+    }
+    if let Some(id) = &options.device_id {
+        builder = builder.device_id(DeviceId::new(id));
+    }
+    if let Some(heartbeat) = options.heartbeat {
+        builder = builder.socket(move |s| s.heartbeat(heartbeat));
+    }
+    // Built in manual mode so that no notice is missed: subscribe, then connect.
+    let connection = builder.manual().connect().map_err(|e| e.to_string())?;
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    let writer = tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            let mut text = line.to_string();
+            text.push('\n');
+            if output.write_all(text.as_bytes()).await.is_err() || output.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let emit = move |line: Value| {
+        let _ = tx.send(line);
+    };
+
+    let mut changes = connection.state_changes();
+    let mut notices = connection.notices();
+    let emit_changes = emit.clone();
+    let watcher = tokio::spawn(async move {
+        use tokio::sync::broadcast::error::RecvError;
+        let (mut changes_open, mut notices_open) = (true, true);
+        while changes_open || notices_open {
+            tokio::select! {
+                change = changes.recv(), if changes_open => match change {
+                    Ok(c) => emit_changes(json!({"type": "status", "from": c.from.map(|s| s.as_str()), "to": c.to.as_str(), "reason": c.reason})),
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => changes_open = false,
+                },
+                notice = notices.recv(), if notices_open => match notice {
+                    Ok(n) => if let Some(line) = notice_line(n) { emit_changes(line) },
+                    Err(RecvError::Lagged(n)) => emit_changes(json!({"type": "lagged", "dropped": n})),
+                    Err(RecvError::Closed) => notices_open = false,
+                },
+            }
+        }
+    });
+    connection.connect();
+
+    let stores: HashMap<String, Store> = options
+        .stores
+        .iter()
+        .filter_map(|s| connection.store(s).ok().map(|h| (s.clone(), h)))
+        .collect();
+    let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+    let mut lines = input.lines();
+    loop {
+        let line = tokio::select! {
+            biased;
+            Some(answer) = pending.next(), if !pending.is_empty() => { emit(answer_line(answer)); continue; }
+            line = lines.next_line() => line,
+        };
+        let line = match line {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e) => {
+                emit(json!({"type": "error", "message": format!("reading input: {e}")}));
+                break;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let command: Value = match serde_json::from_str(&line) {
+            Ok(command) => command,
+            Err(e) => {
+                emit(json!({"type": "error", "message": format!("not JSON: {e}"), "line": line}));
+                continue;
+            }
+        };
+        match command.get("cmd").and_then(Value::as_str) {
+            Some("write" | "put_file") => {
+                let id = command.get("id").cloned().unwrap_or(Value::Null);
+                let store_name = command
+                    .get("store")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let Some(store) = stores.get(&store_name).cloned() else {
+                    emit(
+                        json!({"type": "error", "message": format!("unknown store `{store_name}`"), "line": line}),
+                    );
+                    continue;
+                };
+                let request = match request(&command) {
+                    Ok(request) => request,
+                    Err(message) => {
+                        emit(json!({"type": "error", "message": message, "line": line}));
+                        continue;
+                    }
+                };
+                let client_op_id = request.client_op_id.to_string();
+                let mut write: Pending = Box::pin(async move {
+                    let result = store.write(request).await;
+                    (id, store_name, client_op_id, result)
+                });
+                // One poll queues the write in its store's outbox, so writes keep command order.
+                match futures_util::poll!(write.as_mut()) {
+                    Poll::Ready(answer) => emit(answer_line(answer)),
+                    Poll::Pending => pending.push(write),
+                }
+            }
+            Some("info") => {
+                let mut info = connection.info().to_json();
+                info["type"] = json!("info");
+                emit(info);
+            }
+            Some("wait") => match command.get("ms").and_then(Value::as_u64) {
+                Some(ms) => {
+                    let sleep = tokio::time::sleep(Duration::from_millis(ms));
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            () = &mut sleep => break,
+                            Some(answer) = pending.next(), if !pending.is_empty() => emit(answer_line(answer)),
+                        }
+                    }
+                }
+                None => emit(
+                    json!({"type": "error", "message": "`ms` (a number) is required", "line": line}),
+                ),
+            },
+            Some("wait_acked") => {
+                while let Some(answer) = pending.next().await {
+                    emit(answer_line(answer));
+                }
+                emit(json!({"type": "wait_acked", "outstanding": 0}));
+            }
+            Some(other) => emit(
+                json!({"type": "error", "message": format!("unknown command `{other}`"), "line": line}),
+            ),
+            None => emit(
+                json!({"type": "error", "message": "`cmd` (a string) is required", "line": line}),
+            ),
+        }
+    }
+    let drain = async {
+        while let Some(answer) = pending.next().await {
+            emit(answer_line(answer));
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
+        emit(
+            json!({"type": "error", "message": "gave up waiting for outstanding writes after 30 s"}),
+        );
+    }
+    connection.disconnect().await;
+    // Dropping the handles ends the stores' workers and closes the notice streams; the watcher
+    // then ends after printing what is left.
+    drop(stores);
+    drop(connection);
+    if tokio::time::timeout(Duration::from_secs(5), watcher)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the notice watcher did not end");
+    }
+    drop(emit);
+    let _ = writer.await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands_into_writes() {
+        let write = request(
+            &json!({"cmd": "write", "op": "set", "path": ["a", "b"], "value": 1, "if_match": 3}),
+        )
+        .unwrap();
+        assert_eq!(
+            write.op,
+            WriteOp::Set {
+                path: vec!["a".into(), "b".into()],
+                value: json!(1)
+            }
+        );
+        assert_eq!(write.if_match, Some(3));
+        let fenced = request(&json!({"cmd": "write", "op": "increment", "path": ["n"], "value": 2, "fence": {"key": ["l"], "token": 7}})).unwrap();
+        assert_eq!(fenced.fence, Some(Fence::new(["l"], 7)));
+        assert!(
+            request(&json!({"cmd": "write", "op": "renew", "path": ["l"]}))
+                .unwrap_err()
+                .contains("token")
+        );
+        assert!(request(&json!({"cmd": "write", "op": "fly", "path": ["l"]})).is_err());
+        assert!(request(&json!({"cmd": "write", "op": "set", "path": "a/b"})).is_err());
+        let file = request(&json!({"cmd": "put_file", "path": ["f"], "content_base64": "aGk=", "filename": "f.txt"})).unwrap();
+        assert!(
+            matches!(file.op, WriteOp::PutFile { ref filename, .. } if filename.as_deref() == Some("f.txt"))
+        );
+    }
+
+    #[test]
+    fn parses_the_command_line() {
+        let args = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        let o = Options::parse(args(
+            "--url u --token t --store a --store b --device-id d --heartbeat-ms 100",
+        ))
+        .unwrap();
+        assert_eq!((o.stores.len(), o.device_id.as_deref()), (2, Some("d")));
+        assert!(Options::parse(args("--url u --token t")).is_err());
+        assert!(Options::parse(args("--url u --store s")).is_err());
+    }
+}
