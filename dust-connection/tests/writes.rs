@@ -378,3 +378,67 @@ async fn state_changes_follow_the_seed_s_states() {
     let change = within("connected again", changes.recv()).await.unwrap();
     assert_eq!(change.to, ConnectionStatus::Connected);
 }
+
+/// An engine that records the `last_store_seq` it was asked for, around a `MemoryEngine`.
+#[derive(Clone, Default)]
+struct Recording {
+    inner: MemoryEngine,
+    asked: Arc<Mutex<Vec<u64>>>,
+}
+
+#[async_trait::async_trait]
+impl dust_connection::SyncEngine for Recording {
+    async fn last_store_seq(&self, store: &str) -> u64 {
+        let seq = self.inner.last_store_seq(store).await;
+        self.asked.lock().unwrap().push(seq);
+        seq
+    }
+    async fn handle_server_event(&self, store: &str, event: &dust_connection::ServerEvent) {
+        self.inner.handle_server_event(store, event).await;
+    }
+    async fn handle_snapshot(&self, store: &str, snapshot: &dust_connection::Snapshot) {
+        self.inner.handle_snapshot(store, snapshot).await;
+    }
+    async fn handle_server_reset(&self, store: &str, server_seq: u64) {
+        self.inner.handle_server_reset(store, server_seq).await;
+    }
+}
+
+#[tokio::test]
+async fn join_params_come_from_the_engine_on_every_join() {
+    use dust_connection::SyncEngine as _;
+    let server = server().await;
+    let engine = Recording::default();
+    let connection = builder(&server).engine(engine.clone()).connect().unwrap();
+    wait_joined(&connection, STORE).await;
+    let app = connection.store(STORE).unwrap();
+    for n in 0..3 {
+        within("set", app.set(["k"], n)).await.unwrap();
+    }
+    wait_for("applied", || engine.inner.seq(STORE) == 3).await;
+    server.control().drop_all();
+    wait_for("rejoined with the engine's seq", || engine.asked.lock().unwrap().as_slice() == [0, 3]).await;
+    wait_joined(&connection, STORE).await;
+    // Nothing was replayed: the catch-up started after seq 3.
+    within("set", app.set(["k"], 9)).await.unwrap();
+    wait_for("applied", || engine.inner.seq(STORE) == 4).await;
+    assert!(engine.inner.gaps(STORE).is_empty());
+    assert_eq!(engine.inner.last_store_seq(STORE).await, 4);
+}
+
+#[tokio::test]
+async fn put_file_reads_a_file_from_disk() {
+    let server = server().await;
+    let engine = MemoryEngine::new();
+    let connection = connect(&server, &engine).await;
+    let app = connection.store(STORE).unwrap();
+    let file = std::env::temp_dir().join(format!("dust-put-file-{}.txt", std::process::id()));
+    std::fs::write(&file, b"from disk").unwrap();
+    let ack = within("put_file", app.write(WriteRequest::put_file_from(["docs", "a"], &file))).await.unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(ack.hash().is_some());
+    wait_for("event applied", || engine.get(STORE, "docs/a").is_some()).await;
+    let stored = engine.get(STORE, "docs/a").unwrap();
+    assert_eq!(stored["size"], 9);
+    assert_eq!(stored["filename"], json!(file.file_name().unwrap().to_str().unwrap()));
+}

@@ -14,26 +14,5 @@ use examples::phx::{Options, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let options = match Options::parse(std::env::args().skip(1)) {
-        Ok(options) => options,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
-    let stdin = tokio::io::BufReader::new(tokio::io::stdin());
-    match run(options, stdin, tokio::io::stdout()).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("phx: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    examples::run_stdio("phx", Options::parse, run).await
 }

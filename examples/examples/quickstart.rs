@@ -26,12 +26,7 @@ const TOKEN: &str = "dust_tok_quickstart";
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    examples::init_logging();
     let bounded = Duration::from_secs(15);
 
     // 1. The server: the Dust socket at /ws/sync on a free loopback port.

@@ -14,8 +14,9 @@ use dust_connection::{
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite};
+
+use crate::JsonLines;
 
 /// The options of the `dust` command line.
 #[derive(Clone, Debug, PartialEq)]
@@ -235,7 +236,7 @@ fn notice_line(notice: Notice) -> Option<Value> {
 
 /// Runs the tool: connects, executes the commands read from `input` in order, writes events to
 /// `output`; at the end of the input waits (at most 30 s) for outstanding writes, disconnects.
-pub async fn run<R, W>(options: Options, input: R, mut output: W) -> Result<(), String>
+pub async fn run<R, W>(options: Options, input: R, output: W) -> Result<(), String>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -253,19 +254,8 @@ where
     // Built in manual mode so that no notice is missed: subscribe, then connect.
     let connection = builder.manual().connect().map_err(|e| e.to_string())?;
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
-    let writer = tokio::spawn(async move {
-        while let Some(line) = rx.recv().await {
-            let mut text = line.to_string();
-            text.push('\n');
-            if output.write_all(text.as_bytes()).await.is_err() || output.flush().await.is_err() {
-                break;
-            }
-        }
-    });
-    let emit = move |line: Value| {
-        let _ = tx.send(line);
-    };
+    let (lines_out, writer) = JsonLines::spawn(output);
+    let emit = move |line: Value| lines_out.emit(line);
 
     let mut changes = connection.state_changes();
     let mut notices = connection.notices();

@@ -14,9 +14,10 @@ use phoenix_channels::{
     Payload, PushError, RejoinCause, Socket, SocketStatus,
 };
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite};
 use tokio::task::JoinSet;
+
+use crate::JsonLines;
 
 /// The options of the `phx` command line.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,16 +78,6 @@ impl Options {
             heartbeat,
             timeout,
         })
-    }
-}
-
-/// Where output lines go: one JSON object per line, in the order they are produced.
-#[derive(Clone, Debug)]
-struct Out(mpsc::UnboundedSender<Value>);
-
-impl Out {
-    fn emit(&self, value: Value) {
-        let _ = self.0.send(value);
     }
 }
 
@@ -154,7 +145,7 @@ fn push_error_name(error: &PushError) -> &'static str {
 
 /// Prints what happens on one channel.
 struct Printer {
-    out: Out,
+    out: JsonLines,
     params: Payload,
 }
 
@@ -222,7 +213,7 @@ fn payload_of(command: &Value) -> Result<Payload, String> {
 
 struct Session {
     socket: Socket,
-    out: Out,
+    out: JsonLines,
     channels: HashMap<String, Channel>,
     pushes: JoinSet<()>,
 }
@@ -321,7 +312,7 @@ impl Session {
 /// Runs the tool: connects, executes the commands read from `input` in order, writes events to
 /// `output`, and at the end of the input waits for outstanding replies, leaves every channel and
 /// disconnects.
-pub async fn run<R, W>(options: Options, input: R, mut output: W) -> Result<(), String>
+pub async fn run<R, W>(options: Options, input: R, output: W) -> Result<(), String>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -338,17 +329,7 @@ where
     }
     let socket = builder.connect().map_err(|e| e.to_string())?;
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
-    let out = Out(tx);
-    let writer = tokio::spawn(async move {
-        while let Some(line) = rx.recv().await {
-            let mut text = line.to_string();
-            text.push('\n');
-            if output.write_all(text.as_bytes()).await.is_err() || output.flush().await.is_err() {
-                break;
-            }
-        }
-    });
+    let (out, writer) = JsonLines::spawn(output);
 
     let mut statuses = socket.status_watch();
     let status_out = out.clone();

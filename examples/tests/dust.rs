@@ -2,13 +2,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
+mod common;
 
+use common::{find, script};
 use dust_conformance::ServerConfig;
 use dust_conformance::dust::{DustConfig, TokenConfig};
 use examples::dust::{Options, run};
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt;
 
 async fn dust(url: String, commands: &[Value]) -> Vec<Value> {
     let args = [
@@ -24,43 +24,7 @@ async fn dust(url: String, commands: &[Value]) -> Vec<Value> {
         "dev_tool",
     ];
     let options = Options::parse(args.iter().map(|s| (*s).to_owned())).unwrap();
-    let input: String = commands
-        .iter()
-        .map(|c| {
-            format!(
-                "{}\n",
-                c.as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| c.to_string())
-            )
-        })
-        .collect();
-    let (writer, mut reader) = tokio::io::duplex(1 << 20);
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        run(options, input.as_bytes(), writer),
-    )
-    .await
-    .expect("dust did not finish")
-    .unwrap();
-    let mut text = String::new();
-    reader.read_to_string(&mut text).await.unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
-        .collect()
-}
-
-fn find<'a>(lines: &'a [Value], wanted: &Value) -> &'a Value {
-    lines
-        .iter()
-        .find(|line| {
-            wanted
-                .as_object()
-                .unwrap()
-                .iter()
-                .all(|(k, v)| &line[k] == v)
-        })
-        .unwrap_or_else(|| panic!("no line like {wanted} in {lines:#?}"))
+    script(commands, |input, output| run(options, input, output)).await
 }
 
 #[tokio::test]

@@ -3,55 +3,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
+mod common;
 
+use common::{find, script};
 use dust_conformance::ServerConfig;
 use examples::phx::{Options, run};
 use serde_json::{Value, json};
-use tokio::io::AsyncReadExt;
 
 /// Runs `phx` with these commands and returns its output lines.
 async fn phx(url: String, extra: &[&str], commands: &[Value]) -> Vec<Value> {
     let mut args = vec!["--url".to_owned(), url, "--timeout-ms".into(), "500".into()];
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     let options = Options::parse(args).unwrap();
-    let input: String = commands
-        .iter()
-        .map(|c| {
-            format!(
-                "{}\n",
-                if c.is_string() {
-                    c.as_str().unwrap().to_owned()
-                } else {
-                    c.to_string()
-                }
-            )
-        })
-        .collect();
-    let (writer, mut reader) = tokio::io::duplex(1 << 20);
-    let run = tokio::time::timeout(
-        Duration::from_secs(20),
-        run(options, input.as_bytes(), writer),
-    );
-    run.await.expect("phx did not finish").unwrap();
-    let mut text = String::new();
-    reader.read_to_string(&mut text).await.unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
-        .collect()
-}
-
-fn find<'a>(lines: &'a [Value], wanted: &Value) -> &'a Value {
-    lines
-        .iter()
-        .find(|line| {
-            wanted
-                .as_object()
-                .unwrap()
-                .iter()
-                .all(|(k, v)| &line[k] == v)
-        })
-        .unwrap_or_else(|| panic!("no line like {wanted} in {lines:#?}"))
+    script(commands, |input, output| run(options, input, output)).await
 }
 
 #[tokio::test]

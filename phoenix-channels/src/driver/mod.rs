@@ -353,7 +353,11 @@ impl Driver {
                     if matches!(status, SocketStatus::Disconnected { .. }) {
                         self.stopped = true;
                     }
-                    self.status.send_replace(status);
+                    self.status.send_if_modified(|current| {
+                        let changed = *current != status;
+                        *current = status;
+                        changed
+                    });
                 }
                 Output::Tap(inbound) => {
                     if self.tap.send(inbound).is_err() {

@@ -81,6 +81,37 @@ impl Jitter {
     }
 }
 
+/// A schedule in milliseconds with optional jitter: what both policies are made of.
+#[derive(Debug)]
+struct Delays {
+    schedule_ms: Vec<u64>,
+    jitter: Option<Jitter>,
+}
+
+impl Delays {
+    fn new(schedule_ms: &[u64]) -> Self {
+        Self {
+            schedule_ms: schedule_ms.to_vec(),
+            jitter: None,
+        }
+    }
+
+    fn jitter(&mut self, fraction: f64, seed: u64) {
+        self.jitter = Some(Jitter {
+            fraction,
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+        });
+    }
+
+    fn delay(&self, attempt: u32) -> Duration {
+        let delay = schedule_delay(&self.schedule_ms, attempt);
+        match &self.jitter {
+            Some(jitter) => jitter.apply(delay),
+            None => delay,
+        }
+    }
+}
+
 /// The default reconnect policy: a schedule (default [`RECONNECT_SCHEDULE_MS`]) with optional
 /// jitter, that stops when retrying cannot help:
 ///
@@ -106,19 +137,17 @@ impl Jitter {
 /// ```
 #[derive(Debug)]
 pub struct ReconnectSchedule {
-    schedule_ms: Vec<u64>,
+    delays: Delays,
     stop_on_http_client_error: bool,
     stop_on_normal_close: bool,
-    jitter: Option<Jitter>,
 }
 
 impl Default for ReconnectSchedule {
     fn default() -> Self {
         Self {
-            schedule_ms: RECONNECT_SCHEDULE_MS.to_vec(),
+            delays: Delays::new(&RECONNECT_SCHEDULE_MS),
             stop_on_http_client_error: true,
             stop_on_normal_close: false,
-            jitter: None,
         }
     }
 }
@@ -126,16 +155,13 @@ impl Default for ReconnectSchedule {
 impl ReconnectSchedule {
     /// Uses these delays in milliseconds; the last one repeats.
     pub fn with_schedule_ms(mut self, schedule_ms: impl Into<Vec<u64>>) -> Self {
-        self.schedule_ms = schedule_ms.into();
+        self.delays.schedule_ms = schedule_ms.into();
         self
     }
 
     /// Spreads each delay by up to ± `fraction` of it, with a generator seeded by `seed`.
     pub fn with_jitter(mut self, fraction: f64, seed: u64) -> Self {
-        self.jitter = Some(Jitter {
-            fraction,
-            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
-        });
+        self.delays.jitter(fraction, seed);
         self
     }
 
@@ -168,11 +194,7 @@ impl ReconnectPolicy for ReconnectSchedule {
             }
             _ => {}
         }
-        let delay = schedule_delay(&self.schedule_ms, attempt);
-        Some(match &self.jitter {
-            Some(j) => j.apply(delay),
-            None => delay,
-        })
+        Some(self.delays.delay(attempt))
     }
 }
 
@@ -192,17 +214,15 @@ impl ReconnectPolicy for ReconnectSchedule {
 /// ```
 #[derive(Debug)]
 pub struct RejoinSchedule {
-    schedule_ms: Vec<u64>,
+    delays: Delays,
     stop_reasons: Vec<String>,
-    jitter: Option<Jitter>,
 }
 
 impl Default for RejoinSchedule {
     fn default() -> Self {
         Self {
-            schedule_ms: REJOIN_SCHEDULE_MS.to_vec(),
+            delays: Delays::new(&REJOIN_SCHEDULE_MS),
             stop_reasons: Vec::new(),
-            jitter: None,
         }
     }
 }
@@ -210,7 +230,7 @@ impl Default for RejoinSchedule {
 impl RejoinSchedule {
     /// Uses these delays in milliseconds; the last one repeats.
     pub fn with_schedule_ms(mut self, schedule_ms: impl Into<Vec<u64>>) -> Self {
-        self.schedule_ms = schedule_ms.into();
+        self.delays.schedule_ms = schedule_ms.into();
         self
     }
 
@@ -227,10 +247,7 @@ impl RejoinSchedule {
 
     /// Spreads each delay by up to ± `fraction` of it, with a generator seeded by `seed`.
     pub fn with_jitter(mut self, fraction: f64, seed: u64) -> Self {
-        self.jitter = Some(Jitter {
-            fraction,
-            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
-        });
+        self.delays.jitter(fraction, seed);
         self
     }
 }
@@ -242,11 +259,7 @@ impl RejoinPolicy for RejoinSchedule {
         {
             return None;
         }
-        let delay = schedule_delay(&self.schedule_ms, attempt);
-        Some(match &self.jitter {
-            Some(j) => j.apply(delay),
-            None => delay,
-        })
+        Some(self.delays.delay(attempt))
     }
 }
 

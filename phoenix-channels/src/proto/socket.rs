@@ -445,19 +445,8 @@ impl<T> SocketCore<T> {
             self.timers.disarm(Some(at), Timer::HeartbeatTimeout);
         }
         // Everything sent is lost; buffered pushes stay for the next connection.
-        let lost: Vec<(u64, Pending<T>)> = self
-            .pending
-            .extract_if(|_, p| !matches!(p, Pending::Push(push) if push.buffered.is_some()))
-            .collect();
-        for (r, p) in lost {
-            if let Pending::Push(push) = p {
-                self.timers.disarm(Some(push.deadline), Timer::Push(r));
-                if let Some(token) = push.token {
-                    self.out
-                        .push_back(Output::PushDone(token, Err(PushError::Disconnected)));
-                }
-            }
-        }
+        self.fail_pushes(PushError::Disconnected, |push| push.buffered.is_none());
+        self.pending.retain(|_, p| matches!(p, Pending::Push(_)));
         let mut ids: Vec<ChannelId> = self.channels.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -522,17 +511,8 @@ impl<T> SocketCore<T> {
         self.heartbeat_at = None;
         self.heartbeat_pending = None;
         self.reconnect_at = None;
-        let mut pending: Vec<(u64, Pending<T>)> = self.pending.drain().collect();
-        pending.sort_unstable_by_key(|(r, _)| *r);
-        for (_, p) in pending {
-            if let Pending::Push(PendingPush {
-                token: Some(token), ..
-            }) = p
-            {
-                self.out
-                    .push_back(Output::PushDone(token, Err(PushError::SocketClosed)));
-            }
-        }
+        self.fail_pushes(PushError::SocketClosed, |_| true);
+        self.pending.clear();
         let mut ids: Vec<ChannelId> = self.channels.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
@@ -938,35 +918,35 @@ impl<T> SocketCore<T> {
     }
 
     fn fail_buffered(&mut self, id: ChannelId, error: PushError) {
-        let Some(chan) = self.channels.get_mut(&id) else {
-            return;
-        };
-        let buffered = std::mem::take(&mut chan.buffer);
-        for r in buffered {
-            if let Some(Pending::Push(push)) = self.pending.remove(&r) {
-                self.timers.disarm(Some(push.deadline), Timer::Push(r));
-                if let Some(token) = push.token {
-                    self.out
-                        .push_back(Output::PushDone(token, Err(error.clone())));
-                }
-            }
+        if let Some(chan) = self.channels.get_mut(&id) {
+            chan.buffer.clear();
         }
+        self.fail_pushes(error, |push| push.channel == id && push.buffered.is_some());
     }
 
     fn fail_in_flight(&mut self, id: ChannelId, error: PushError) {
+        self.fail_pushes(error, |push| push.channel == id && push.buffered.is_none());
+    }
+
+    /// Ends, in ref order, every pending push `which` selects, with `error`.
+    fn fail_pushes(&mut self, error: PushError, which: impl Fn(&PendingPush<T>) -> bool) {
         let mut failed: Vec<(u64, Pending<T>)> = self
             .pending
-            .extract_if(|_, p| matches!(p, Pending::Push(push) if push.channel == id && push.buffered.is_none()))
+            .extract_if(|_, p| matches!(p, Pending::Push(push) if which(push)))
             .collect();
         failed.sort_unstable_by_key(|(r, _)| *r);
         for (r, p) in failed {
             if let Pending::Push(push) = p {
-                self.timers.disarm(Some(push.deadline), Timer::Push(r));
-                if let Some(token) = push.token {
-                    self.out
-                        .push_back(Output::PushDone(token, Err(error.clone())));
-                }
+                self.end_push(r, push, Err(error.clone()));
             }
+        }
+    }
+
+    /// Ends a push: its timer goes, and its waiter (if any) gets the result.
+    fn end_push(&mut self, r: u64, push: PendingPush<T>, result: Result<Reply, PushError>) {
+        self.timers.disarm(Some(push.deadline), Timer::Push(r));
+        if let Some(token) = push.token {
+            self.out.push_back(Output::PushDone(token, result));
         }
     }
 
@@ -1107,10 +1087,7 @@ impl<T> SocketCore<T> {
         {
             chan.buffer.remove(pos);
         }
-        if let Some(token) = push.token {
-            self.out
-                .push_back(Output::PushDone(token, Err(PushError::Timeout)));
-        }
+        self.end_push(r, push, Err(PushError::Timeout));
     }
 
     // ----- inbound ----------------------------------------------------------------------------
@@ -1250,12 +1227,7 @@ impl<T> SocketCore<T> {
                     self.finish_leave(now, id);
                 }
             }
-            Some(Pending::Push(push)) => {
-                self.timers.disarm(Some(push.deadline), Timer::Push(r));
-                if let Some(token) = push.token {
-                    self.out.push_back(Output::PushDone(token, Ok(reply)));
-                }
-            }
+            Some(Pending::Push(push)) => self.end_push(r, push, Ok(reply)),
             None => {}
         }
     }
