@@ -591,10 +591,9 @@ where
     }
 
     async fn on_message(&mut self, message: Message) {
-        let payload = message.payload.to_value().unwrap_or(Value::Null);
         match message.event.as_str() {
             "event" => {
-                let event: ServerEvent = match serde_json::from_value(payload) {
+                let event: ServerEvent = match message.payload.deserialize() {
                     Ok(event) => event,
                     Err(e) => {
                         tracing::warn!(store = %self.store, error = %e, "malformed event; ignored");
@@ -615,13 +614,15 @@ where
                         _ => {}
                     }
                 }
-                self.notify(Notice::Event {
-                    store: self.store.to_string(),
-                    event,
-                });
+                if self.notices.receiver_count() > 0 {
+                    self.notify(Notice::Event {
+                        store: self.store.to_string(),
+                        event,
+                    });
+                }
             }
             "snapshot" => {
-                let snapshot: Snapshot = match serde_json::from_value(payload) {
+                let snapshot: Snapshot = match message.payload.deserialize() {
                     Ok(snapshot) => snapshot,
                     Err(e) => {
                         tracing::warn!(store = %self.store, error = %e, "malformed snapshot; ignored");
@@ -649,6 +650,7 @@ where
                 });
             }
             "catch_up_complete" => {
+                let payload = message.payload.to_value().unwrap_or(Value::Null);
                 let through_seq = payload
                     .get("through_seq")
                     .and_then(Value::as_u64)

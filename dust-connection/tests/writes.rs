@@ -417,7 +417,10 @@ async fn join_params_come_from_the_engine_on_every_join() {
     }
     wait_for("applied", || engine.inner.seq(STORE) == 3).await;
     server.control().drop_all();
-    wait_for("rejoined with the engine's seq", || engine.asked.lock().unwrap().as_slice() == [0, 3]).await;
+    wait_for("rejoined with the engine's seq", || {
+        engine.asked.lock().unwrap().as_slice() == [0, 3]
+    })
+    .await;
     wait_joined(&connection, STORE).await;
     // Nothing was replayed: the catch-up started after seq 3.
     within("set", app.set(["k"], 9)).await.unwrap();
@@ -434,11 +437,19 @@ async fn put_file_reads_a_file_from_disk() {
     let app = connection.store(STORE).unwrap();
     let file = std::env::temp_dir().join(format!("dust-put-file-{}.txt", std::process::id()));
     std::fs::write(&file, b"from disk").unwrap();
-    let ack = within("put_file", app.write(WriteRequest::put_file_from(["docs", "a"], &file))).await.unwrap();
+    let ack = within(
+        "put_file",
+        app.write(WriteRequest::put_file_from(["docs", "a"], &file)),
+    )
+    .await
+    .unwrap();
     let _ = std::fs::remove_file(&file);
     assert!(ack.hash().is_some());
     wait_for("event applied", || engine.get(STORE, "docs/a").is_some()).await;
     let stored = engine.get(STORE, "docs/a").unwrap();
     assert_eq!(stored["size"], 9);
-    assert_eq!(stored["filename"], json!(file.file_name().unwrap().to_str().unwrap()));
+    assert_eq!(
+        stored["filename"],
+        json!(file.file_name().unwrap().to_str().unwrap())
+    );
 }
