@@ -1,0 +1,140 @@
+//! phoenix-channels, through its public API.
+
+use std::time::Instant;
+
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use phoenix_channels::{Channel, Payload, Socket};
+
+use crate::measure::{self, BenchResult, BoxError, Meter};
+use crate::spec::{Spec, Workload};
+
+/// The client name in the JSON lines.
+const NAME: &str = "phoenix-channels";
+
+/// Runs one workload.
+pub(crate) async fn run(spec: &Spec) -> Result<BenchResult, BoxError> {
+    let mut builder = Socket::builder(spec.url.as_str());
+    if let Some(capacity) = spec.queue_capacity {
+        builder = builder.queue_capacity(capacity);
+    }
+    let socket = builder.connect()?;
+    socket.connected().await?;
+    let work = async {
+        match spec.workload {
+            Workload::Sequential => sequential(spec, &socket).await,
+            Workload::Pipelined => pipelined(spec, &socket).await,
+            Workload::Fanout => fanout(spec, &socket).await,
+            Workload::Channels => channels(spec, &socket).await,
+        }
+    };
+    tokio::time::timeout(spec.timeout, work)
+        .await
+        .map_err(|_| format!("{NAME} {}: timed out", spec.workload))?
+}
+
+/// The echo payload, serialized once (a `Payload` is reference-counted JSON text).
+fn payload(spec: &Spec) -> Result<Payload, BoxError> {
+    Ok(Payload::from_json_text(measure::payload_text(
+        spec.payload,
+    ))?)
+}
+
+async fn joined(spec: &Spec, socket: &Socket) -> Result<Channel, BoxError> {
+    let (channel, _messages) = socket.channel(spec.topic.as_str()).stream();
+    channel.join().await?;
+    Ok(channel)
+}
+
+async fn sequential(spec: &Spec, socket: &Socket) -> Result<BenchResult, BoxError> {
+    let channel = joined(spec, socket).await?;
+    let payload = payload(spec)?;
+    let mut latencies = Vec::with_capacity(spec.ops as usize);
+    let meter = Meter::start();
+    for _ in 0..spec.ops {
+        let t = Instant::now();
+        let reply = channel.push_payload("echo", payload.clone()).await?;
+        if !reply.is_ok() {
+            return Err(format!("echo replied {:?}", reply.status()).into());
+        }
+        latencies.push(t.elapsed().as_nanos() as u64);
+    }
+    let times = meter.stop();
+    Ok(result(spec, spec.ops, times).with_latencies(latencies))
+}
+
+async fn pipelined(spec: &Spec, socket: &Socket) -> Result<BenchResult, BoxError> {
+    let channel = joined(spec, socket).await?;
+    let payload = payload(spec)?;
+    let mut in_flight = FuturesUnordered::new();
+    let (mut sent, mut done) = (0u64, 0u64);
+    let meter = Meter::start();
+    while done < spec.ops {
+        while sent < spec.ops && in_flight.len() < spec.window {
+            in_flight.push(channel.push_payload("echo", payload.clone()));
+            sent += 1;
+        }
+        let reply = in_flight.next().await.ok_or("no push in flight")??;
+        if !reply.is_ok() {
+            return Err(format!("echo replied {:?}", reply.status()).into());
+        }
+        done += 1;
+    }
+    let times = meter.stop();
+    let mut result = result(spec, spec.ops, times);
+    result.window = Some(spec.window as u64);
+    Ok(result)
+}
+
+async fn fanout(spec: &Spec, socket: &Socket) -> Result<BenchResult, BoxError> {
+    let (channel, mut messages) = socket.channel(spec.topic.as_str()).stream();
+    channel.join().await?;
+    let meter = Meter::start();
+    measure::say_ready()?;
+    let (mut events, mut lost) = (0u64, 0u64);
+    while events + lost < spec.ops {
+        match messages.next().await.ok_or("message stream ended")? {
+            Ok(message) if message.event.as_str() == "broadcasted" => events += 1,
+            Ok(_) => {}
+            Err(lagged) => lost += lagged.0,
+        }
+    }
+    let times = meter.stop();
+    let mut result = result(spec, events, times);
+    result.sent = Some(spec.ops);
+    result.lost = Some(lost);
+    result.queue_capacity = spec.queue_capacity;
+    Ok(result)
+}
+
+async fn channels(spec: &Spec, socket: &Socket) -> Result<BenchResult, BoxError> {
+    let before = measure::status_kib("VmRSS");
+    let meter = Meter::start();
+    let mut handles = Vec::with_capacity(spec.ops as usize);
+    let mut joins = FuturesUnordered::new();
+    for i in 1..=spec.ops {
+        let (channel, messages) = socket.channel(format!("{}:{i}", spec.topic)).stream();
+        joins.push(channel.join());
+        handles.push((channel, messages));
+    }
+    while let Some(joined) = joins.next().await {
+        joined?;
+    }
+    let times = meter.stop();
+    let after = measure::status_kib("VmRSS");
+    let mut result = result(spec, spec.ops, times);
+    result.mem_per_channel_bytes = Some(measure::per_item_bytes(before, after, spec.ops as usize));
+    drop(handles);
+    Ok(result)
+}
+
+fn result(spec: &Spec, ops: u64, times: (std::time::Duration, std::time::Duration)) -> BenchResult {
+    BenchResult::new(
+        NAME,
+        spec.flavor.name(),
+        spec.workload.name(),
+        spec.payload,
+        ops,
+        times,
+    )
+}
