@@ -422,7 +422,9 @@ impl Stream for Messages {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
             return match self.queue.poll_recv(cx) {
-                Poll::Ready(Some(Item::Delivery(Delivery::Message(m)))) => Poll::Ready(Some(Ok(m))),
+                Poll::Ready(Some(Item::Delivery(Delivery::Message(m)))) => {
+                    Poll::Ready(Some(Ok(*m)))
+                }
                 Poll::Ready(Some(Item::Overflow(n))) => Poll::Ready(Some(Err(Lagged(n)))),
                 // A stream channel gets no control notices; skip any.
                 Poll::Ready(Some(Item::Delivery(_))) => continue,

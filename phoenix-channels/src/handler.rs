@@ -228,11 +228,11 @@ impl<H: ChannelHandler> HandlerTask<H> {
                     });
                 }
             }
-            Delivery::Joined(joined) => self.handler.on_joined(ctx, joined).await,
-            Delivery::JoinFailed(cause) => self.handler.on_join_error(ctx, cause).await,
-            Delivery::Message(message) => self.handler.on_message(ctx, message).await,
-            Delivery::Errored(cause) => self.handler.on_error(ctx, cause).await,
-            Delivery::Closed(cause) => self.handler.on_close(ctx, cause).await,
+            Delivery::Joined(joined) => self.handler.on_joined(ctx, *joined).await,
+            Delivery::JoinFailed(cause) => self.handler.on_join_error(ctx, *cause).await,
+            Delivery::Message(message) => self.handler.on_message(ctx, *message).await,
+            Delivery::Errored(cause) => self.handler.on_error(ctx, *cause).await,
+            Delivery::Closed(cause) => self.handler.on_close(ctx, *cause).await,
             // Turned into `Item::Overflow` by the queue.
             Delivery::Overflow => {}
         }

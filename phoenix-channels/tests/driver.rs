@@ -714,3 +714,30 @@ fn assert_send_sync() {
     is::<phoenix_channels::Push>();
     let _ = Value::Null;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_consumer_that_keeps_up_loses_nothing_even_in_a_burst() {
+    let (connector, mut server) = fake_server();
+    let socket = socket_with(connector);
+    let (channel, mut messages) = socket.channel("room:1").queue_capacity(8).stream();
+    let mut conn = server.accept().await;
+    drop(channel.join());
+    conn.accept_join("room:1", json!({})).await;
+    // 500 messages in one burst, more than 60 times the queue's capacity: reading pauses while
+    // the consumer is behind instead of dropping what it would read.
+    let burst = tokio::spawn(async move {
+        for n in 0..500 {
+            conn.send(json!([null, null, "room:1", "m", { "n": n }]))
+                .await;
+        }
+        conn
+    });
+    for n in 0..500 {
+        let message = within("message", messages.next())
+            .await
+            .unwrap()
+            .expect("nothing lost");
+        assert_eq!(message.payload.to_value().unwrap(), json!({ "n": n }));
+    }
+    drop(within("burst", burst).await.unwrap());
+}

@@ -10,7 +10,7 @@
 pub(crate) mod queue;
 pub mod transport;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{SinkExt as _, Stream};
+use futures_util::SinkExt as _;
+use rustc_hash::FxHashMap;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
@@ -38,8 +39,19 @@ use transport::{BoxTransport, Connector, Outgoing, Received};
 type PushReply = oneshot::Sender<Result<Reply, PushError>>;
 type Connecting = Pin<Box<dyn Future<Output = Result<BoxTransport, DisconnectReason>> + Send>>;
 
-/// Frames read or commands taken per wake-up before yielding to other tasks.
+/// Commands taken per round before the other sources get a turn.
 const BUDGET: usize = 256;
+
+/// Frames read per wake-up before the task yields: the channels' consumers then get to run
+/// (on a current-thread runtime they cannot otherwise) before more messages are queued for
+/// them, so a burst does not overflow their queues.
+const READ_BUDGET: usize = 128;
+
+/// How long reading may pause, per episode, while a channel's consumer is three quarters of
+/// its capacity behind. A consumer that keeps up only lags briefly, and the pause lets it catch
+/// up without losing messages; one that stays behind longer gets its overflow (reported), so
+/// that heartbeats and other channels are never held up for more than this.
+const MAX_READ_PAUSE: Duration = Duration::from_secs(1);
 
 /// A request from a handle to the socket task.
 pub(crate) enum Command {
@@ -125,11 +137,17 @@ pub(crate) struct Driver {
     needs_flush: bool,
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
-    slots: HashMap<ChannelId, Slot>,
+    slots: FxHashMap<ChannelId, Slot>,
     status: watch::Sender<SocketStatus>,
     tap: broadcast::Sender<Inbound>,
     disconnect_waiters: Vec<oneshot::Sender<()>>,
     stopped: bool,
+    /// Frames this wake-up may still read.
+    read_budget: usize,
+    /// Channels whose consumer is far behind.
+    congested: Vec<ChannelId>,
+    /// The end of the current read pause for them.
+    pause_until: Option<Instant>,
     span: tracing::Span,
 }
 
@@ -160,11 +178,14 @@ impl Driver {
             needs_flush: false,
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
             timer_at: None,
-            slots: HashMap::new(),
+            slots: FxHashMap::default(),
             status,
             tap,
             disconnect_waiters: Vec::new(),
             stopped: false,
+            read_budget: READ_BUDGET,
+            congested: Vec::new(),
+            pause_until: None,
             span: tracing::info_span!("phoenix_socket", url = %url),
         }
     }
@@ -381,6 +402,9 @@ impl Driver {
                 if !queued {
                     tracing::debug!(channel = %id, "channel consumer is behind; message dropped");
                 }
+                if slot.queue.is_congested() && !self.congested.contains(&id) {
+                    self.congested.push(id);
+                }
             }),
             ChannelEvent::State(state) => {
                 slot.state.send_replace(state);
@@ -394,7 +418,7 @@ impl Driver {
                 }
                 if slot.notify {
                     slot.queue
-                        .control(Delivery::Joined(Joined { response, join_ref }))
+                        .control(Delivery::Joined(Box::new(Joined { response, join_ref })))
                 } else {
                     Ok(())
                 }
@@ -404,14 +428,14 @@ impl Driver {
                     let _ = done.send(Err(JoinError::from(cause.clone())));
                 }
                 if slot.notify {
-                    slot.queue.control(Delivery::JoinFailed(cause))
+                    slot.queue.control(Delivery::JoinFailed(Box::new(cause)))
                 } else {
                     Ok(())
                 }
             }
             ChannelEvent::Errored(cause) => {
                 if slot.notify {
-                    slot.queue.control(Delivery::Errored(cause))
+                    slot.queue.control(Delivery::Errored(Box::new(cause)))
                 } else {
                     Ok(())
                 }
@@ -425,7 +449,7 @@ impl Driver {
                     let _ = done.send(());
                 }
                 let delivered = if slot.notify {
-                    slot.queue.control(Delivery::Closed(cause))
+                    slot.queue.control(Delivery::Closed(Box::new(cause)))
                 } else {
                     Ok(())
                 };
@@ -512,10 +536,15 @@ impl Driver {
         }
 
         let mut lost = None;
-        if let Some(transport) = self.transport.as_mut() {
+        if !self.read_paused(cx) {
             let now = Self::now();
-            for _ in 0..BUDGET {
-                match Pin::new(&mut *transport).poll_next(cx) {
+            while self.read_budget > 0 {
+                let Some(transport) = self.transport.as_mut() else {
+                    break;
+                };
+                let next = Pin::new(&mut **transport).poll_next(cx);
+                self.read_budget -= 1;
+                match next {
                     Poll::Ready(Some(Ok(Received::Text(text)))) => self.core.handle_text(now, text),
                     Poll::Ready(Some(Ok(Received::Binary(bytes)))) => {
                         self.core.handle_binary(now, bytes)
@@ -529,6 +558,12 @@ impl Driver {
                 }
                 progress = true;
                 if lost.is_some() {
+                    break;
+                }
+                // Deliver as we read, so that a consumer falling behind stops the reading at
+                // once rather than after the whole batch.
+                self.dispatch();
+                if !self.congested.is_empty() {
                     break;
                 }
             }
@@ -555,6 +590,26 @@ impl Driver {
         progress
     }
 
+    /// Whether reading waits for a congested consumer (registering to be woken when it drains).
+    fn read_paused(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.congested.is_empty() {
+            return false;
+        }
+        let slots = &self.slots;
+        self.congested.retain(|id| {
+            slots
+                .get(id)
+                .is_some_and(|slot| slot.queue.wake_when_drained(cx.waker()))
+        });
+        if self.congested.is_empty() {
+            self.pause_until = None;
+            return false;
+        }
+        let now = Instant::now();
+        let until = *self.pause_until.get_or_insert(now + MAX_READ_PAUSE);
+        now < until
+    }
+
     fn finished(&mut self) -> bool {
         if !self.stopped || self.core.poll_timeout().is_some() {
             return false;
@@ -576,12 +631,13 @@ impl Future for Driver {
         let span = this.span.clone();
         let _entered = span.enter();
         let mut rounds = 0;
+        this.read_budget = READ_BUDGET;
         while this.poll_round(cx) {
             if this.finished() {
                 return Poll::Ready(());
             }
             rounds += 1;
-            if rounds == 16 {
+            if rounds == 16 || this.read_budget == 0 {
                 // Busy: let other tasks run, and come back at once.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
@@ -590,8 +646,16 @@ impl Future for Driver {
         if this.finished() {
             return Poll::Ready(());
         }
-        if let Some(at) = this.core.poll_timeout() {
-            let at = Instant::from_std(at);
+        // A pause in progress ends at its deadline; one that has run out is not waited for.
+        let now = Instant::now();
+        let pause = this
+            .pause_until
+            .filter(|at| !this.congested.is_empty() && *at > now);
+        let next = match (this.core.poll_timeout().map(Instant::from_std), pause) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(at) = next {
             if this.timer_at != Some(at) {
                 this.timer.as_mut().reset(at);
                 this.timer_at = Some(at);

@@ -12,21 +12,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::mpsc;
 
 use crate::handler::Joined;
 use crate::proto::channel::{CloseCause, ErrorCause, RejoinCause};
 use crate::proto::message::Message;
 
-/// Something for a channel's consumer.
+/// Something for a channel's consumer. Every payload is boxed so that a queue slot is two
+/// words: the queue allocates its slots in blocks, and an idle channel should cost little.
 #[derive(Debug)]
 pub(crate) enum Delivery {
     JoinParams,
-    Joined(Joined),
-    JoinFailed(RejoinCause),
-    Message(Message),
-    Errored(ErrorCause),
-    Closed(CloseCause),
+    Joined(Box<Joined>),
+    JoinFailed(Box<RejoinCause>),
+    Message(Box<Message>),
+    Errored(Box<ErrorCause>),
+    Closed(Box<CloseCause>),
     /// Messages were dropped; the count is read when the notice is consumed.
     Overflow,
 }
@@ -43,6 +45,9 @@ struct Shared {
     queued_messages: AtomicUsize,
     dropped: AtomicU64,
     overflow_pending: AtomicBool,
+    /// The socket task waits for this queue to drain below half.
+    drain_wanted: AtomicBool,
+    drained: AtomicWaker,
 }
 
 #[derive(Debug)]
@@ -56,6 +61,7 @@ pub(crate) struct QueueTx {
 pub(crate) struct QueueRx {
     rx: mpsc::UnboundedReceiver<Delivery>,
     shared: Arc<Shared>,
+    half: usize,
 }
 
 /// The consumer is gone.
@@ -65,13 +71,18 @@ pub(crate) struct Gone;
 pub(crate) fn queue(capacity: usize) -> (QueueTx, QueueRx) {
     let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared::default());
+    let capacity = capacity.max(1);
     (
         QueueTx {
             tx,
             shared: shared.clone(),
-            capacity: capacity.max(1),
+            capacity,
         },
-        QueueRx { rx, shared },
+        QueueRx {
+            rx,
+            shared,
+            half: capacity / 2,
+        },
     )
 }
 
@@ -87,7 +98,9 @@ impl QueueTx {
             return Ok(false);
         }
         self.shared.queued_messages.fetch_add(1, Ordering::AcqRel);
-        self.tx.send(Delivery::Message(message)).map_err(|_| Gone)?;
+        self.tx
+            .send(Delivery::Message(Box::new(message)))
+            .map_err(|_| Gone)?;
         Ok(true)
     }
 
@@ -95,13 +108,40 @@ impl QueueTx {
     pub(crate) fn control(&self, delivery: Delivery) -> Result<(), Gone> {
         self.tx.send(delivery).map_err(|_| Gone)
     }
+
+    /// Whether the consumer is three quarters of its capacity behind.
+    pub(crate) fn is_congested(&self) -> bool {
+        self.shared.queued_messages.load(Ordering::Acquire) >= self.high_water()
+    }
+
+    fn high_water(&self) -> usize {
+        (self.capacity - self.capacity / 4).max(1)
+    }
+
+    /// Asks to be woken once the consumer has drained the queue below half; returns whether it
+    /// is still congested (if not, no wake-up will come).
+    pub(crate) fn wake_when_drained(&self, waker: &std::task::Waker) -> bool {
+        self.shared.drained.register(waker);
+        self.shared.drain_wanted.store(true, Ordering::Release);
+        let congested = self.shared.queued_messages.load(Ordering::Acquire) > self.capacity / 2;
+        if !congested {
+            self.shared.drain_wanted.store(false, Ordering::Release);
+        }
+        congested
+    }
 }
 
 impl QueueRx {
     fn item(&self, delivery: Delivery) -> Item {
         match delivery {
             Delivery::Message(m) => {
-                self.shared.queued_messages.fetch_sub(1, Ordering::AcqRel);
+                let left = self.shared.queued_messages.fetch_sub(1, Ordering::AcqRel) - 1;
+                if left <= self.half
+                    && self.shared.drain_wanted.load(Ordering::Acquire)
+                    && self.shared.drain_wanted.swap(false, Ordering::AcqRel)
+                {
+                    self.shared.drained.wake();
+                }
                 Item::Delivery(Delivery::Message(m))
             }
             Delivery::Overflow => {
@@ -140,7 +180,8 @@ mod tests {
         for n in 3..10 {
             assert!(!tx.message(message(n)).unwrap());
         }
-        tx.control(Delivery::Closed(CloseCause::Left)).unwrap();
+        tx.control(Delivery::Closed(Box::new(CloseCause::Left)))
+            .unwrap();
         let mut seen = Vec::new();
         while let Ok(Some(item)) =
             tokio::time::timeout(std::time::Duration::from_millis(10), rx.recv()).await
@@ -165,6 +206,14 @@ mod tests {
             Some(Item::Delivery(Delivery::Message(_)))
         ));
         assert!(matches!(rx.recv().await, Some(Item::Overflow(1))));
+    }
+
+    #[test]
+    fn a_queue_slot_is_two_words() {
+        assert_eq!(
+            std::mem::size_of::<Delivery>(),
+            2 * std::mem::size_of::<usize>()
+        );
     }
 
     #[test]

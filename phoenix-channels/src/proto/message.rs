@@ -4,6 +4,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::ops::Deref;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -234,14 +235,31 @@ pub enum PayloadError {
 /// let bytes = Payload::binary(vec![1u8, 2, 255]);
 /// assert_eq!(bytes.as_binary().map(|b| b.as_ref()), Some(&[1u8, 2, 255][..]));
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct Payload(PayloadRepr);
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 enum PayloadRepr {
-    /// Valid JSON text (UTF-8).
+    /// Valid JSON text received in a frame (a slice of it).
     Json(Bytes),
+    /// Valid JSON text built here: sent without checking its UTF-8 again.
+    JsonText(Arc<str>),
     Binary(Bytes),
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.is_binary() == other.is_binary() && self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Payload {}
+
+impl std::hash::Hash for Payload {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.is_binary().hash(state);
+        self.as_bytes().hash(state);
+    }
 }
 
 impl Payload {
@@ -257,15 +275,23 @@ impl Payload {
 
     /// Serializes a value to a JSON payload.
     pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, PayloadError> {
-        let text = serde_json::to_vec(value)?;
-        Ok(Self(PayloadRepr::Json(Bytes::from(text))))
+        let text = serde_json::to_string(value)?;
+        Ok(Self(PayloadRepr::JsonText(Arc::from(text))))
     }
 
     /// A JSON payload from JSON text, which is checked to be one valid JSON value.
-    pub fn from_json_text(text: impl Into<Bytes>) -> Result<Self, PayloadError> {
+    pub fn from_json_text(text: impl Into<String>) -> Result<Self, PayloadError> {
         let text = text.into();
-        serde_json::from_slice::<serde::de::IgnoredAny>(&text)?;
-        Ok(Self(PayloadRepr::Json(text)))
+        serde_json::from_str::<serde::de::IgnoredAny>(&text)?;
+        Ok(Self(PayloadRepr::JsonText(Arc::from(text))))
+    }
+
+    /// A JSON payload from bytes of JSON text, which are checked to be UTF-8 and one valid
+    /// JSON value.
+    pub fn from_json_bytes(bytes: impl Into<Bytes>) -> Result<Self, PayloadError> {
+        let bytes = bytes.into();
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)?;
+        Ok(Self(PayloadRepr::Json(bytes)))
     }
 
     /// A JSON payload from text the caller knows to be valid JSON (a slice of a checked frame).
@@ -287,6 +313,7 @@ impl Payload {
     pub fn as_json(&self) -> Option<&str> {
         match &self.0 {
             PayloadRepr::Json(b) => std::str::from_utf8(b).ok(),
+            PayloadRepr::JsonText(s) => Some(s),
             PayloadRepr::Binary(_) => None,
         }
     }
@@ -295,7 +322,7 @@ impl Payload {
     pub fn as_binary(&self) -> Option<&Bytes> {
         match &self.0 {
             PayloadRepr::Binary(b) => Some(b),
-            PayloadRepr::Json(_) => None,
+            PayloadRepr::Json(_) | PayloadRepr::JsonText(_) => None,
         }
     }
 
@@ -303,6 +330,7 @@ impl Payload {
     pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
             PayloadRepr::Json(b) | PayloadRepr::Binary(b) => b,
+            PayloadRepr::JsonText(s) => s.as_bytes(),
         }
     }
 
@@ -310,6 +338,7 @@ impl Payload {
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
         match &self.0 {
             PayloadRepr::Json(b) => Ok(serde_json::from_slice(b)?),
+            PayloadRepr::JsonText(s) => Ok(serde_json::from_str(s)?),
             PayloadRepr::Binary(_) => Err(PayloadError::Binary),
         }
     }
@@ -324,7 +353,9 @@ impl Payload {
     pub fn to_display_value(&self) -> serde_json::Value {
         use base64::Engine as _;
         match &self.0 {
-            PayloadRepr::Json(b) => serde_json::from_slice(b).unwrap_or(serde_json::Value::Null),
+            PayloadRepr::Json(_) | PayloadRepr::JsonText(_) => {
+                self.deserialize().unwrap_or(serde_json::Value::Null)
+            }
             PayloadRepr::Binary(b) => serde_json::json!({
                 "binary_base64": base64::engine::general_purpose::STANDARD.encode(b)
             }),
@@ -347,8 +378,8 @@ impl From<serde_json::Value> for Payload {
 impl From<&serde_json::Value> for Payload {
     fn from(value: &serde_json::Value) -> Self {
         // Serializing a `Value` cannot fail: its map keys are strings.
-        let text = serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
-        Self(PayloadRepr::Json(Bytes::from(text)))
+        let text = serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned());
+        Self(PayloadRepr::JsonText(Arc::from(text)))
     }
 }
 
@@ -361,17 +392,19 @@ impl From<Bytes> for Payload {
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            PayloadRepr::Json(b) => match std::str::from_utf8(b) {
-                Ok(s) if s.len() <= 256 => write!(f, "Json({s})"),
-                Ok(s) => {
-                    let mut end = 256;
-                    while !s.is_char_boundary(end) {
-                        end -= 1;
+            PayloadRepr::Json(_) | PayloadRepr::JsonText(_) => {
+                match std::str::from_utf8(self.as_bytes()) {
+                    Ok(s) if s.len() <= 256 => write!(f, "Json({s})"),
+                    Ok(s) => {
+                        let mut end = 256;
+                        while !s.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        write!(f, "Json({}… {} bytes)", &s[..end], s.len())
                     }
-                    write!(f, "Json({}… {} bytes)", &s[..end], s.len())
+                    Err(_) => write!(f, "Json({} bytes)", self.as_bytes().len()),
                 }
-                Err(_) => write!(f, "Json({} bytes)", b.len()),
-            },
+            }
             PayloadRepr::Binary(b) => write!(f, "Binary({} bytes)", b.len()),
         }
     }
@@ -575,6 +608,19 @@ mod tests {
             Payload::binary(vec![104u8, 105]).to_display_value(),
             serde_json::json!({"binary_base64": "aGk="})
         );
+    }
+
+    #[test]
+    fn payloads_compare_by_content_whatever_they_were_built_from() {
+        let text = Payload::from_json_text(r#"{"a":1}"#).unwrap();
+        let bytes = Payload::from_json_bytes(Bytes::from_static(br#"{"a":1}"#)).unwrap();
+        let value = Payload::from(serde_json::json!({"a": 1}));
+        assert_eq!(text, bytes);
+        assert_eq!(text, value);
+        assert_ne!(text, Payload::binary(Bytes::from_static(br#"{"a":1}"#)));
+        assert_eq!(bytes.as_json(), Some(r#"{"a":1}"#));
+        assert!(Payload::from_json_bytes(vec![0xffu8]).is_err());
+        assert!(Payload::from_json_text("{").is_err());
     }
 
     #[test]

@@ -28,12 +28,13 @@
 //! assert_eq!(core.poll_timeout(), Some(now + Duration::from_secs(30)));
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 
 use super::backoff::{ReconnectPolicy, ReconnectSchedule, RejoinPolicy, RejoinSchedule};
 use super::channel::{
@@ -252,9 +253,9 @@ pub struct SocketCore<T> {
     /// Consecutive failed or lost connections.
     failures: u32,
     next_ref: u64,
-    channels: HashMap<ChannelId, Chan>,
-    topics: HashMap<Topic, ChannelId>,
-    pending: HashMap<u64, Pending<T>>,
+    channels: FxHashMap<ChannelId, Chan>,
+    topics: FxHashMap<Topic, ChannelId>,
+    pending: FxHashMap<u64, Pending<T>>,
     timers: Timers,
     out: VecDeque<Output<T>>,
     status: SocketStatus,
@@ -282,9 +283,9 @@ impl<T> SocketCore<T> {
             conn: Conn::Idle,
             failures: 0,
             next_ref: 0,
-            channels: HashMap::new(),
-            topics: HashMap::new(),
-            pending: HashMap::new(),
+            channels: FxHashMap::default(),
+            topics: FxHashMap::default(),
+            pending: FxHashMap::default(),
             timers: Timers::default(),
             out: VecDeque::new(),
             status: SocketStatus::Disconnected { reason: None },
@@ -1134,7 +1135,7 @@ impl<T> SocketCore<T> {
             ViewBody::Reply(reply) => {
                 let r = view.msg_ref.as_ref().and_then(Ref::as_u64);
                 if let Some(r) = r {
-                    self.reply(now, r, &topic, reply);
+                    self.reply(now, r, id, &topic, reply);
                 }
             }
             ViewBody::Message { event, payload } => {
@@ -1194,20 +1195,33 @@ impl<T> SocketCore<T> {
         }
     }
 
-    fn reply(&mut self, now: Instant, r: u64, topic: &Topic, reply: Reply) {
-        // Replies are matched by ref; the topic must still be the one the ref was sent on.
-        let sent_on = |id: &ChannelId| self.channels.get(id).is_none_or(|c| &c.topic == topic);
-        let matches = match self.pending.get(&r) {
-            None => false,
-            Some(Pending::Heartbeat) => topic == PHOENIX_TOPIC,
-            Some(Pending::Join(id) | Pending::Leave(id)) => sent_on(id),
-            Some(Pending::Push(push)) => push.buffered.is_none() && sent_on(&push.channel),
-        };
-        if !matches {
+    fn reply(
+        &mut self,
+        now: Instant,
+        r: u64,
+        routed: Option<ChannelId>,
+        topic: &Topic,
+        reply: Reply,
+    ) {
+        let Some(pending) = self.pending.remove(&r) else {
             tracing::debug!(%topic, r, "dropping a reply that matches no pending push");
             return;
+        };
+        // Replies are matched by ref; the topic must still be the one the ref was sent on.
+        let sent_on = |id: ChannelId| {
+            routed == Some(id) || self.channels.get(&id).is_none_or(|c| &c.topic == topic)
+        };
+        let matches = match &pending {
+            Pending::Heartbeat => topic == PHOENIX_TOPIC,
+            Pending::Join(id) | Pending::Leave(id) => sent_on(*id),
+            Pending::Push(push) => push.buffered.is_none() && sent_on(push.channel),
+        };
+        if !matches {
+            tracing::debug!(%topic, r, "dropping a reply that does not match its push");
+            self.pending.insert(r, pending);
+            return;
         }
-        match self.pending.remove(&r) {
+        match Some(pending) {
             Some(Pending::Heartbeat) => {
                 if let Some((pending, at)) = self.heartbeat_pending
                     && pending == r
