@@ -57,9 +57,12 @@
 //!   the reply. `join` and `leave` act when called too; dropping their futures only stops the
 //!   wait. The socket task is a single non-blocking poll loop: no user code runs on it.
 //! - **Backpressure.** Each channel's consumer (its message stream or handler) may fall
-//!   `queue_capacity` messages behind (default 1024); beyond that, messages are dropped and
-//!   reported ([`Lagged`], [`ChannelHandler::on_overflow`]) so that a slow consumer never stalls
-//!   heartbeats or other channels, and memory stays bounded. Pushes waiting for a join are
+//!   `queue_capacity` messages behind (default 1024). When it is three quarters behind, the
+//!   socket stops reading (the server's TCP window fills) until it catches up, for at most one
+//!   second at a time: a consumer that keeps up loses nothing, even in bursts. One that stays
+//!   behind longer gets its overflow dropped and reported ([`Lagged`],
+//!   [`ChannelHandler::on_overflow`]), so that a slow consumer never stalls heartbeats or other
+//!   channels for more than a second, and memory stays bounded. Pushes waiting for a join are
 //!   bounded by `push_buffer` ([`PushError::BufferFull`]).
 //! - **Drop.** The socket task ends when [`Socket::disconnect`] is called or when every
 //!   [`Socket`] and [`Channel`] handle is dropped. Dropping the last handle of a channel leaves
