@@ -1,6 +1,6 @@
 //! Pending pushes by ref, their deadlines, and the timer set of the core.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Instant;
 
 use super::channel::ChannelId;
@@ -60,6 +60,8 @@ pub(crate) struct PendingPush<T> {
     pub(crate) token: Option<T>,
     /// The frame content while buffered; `None` once sent.
     pub(crate) buffered: Option<(Event, Payload)>,
+    /// Its deadline is in the FIFO of [`PushDeadlines`] (else in the timer set).
+    pub(crate) in_fifo: bool,
 }
 
 /// What a ref in flight stands for.
@@ -122,5 +124,88 @@ impl Timers {
 
     pub(crate) fn len(&self) -> usize {
         self.0.len()
+    }
+}
+
+/// The deadlines of pushes. Pushes made with the same timeout have deadlines in push order, so
+/// nearly all of them go in a FIFO (constant time both ways); a push whose deadline is earlier
+/// than the last one's goes in the ordered timer set instead. Entries of pushes that ended leave
+/// the FIFO lazily: from its front as they are passed, and by compaction when dead entries
+/// outnumber live ones, so the FIFO stays within a few times the pushes in flight.
+#[derive(Debug, Default)]
+pub(crate) struct PushDeadlines {
+    fifo: VecDeque<(Instant, u64)>,
+    live: usize,
+}
+
+impl PushDeadlines {
+    /// Arms the deadline of push `r`; returns whether it went in the FIFO.
+    pub(crate) fn arm(&mut self, at: Instant, r: u64, timers: &mut Timers) -> bool {
+        if self.fifo.back().is_none_or(|(last, _)| *last <= at) {
+            self.fifo.push_back((at, r));
+            self.live += 1;
+            true
+        } else {
+            timers.arm(at, Timer::Push(r));
+            false
+        }
+    }
+
+    /// The push `r` ended (it is no longer live for `is_live`).
+    pub(crate) fn disarm(
+        &mut self,
+        at: Instant,
+        r: u64,
+        in_fifo: bool,
+        timers: &mut Timers,
+        is_live: impl Fn(u64, Instant) -> bool,
+    ) {
+        if !in_fifo {
+            timers.disarm(Some(at), Timer::Push(r));
+            return;
+        }
+        self.live = self.live.saturating_sub(1);
+        while let Some(&(at, r)) = self.fifo.front() {
+            if is_live(r, at) {
+                break;
+            }
+            self.fifo.pop_front();
+        }
+        if self.fifo.len() > 64 && self.fifo.len() > 4 * self.live {
+            self.fifo.retain(|&(at, r)| is_live(r, at));
+        }
+    }
+
+    /// The earliest deadline in the FIFO (its front is always live).
+    pub(crate) fn next(&self) -> Option<Instant> {
+        self.fifo.front().map(|(at, _)| *at)
+    }
+
+    /// Removes and returns the pushes whose deadline is due at `now`.
+    pub(crate) fn take_due(
+        &mut self,
+        now: Instant,
+        is_live: impl Fn(u64, Instant) -> bool,
+    ) -> Vec<u64> {
+        let mut due = Vec::new();
+        while let Some(&(at, r)) = self.fifo.front() {
+            if at > now {
+                break;
+            }
+            self.fifo.pop_front();
+            if is_live(r, at) {
+                due.push(r);
+            }
+        }
+        due
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.fifo.clear();
+        self.live = 0;
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.fifo.len()
     }
 }

@@ -42,7 +42,7 @@ use super::channel::{
 };
 use super::frame::{self, DecodeError, FrameView, OutFrame, ViewBody};
 use super::message::{Event, Inbound, Message, Payload, Ref, Reply, Topic};
-use super::push::{Pending, PendingPush, PushError, Timer, Timers};
+use super::push::{Pending, PendingPush, PushDeadlines, PushError, Timer, Timers};
 
 const PHOENIX_TOPIC: &str = "phoenix";
 
@@ -257,6 +257,7 @@ pub struct SocketCore<T> {
     topics: FxHashMap<Topic, ChannelId>,
     pending: FxHashMap<u64, Pending<T>>,
     timers: Timers,
+    push_deadlines: PushDeadlines,
     out: VecDeque<Output<T>>,
     status: SocketStatus,
     heartbeat_at: Option<Instant>,
@@ -287,6 +288,7 @@ impl<T> SocketCore<T> {
             topics: FxHashMap::default(),
             pending: FxHashMap::default(),
             timers: Timers::default(),
+            push_deadlines: PushDeadlines::default(),
             out: VecDeque::new(),
             status: SocketStatus::Disconnected { reason: None },
             heartbeat_at: None,
@@ -313,9 +315,10 @@ impl<T> SocketCore<T> {
         self.pending.len()
     }
 
-    /// How many timers are armed.
+    /// How many timers are armed (push deadlines included, some of which may belong to pushes
+    /// that already ended and wait to be dropped).
     pub fn timer_len(&self) -> usize {
-        self.timers.len()
+        self.timers.len() + self.push_deadlines.len()
     }
 
     /// How many channels the core holds.
@@ -337,7 +340,10 @@ impl<T> SocketCore<T> {
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
+        match (self.timers.next(), self.push_deadlines.next()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn emit_channel(&mut self, id: ChannelId, event: ChannelEvent) {
@@ -509,6 +515,7 @@ impl<T> SocketCore<T> {
     fn stop(&mut self, reason: Option<DisconnectReason>) {
         self.conn = Conn::Stopped;
         self.timers.clear();
+        self.push_deadlines.clear();
         self.heartbeat_at = None;
         self.heartbeat_pending = None;
         self.reconnect_at = None;
@@ -539,6 +546,13 @@ impl<T> SocketCore<T> {
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let pending = &self.pending;
+        let expired = self
+            .push_deadlines
+            .take_due(now, |r, at| is_fifo_push(pending, r, at));
+        for r in expired {
+            self.push_timed_out(r);
+        }
         for (_, timer) in self.timers.take_due(now) {
             match timer {
                 Timer::Heartbeat => self.heartbeat_due(now),
@@ -943,9 +957,10 @@ impl<T> SocketCore<T> {
         }
     }
 
-    /// Ends a push: its timer goes, and its waiter (if any) gets the result.
+    /// Ends a push (already out of `pending`): its timer goes, and its waiter (if any) gets the
+    /// result.
     fn end_push(&mut self, r: u64, push: PendingPush<T>, result: Result<Reply, PushError>) {
-        self.timers.disarm(Some(push.deadline), Timer::Push(r));
+        self.disarm_push(r, &push);
         if let Some(token) = push.token {
             self.out.push_back(Output::PushDone(token, result));
         }
@@ -1016,6 +1031,7 @@ impl<T> SocketCore<T> {
                 self.transmit(join_ref, r, &topic, &event, &payload);
                 if let Some(token) = token {
                     let deadline = now + timeout;
+                    let in_fifo = self.arm_push(deadline, r);
                     self.pending.insert(
                         r,
                         Pending::Push(PendingPush {
@@ -1023,9 +1039,9 @@ impl<T> SocketCore<T> {
                             deadline,
                             token: Some(token),
                             buffered: None,
+                            in_fifo,
                         }),
                     );
-                    self.timers.arm(deadline, Timer::Push(r));
                 }
                 Ok(())
             }
@@ -1036,6 +1052,7 @@ impl<T> SocketCore<T> {
                 }
                 let r = self.make_ref();
                 let deadline = now + timeout;
+                let in_fifo = self.arm_push(deadline, r);
                 self.pending.insert(
                     r,
                     Pending::Push(PendingPush {
@@ -1043,15 +1060,27 @@ impl<T> SocketCore<T> {
                         deadline,
                         token,
                         buffered: Some((event, payload)),
+                        in_fifo,
                     }),
                 );
-                self.timers.arm(deadline, Timer::Push(r));
                 if let Some(chan) = self.channels.get_mut(&id) {
                     chan.buffer.push_back(r);
                 }
                 Ok(())
             }
         }
+    }
+
+    fn disarm_push(&mut self, r: u64, push: &PendingPush<T>) {
+        let pending = &self.pending;
+        self.push_deadlines
+            .disarm(push.deadline, r, push.in_fifo, &mut self.timers, |r, at| {
+                is_fifo_push(pending, r, at)
+            });
+    }
+
+    fn arm_push(&mut self, at: Instant, r: u64) -> bool {
+        self.push_deadlines.arm(at, r, &mut self.timers)
     }
 
     fn flush_buffer(&mut self, id: ChannelId) {
@@ -1069,11 +1098,9 @@ impl<T> SocketCore<T> {
                 continue;
             };
             let is_cast = push.token.is_none();
-            let deadline = push.deadline;
             self.transmit(join_ref, r, &topic, &event, &payload);
-            if is_cast {
-                self.pending.remove(&r);
-                self.timers.disarm(Some(deadline), Timer::Push(r));
+            if is_cast && let Some(Pending::Push(push)) = self.pending.remove(&r) {
+                self.disarm_push(r, &push);
             }
         }
     }
@@ -1245,4 +1272,9 @@ impl<T> SocketCore<T> {
             None => {}
         }
     }
+}
+
+/// Whether `r` is a pending push whose deadline `at` is in the FIFO.
+fn is_fifo_push<T>(pending: &FxHashMap<u64, Pending<T>>, r: u64, at: Instant) -> bool {
+    matches!(pending.get(&r), Some(Pending::Push(push)) if push.in_fifo && push.deadline == at)
 }

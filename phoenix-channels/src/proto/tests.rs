@@ -1039,3 +1039,68 @@ fn pinned_pushes_go_out_only_under_their_join() {
     );
     assert_eq!(h.sent(), [r#"["3","4","t","fresh",{}]"#]);
 }
+
+#[test]
+fn pushes_with_mixed_timeouts_expire_each_at_its_own_deadline() {
+    let mut h = Harness::new();
+    h.joined(A, "t");
+    let start = h.now;
+    for (token, timeout) in [(1u32, 500u64), (2, 100), (3, 300), (4, 300)] {
+        h.core.push(
+            h.now,
+            A,
+            "e".into(),
+            Payload::empty(),
+            ms(timeout),
+            None,
+            Some(token),
+        );
+    }
+    h.take();
+    let mut expired = Vec::new();
+    for _ in 0..6 {
+        h.advance(ms(100));
+        for (token, result) in h.done() {
+            assert_eq!(result, Err(PushError::Timeout));
+            expired.push((token, (h.now - start).as_millis()));
+        }
+    }
+    assert_eq!(expired, [(2, 100), (3, 300), (4, 300), (1, 500)]);
+}
+
+#[test]
+fn one_stuck_push_does_not_let_finished_deadlines_pile_up() {
+    let mut h = Harness::new();
+    h.joined(A, "t");
+    // The first push never gets a reply; thousands after it do, out of its order.
+    h.core.push(
+        h.now,
+        A,
+        "stuck".into(),
+        Payload::empty(),
+        ms(10_000),
+        None,
+        Some(0),
+    );
+    for n in 1..=5_000u32 {
+        h.core.push(
+            h.now,
+            A,
+            "e".into(),
+            Payload::empty(),
+            ms(10_000),
+            None,
+            Some(n),
+        );
+        let r = u64::from(n) + 2;
+        h.server(&ok_reply(1, r, "t", "{}"));
+    }
+    assert_eq!(h.done().len(), 5_000);
+    assert!(
+        h.core.timer_len() < 100,
+        "{} deadlines kept for 1 push in flight",
+        h.core.timer_len()
+    );
+    h.advance(ms(10_000));
+    assert_eq!(h.done(), [(0, Err(PushError::Timeout))]);
+}
