@@ -18,6 +18,7 @@ use crate::handler::{ChannelContext, ChannelHandler, HandlerTask};
 use crate::proto::backoff::RejoinPolicy;
 use crate::proto::channel::{ChannelId, ChannelOptions, ChannelState, CloseCause, JoinParams};
 use crate::proto::message::{Event, Message, Payload, Ref, Reply, Topic};
+use crate::proto::push::PushRequest;
 use crate::socket::Socket;
 
 /// Configures a channel before it is created; from [`Socket::channel`].
@@ -301,12 +302,17 @@ impl Channel {
         options: PushOptions,
     ) -> Push {
         let (tx, rx) = oneshot::channel();
+        let request = PushRequest {
+            pinned: options.pinned,
+            ..PushRequest::new(
+                event.into(),
+                payload,
+                options.timeout.unwrap_or(self.inner.push_timeout),
+            )
+        };
         self.inner.socket.send(Command::Push {
             id: self.inner.id,
-            event: event.into(),
-            payload,
-            timeout: options.timeout.unwrap_or(self.inner.push_timeout),
-            pinned: options.pinned,
+            request,
             reply: Some(tx),
         });
         Push(PushState::Waiting(rx))
@@ -323,12 +329,10 @@ impl Channel {
 
     /// [`cast`](Self::cast) with a prepared payload (JSON or binary).
     pub fn cast_payload(&self, event: impl Into<Event>, payload: Payload) {
+        let request = PushRequest::new(event.into(), payload, self.inner.push_timeout);
         self.inner.socket.send(Command::Push {
             id: self.inner.id,
-            event: event.into(),
-            payload,
-            timeout: self.inner.push_timeout,
-            pinned: None,
+            request,
             reply: None,
         });
     }

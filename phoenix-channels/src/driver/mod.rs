@@ -27,8 +27,9 @@ use crate::error::JoinError;
 use crate::handler::Joined;
 use crate::proto::channel::{ChannelId, ChannelOptions, ChannelState, CloseCause};
 use crate::proto::frame::OutFrame;
-use crate::proto::message::{Event, Inbound, Payload, Ref, Reply, Topic};
+use crate::proto::message::{Inbound, Payload, Reply, Topic};
 use crate::proto::push::PushError;
+use crate::proto::push::PushRequest;
 use crate::proto::socket::{
     ChannelEvent, CoreConfig, DisconnectReason, Output, SocketCore, SocketStatus,
 };
@@ -76,10 +77,7 @@ pub(crate) enum Command {
     },
     Push {
         id: ChannelId,
-        event: Event,
-        payload: Payload,
-        timeout: Duration,
-        pinned: Option<Ref>,
+        request: PushRequest,
         reply: Option<PushReply>,
     },
     Remove {
@@ -257,17 +255,7 @@ impl Driver {
                 }
                 self.core.leave(now, id);
             }
-            Command::Push {
-                id,
-                event,
-                payload,
-                timeout,
-                pinned,
-                reply,
-            } => {
-                self.core
-                    .push(now, id, event, payload, timeout, pinned.as_ref(), reply);
-            }
+            Command::Push { id, request, reply } => self.core.push(now, id, request, reply),
             Command::Remove { id } => {
                 if let Some(slot) = self.slots.get_mut(&id) {
                     slot.removed = true;

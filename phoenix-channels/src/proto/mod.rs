@@ -19,6 +19,7 @@ mod tests;
 pub use channel::{
     ChannelId, ChannelOptions, ChannelState, CloseCause, ErrorCause, JoinParams, RejoinCause,
 };
+pub use push::PushRequest;
 pub use socket::{
     AddChannelError, ChannelEvent, CoreConfig, DisconnectReason, Output, SocketCore, SocketStatus,
 };

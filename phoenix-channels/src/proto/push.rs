@@ -1,11 +1,11 @@
 //! Pending pushes by ref, their deadlines, and the timer set of the core.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::channel::ChannelId;
 use super::frame::EncodeError;
-use super::message::{Event, Payload};
+use super::message::{Event, Payload, Ref};
 
 /// Why a push got no reply.
 ///
@@ -49,6 +49,41 @@ pub enum PushError {
     /// The payload could not be serialized.
     #[error("cannot serialize the payload: {0}")]
     Payload(String),
+}
+
+/// A push for [`SocketCore::push`](super::socket::SocketCore::push): the event, its payload, how
+/// long to wait for the reply, and optionally the one join it may be sent under.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PushRequest {
+    /// The event.
+    pub event: Event,
+    /// The payload.
+    pub payload: Payload,
+    /// How long the push may wait for its reply, counted from the push.
+    pub timeout: Duration,
+    /// If set, the push is sent only while the channel is joined under the join with this ref
+    /// (from [`ChannelEvent::Joined`](super::socket::ChannelEvent::Joined)); otherwise it fails
+    /// at once with [`PushError::Unavailable`] and is never sent, not even buffered.
+    pub pinned: Option<Ref>,
+}
+
+impl PushRequest {
+    /// A push of `event` with `payload`, waiting at most `timeout` for its reply.
+    pub fn new(event: Event, payload: Payload, timeout: Duration) -> Self {
+        Self {
+            event,
+            payload,
+            timeout,
+            pinned: None,
+        }
+    }
+
+    /// The same push, pinned to one join.
+    pub fn pinned_to(mut self, join_ref: Ref) -> Self {
+        self.pinned = Some(join_ref);
+        self
+    }
 }
 
 /// A push waiting to be sent (buffered) or answered (sent).

@@ -42,7 +42,7 @@ use super::channel::{
 };
 use super::frame::{self, DecodeError, FrameView, OutFrame, ViewBody};
 use super::message::{Event, Inbound, Message, Payload, Ref, Reply, Topic};
-use super::push::{Pending, PendingPush, PushDeadlines, PushError, Timer, Timers};
+use super::push::{Pending, PendingPush, PushDeadlines, PushError, PushRequest, Timer, Timers};
 
 const PHOENIX_TOPIC: &str = "phoenix";
 
@@ -968,42 +968,32 @@ impl<T> SocketCore<T> {
 
     // ----- pushes -----------------------------------------------------------------------------
 
-    /// Pushes `event` with `payload` on a channel. With a `token`, the push ends with exactly
-    /// one [`Output::PushDone`] carrying it: the reply, or an error (including an immediate one,
+    /// Pushes on a channel. With a `token`, the push ends with exactly one
+    /// [`Output::PushDone`] carrying it: the reply, or an error (including an immediate one,
     /// such as [`PushError::NotJoined`]). Without a token it is a cast: sent once (after the join
-    /// if the channel is joining) and never tracked.
-    ///
-    /// With `pinned` set to the join ref of a join (from [`ChannelEvent::Joined`]), the push is
-    /// sent only if the channel is joined under that very join; otherwise it fails at once with
-    /// [`PushError::Unavailable`] and is never sent (it is not buffered).
-    #[allow(clippy::too_many_arguments)]
-    pub fn push(
-        &mut self,
-        now: Instant,
-        id: ChannelId,
-        event: Event,
-        payload: Payload,
-        timeout: Duration,
-        pinned: Option<&Ref>,
-        token: Option<T>,
-    ) {
-        let result = self.try_push(now, id, event, payload, timeout, pinned, token);
-        if let Err((error, Some(token))) = result {
+    /// if the channel is joining) and never tracked. See [`PushRequest::pinned`] for pushes that
+    /// may go out only under one join.
+    pub fn push(&mut self, now: Instant, id: ChannelId, request: PushRequest, token: Option<T>) {
+        if let Err((error, Some(token))) = self.try_push(now, id, request, token) {
             self.out.push_back(Output::PushDone(token, Err(error)));
         }
     }
 
-    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    #[allow(clippy::type_complexity)]
     fn try_push(
         &mut self,
         now: Instant,
         id: ChannelId,
-        event: Event,
-        payload: Payload,
-        timeout: Duration,
-        pinned: Option<&Ref>,
+        request: PushRequest,
         token: Option<T>,
     ) -> Result<(), (PushError, Option<T>)> {
+        let PushRequest {
+            event,
+            payload,
+            timeout,
+            pinned,
+        } = request;
+        let pinned = pinned.as_ref();
         let Some(chan) = self.channels.get(&id) else {
             return Err((PushError::ChannelClosed, token));
         };

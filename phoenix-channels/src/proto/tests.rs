@@ -12,7 +12,7 @@ use super::channel::{
 };
 use super::frame::OutFrame;
 use super::message::{Event, Payload, Ref, Reply};
-use super::push::PushError;
+use super::push::{PushError, PushRequest};
 use super::socket::{ChannelEvent, CoreConfig, DisconnectReason, Output, SocketCore, SocketStatus};
 
 const A: ChannelId = ChannelId(1);
@@ -105,10 +105,7 @@ impl Harness {
         self.core.push(
             self.now,
             id,
-            Event::from(event),
-            Payload::empty(),
-            ms(10_000),
-            None,
+            PushRequest::new(Event::from(event), Payload::empty(), ms(10_000)),
             Some(token),
         );
     }
@@ -164,10 +161,11 @@ fn join_uses_its_own_ref_as_join_ref_and_pushes_carry_it() {
     h.core.push(
         h.now,
         A,
-        "echo".into(),
-        Payload::from_json_text(r#"{"hello":"world"}"#).unwrap(),
-        ms(10_000),
-        None,
+        PushRequest::new(
+            "echo".into(),
+            Payload::from_json_text(r#"{"hello":"world"}"#).unwrap(),
+            ms(10_000),
+        ),
         Some(7),
     );
     assert_eq!(h.sent(), [r#"["1","2","echo:1","echo",{"hello":"world"}]"#]);
@@ -224,10 +222,7 @@ fn pushes_before_the_join_are_buffered_then_sent_in_order() {
     h.core.push(
         h.now,
         A,
-        "cast".into(),
-        Payload::empty(),
-        ms(10_000),
-        None,
+        PushRequest::new("cast".into(), Payload::empty(), ms(10_000)),
         None,
     );
     h.push(A, "second", 2);
@@ -264,10 +259,7 @@ fn a_buffered_push_that_expires_is_never_sent() {
     h.core.push(
         h.now,
         A,
-        "late".into(),
-        Payload::empty(),
-        ms(500),
-        None,
+        PushRequest::new("late".into(), Payload::empty(), ms(500)),
         Some(1),
     );
     h.push(A, "kept", 2);
@@ -315,10 +307,7 @@ fn binary_pushes_are_checked_before_they_are_accepted() {
     h.core.push(
         h.now,
         A,
-        "e".into(),
-        Payload::binary(vec![1u8]),
-        ms(1000),
-        None,
+        PushRequest::new("e".into(), Payload::binary(vec![1u8]), ms(1000)),
         Some(1),
     );
     let done = h.done();
@@ -792,10 +781,7 @@ fn many_timed_out_pushes_leave_nothing_behind() {
             h.core.push(
                 h.now,
                 A,
-                "noreply".into(),
-                Payload::empty(),
-                ms(50),
-                None,
+                PushRequest::new("noreply".into(), Payload::empty(), ms(50)),
                 Some(round * 1000 + i),
             );
         }
@@ -909,10 +895,7 @@ fn binary_replies_and_pushes_reach_the_channel() {
     h.core.push(
         h.now,
         A,
-        "echo".into(),
-        Payload::binary(vec![1u8, 2, 255]),
-        ms(1000),
-        None,
+        PushRequest::new("echo".into(), Payload::binary(vec![1u8, 2, 255]), ms(1000)),
         Some(1),
     );
     let out = h.take();
@@ -992,10 +975,7 @@ fn pinned_pushes_go_out_only_under_their_join() {
     h.core.push(
         h.now,
         A,
-        "ok".into(),
-        Payload::empty(),
-        ms(1000),
-        Some(&Ref::new(first)),
+        PushRequest::new("ok".into(), Payload::empty(), ms(1000)).pinned_to(Ref::new(first)),
         Some(1),
     );
     assert_eq!(h.sent(), [r#"["1","2","t","ok",{}]"#]);
@@ -1005,10 +985,7 @@ fn pinned_pushes_go_out_only_under_their_join() {
     h.core.push(
         h.now,
         A,
-        "late".into(),
-        Payload::empty(),
-        ms(1000),
-        Some(&Ref::new(first)),
+        PushRequest::new("late".into(), Payload::empty(), ms(1000)).pinned_to(Ref::new(first)),
         Some(2),
     );
     assert_eq!(h.done(), [(2, Err(PushError::Unavailable))]);
@@ -1021,20 +998,14 @@ fn pinned_pushes_go_out_only_under_their_join() {
     h.core.push(
         h.now,
         A,
-        "stale".into(),
-        Payload::empty(),
-        ms(1000),
-        Some(&Ref::new(first)),
+        PushRequest::new("stale".into(), Payload::empty(), ms(1000)).pinned_to(Ref::new(first)),
         Some(3),
     );
     assert_eq!(h.done(), [(3, Err(PushError::Unavailable))]);
     h.core.push(
         h.now,
         A,
-        "fresh".into(),
-        Payload::empty(),
-        ms(1000),
-        Some(&Ref::new(3)),
+        PushRequest::new("fresh".into(), Payload::empty(), ms(1000)).pinned_to(Ref::new(3)),
         Some(4),
     );
     assert_eq!(h.sent(), [r#"["3","4","t","fresh",{}]"#]);
@@ -1049,10 +1020,7 @@ fn pushes_with_mixed_timeouts_expire_each_at_its_own_deadline() {
         h.core.push(
             h.now,
             A,
-            "e".into(),
-            Payload::empty(),
-            ms(timeout),
-            None,
+            PushRequest::new("e".into(), Payload::empty(), ms(timeout)),
             Some(token),
         );
     }
@@ -1076,20 +1044,14 @@ fn one_stuck_push_does_not_let_finished_deadlines_pile_up() {
     h.core.push(
         h.now,
         A,
-        "stuck".into(),
-        Payload::empty(),
-        ms(10_000),
-        None,
+        PushRequest::new("stuck".into(), Payload::empty(), ms(10_000)),
         Some(0),
     );
     for n in 1..=5_000u32 {
         h.core.push(
             h.now,
             A,
-            "e".into(),
-            Payload::empty(),
-            ms(10_000),
-            None,
+            PushRequest::new("e".into(), Payload::empty(), ms(10_000)),
             Some(n),
         );
         let r = u64::from(n) + 2;
