@@ -4,81 +4,20 @@ mod common;
 
 use std::process::Stdio;
 
+use common::process::ServerProcess;
 use common::{Client, ok_reply, refused_status, within};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::Command;
 
-struct Process {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Lines<BufReader<ChildStdout>>,
-    url: String,
-}
-
-impl Process {
-    async fn start(args: &[&str]) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dust-conformance-server"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn");
-        let stdin = child.stdin.take();
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let first = within("first line", stdout.next_line())
-            .await
-            .expect("read")
-            .expect("a first line");
-        let url = first
-            .strip_prefix("listening ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .to_owned();
-        assert!(
-            url.starts_with("ws://127.0.0.1:") && url.ends_with("/socket"),
-            "{url}"
-        );
-        // The second line names the Dust socket on the same port.
-        let second = within("second line", stdout.next_line())
-            .await
-            .expect("read")
-            .expect("a second line");
-        assert_eq!(
-            second,
-            format!("listening {}/ws/sync", url.trim_end_matches("/socket"))
-        );
-        Process {
-            child,
-            stdin,
-            stdout,
-            url,
-        }
-    }
-
-    async fn command(&mut self, command: Value) -> Value {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        let line = format!("{command}\n");
-        within("write", stdin.write_all(line.as_bytes()))
-            .await
-            .expect("write to stdin");
-        let answer = within("answer", self.stdout.next_line())
-            .await
-            .expect("read stdout")
-            .expect("an answer line");
-        serde_json::from_str(&answer).expect("JSON answer")
-    }
-
-    fn websocket_url(&self) -> String {
-        format!("{}/websocket?vsn=2.0.0", self.url)
-    }
+/// The echo socket's websocket URL of a running server.
+fn websocket_url(p: &ServerProcess) -> String {
+    format!("{}/websocket?vsn=2.0.0", p.socket_url())
 }
 
 #[tokio::test]
 async fn prints_the_url_and_answers_control_commands() {
-    let mut p = Process::start(&["--control-stdin"]).await;
-    let mut c = Client::connect(&format!("{}&token=x", p.websocket_url())).await;
+    let mut p = ServerProcess::start(&["--control-stdin"]).await;
+    let mut c = Client::connect(&format!("{}&token=x", websocket_url(&p))).await;
     c.joined("1", "echo:cli").await;
 
     let answer = p.command(json!({"tag": 1, "cmd": "connections"})).await;
@@ -130,7 +69,7 @@ async fn prints_the_url_and_answers_control_commands() {
         .command(json!({"cmd": "refuse_connects", "on": true}))
         .await;
     assert_eq!(answer, json!({"ok": true}));
-    assert_eq!(refused_status(&p.websocket_url()).await, 403);
+    assert_eq!(refused_status(&websocket_url(&p)).await, 403);
     let answer = p
         .command(
             json!({"cmd": "wait", "stat": "connects_refused", "at_least": 1, "timeout_ms": 2000}),
@@ -169,9 +108,9 @@ async fn prints_the_url_and_answers_control_commands() {
 
 #[tokio::test]
 async fn stops_when_stdin_closes() {
-    let mut p = Process::start(&["--control-stdin", "--listen", "127.0.0.1:0"]).await;
-    let mut c = Client::connect(&p.websocket_url()).await;
-    drop(p.stdin.take());
+    let mut p = ServerProcess::start(&["--control-stdin", "--listen", "127.0.0.1:0"]).await;
+    let mut c = Client::connect(&websocket_url(&p)).await;
+    p.close_stdin();
     // Shutting down closes connections with 1001.
     assert_eq!(c.recv_close().await, 1001);
     let status = within("exit", p.child.wait()).await.unwrap();
@@ -180,8 +119,8 @@ async fn stops_when_stdin_closes() {
 
 #[tokio::test]
 async fn idle_timeout_flag() {
-    let p = Process::start(&["--idle-timeout-ms", "200"]).await;
-    let mut c = Client::connect(&p.websocket_url()).await;
+    let p = ServerProcess::start(&["--idle-timeout-ms", "200"]).await;
+    let mut c = Client::connect(&websocket_url(&p)).await;
     assert_eq!(c.recv_close().await, 1000);
 }
 

@@ -6,83 +6,21 @@ mod common;
 use std::process::Stdio;
 
 use common::dust::{StoreClient, write};
+use common::process::ServerProcess;
 use common::{refused_status, within};
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use serde_json::json;
+use tokio::process::Command;
 
-struct Process {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Lines<BufReader<ChildStdout>>,
-    /// `ws://127.0.0.1:PORT`
-    base: String,
+fn sync_url(p: &ServerProcess, token: &str, device: &str) -> String {
+    format!(
+        "{}/ws/sync/websocket?vsn=2.0.0&token={token}&device_id={device}&capver=3",
+        p.base
+    )
 }
 
-impl Process {
-    async fn start(args: &[&str]) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dust-conformance-server"))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn");
-        let stdin = child.stdin.take();
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut line = async || {
-            within("a listening line", stdout.next_line())
-                .await
-                .expect("read")
-                .expect("a line")
-        };
-        let first = line().await;
-        let second = line().await;
-        let base = first
-            .strip_prefix("listening ")
-            .and_then(|u| u.strip_suffix("/socket"))
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .to_owned();
-        assert_eq!(second, format!("listening {base}/ws/sync"));
-        Process {
-            child,
-            stdin,
-            stdout,
-            base,
-        }
-    }
-
-    fn sync_url(&self, token: &str, device: &str) -> String {
-        format!(
-            "{}/ws/sync/websocket?vsn=2.0.0&token={token}&device_id={device}&capver=3",
-            self.base
-        )
-    }
-
-    async fn client(&self, token: &str, topic: &str) -> StoreClient {
-        let c = common::Client::connect(&self.sync_url(token, "dev_cli")).await;
-        StoreClient::from_client(c, topic)
-    }
-
-    async fn command(&mut self, command: Value) -> Value {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        within("write", stdin.write_all(format!("{command}\n").as_bytes()))
-            .await
-            .expect("write to stdin");
-        let answer = within("answer", self.stdout.next_line())
-            .await
-            .expect("read stdout")
-            .expect("an answer line");
-        serde_json::from_str(&answer).expect("JSON answer")
-    }
-
-    /// SIGKILL, and wait for the process to be gone.
-    async fn kill9(mut self) {
-        self.child.start_kill().expect("kill");
-        let status = within("exit", self.child.wait()).await.expect("wait");
-        assert!(!status.success());
-    }
+async fn client(p: &ServerProcess, token: &str, topic: &str) -> StoreClient {
+    let c = common::Client::connect(&sync_url(p, token, "dev_cli")).await;
+    StoreClient::from_client(c, topic)
 }
 
 fn state_file(name: &str) -> std::path::PathBuf {
@@ -94,7 +32,7 @@ fn state_file(name: &str) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn token_flags_scopes_and_access() {
-    let p = Process::start(&[
+    let p = ServerProcess::start(&[
         "--token",
         "dust_tok_ro:entries:read,stores:read@acme/app",
         "--token",
@@ -104,8 +42,11 @@ async fn token_flags_scopes_and_access() {
         "--no-auto-create",
     ])
     .await;
-    assert_eq!(refused_status(&p.sync_url("dust_tok_nope", "d")).await, 403);
-    let mut ro = p.client("dust_tok_ro", "store:acme/app").await;
+    assert_eq!(
+        refused_status(&sync_url(&p, "dust_tok_nope", "d")).await,
+        403
+    );
+    let mut ro = client(&p, "dust_tok_ro", "store:acme/app").await;
     let response = ro.join(json!(0)).await;
     assert_eq!(response["scopes"], json!(["entries:read", "stores:read"]));
     assert_eq!(
@@ -113,7 +54,7 @@ async fn token_flags_scopes_and_access() {
         json!({"read": true, "write": false})
     );
     assert_eq!(response["store_access"]["mode"], "selected");
-    let mut org = p.client("dust_tok_org", "store:other/x").await;
+    let mut org = client(&p, "dust_tok_org", "store:other/x").await;
     assert_eq!(
         org.join_with(json!({"last_store_seq": 0})).await["response"]["reason"],
         "store_not_allowed"
@@ -155,7 +96,7 @@ async fn bad_dust_flags_exit_2() {
 
 #[tokio::test]
 async fn rate_limit_and_plan_flags() {
-    let p = Process::start(&[
+    let p = ServerProcess::start(&[
         "--token",
         "dust_tok_dev",
         "--rate-limit",
@@ -164,7 +105,7 @@ async fn rate_limit_and_plan_flags() {
         "free",
     ])
     .await;
-    let mut c = p.client("dust_tok_dev", "store:acme/app").await;
+    let mut c = client(&p, "dust_tok_dev", "store:acme/app").await;
     c.join_caught_up(json!(0)).await;
     c.set("a", json!(1), "1").await;
     c.set("b", json!(1), "2").await;
@@ -176,7 +117,7 @@ async fn rate_limit_and_plan_flags() {
 
 #[tokio::test]
 async fn dust_control_commands() {
-    let mut p = Process::start(&[
+    let mut p = ServerProcess::start(&[
         "--control-stdin",
         "--token",
         "dust_tok_dev",
@@ -184,7 +125,7 @@ async fn dust_control_commands() {
         "acme/app",
     ])
     .await;
-    let mut c = p.client("dust_tok_dev", "store:acme/app").await;
+    let mut c = client(&p, "dust_tok_dev", "store:acme/app").await;
     c.join_caught_up(json!(0)).await;
     c.set("k", json!(1), "op_1").await;
 
@@ -268,8 +209,8 @@ async fn sigkill_loses_no_acknowledged_write() {
     let state = state_file("sigkill");
     let state_arg = state.to_str().expect("utf-8 path");
     let args = ["--token", "dust_tok_dev", "--state", state_arg];
-    let p = Process::start(&args).await;
-    let mut c = p.client("dust_tok_dev", "store:acme/app").await;
+    let p = ServerProcess::start(&args).await;
+    let mut c = client(&p, "dust_tok_dev", "store:acme/app").await;
     c.join_caught_up(json!(0)).await;
     // 300 increments sent at once; SIGKILL as soon as 100 are acknowledged, while the rest
     // are in flight.
@@ -290,8 +231,8 @@ async fn sigkill_loses_no_acknowledged_write() {
     }
     p.kill9().await;
 
-    let p = Process::start(&args).await;
-    let mut c = p.client("dust_tok_dev", "store:acme/app").await;
+    let p = ServerProcess::start(&args).await;
+    let mut c = client(&p, "dust_tok_dev", "store:acme/app").await;
     let seq = c.join(json!(0)).await["store_seq"].as_u64().expect("a seq");
     let (events, _) = c.catch_up().await;
     // Every acknowledged write is there, and what is there is a prefix of what was sent,

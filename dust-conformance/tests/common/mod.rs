@@ -200,3 +200,4 @@ pub async fn connect_with_protocols(url: &str, protocols: &str) -> (Client, Opti
 }
 
 pub mod dust;
+pub mod process;
