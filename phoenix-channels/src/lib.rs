@@ -50,6 +50,8 @@
 //!   in a bounded buffer (their timeout runs meanwhile). Pushes in flight when the connection
 //!   drops fail at once with [`PushError::Disconnected`] instead of waiting for their timeout.
 //! - **Binary** payloads in both directions ([`Payload::binary`]).
+//! - **Presence**: [`presence::Presence`] keeps a channel's presence list in sync from
+//!   `presence_state` and `presence_diff`, with the joins and leaves of each.
 //!
 //! # Important notes
 //!
@@ -76,6 +78,7 @@ pub mod channel;
 pub mod driver;
 pub mod error;
 pub mod handler;
+pub mod presence;
 pub mod proto;
 pub mod socket;
 
