@@ -80,8 +80,9 @@ impl<T> Transport for T where
 /// A boxed [`Transport`].
 pub type BoxTransport = Box<dyn Transport>;
 
-/// What a connector needs to open the WebSocket of one connect attempt.
-#[derive(Clone, Debug)]
+/// What a connector needs to open the WebSocket of one connect attempt. Its `Debug` output
+/// redacts credential-looking params and shows header names only.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ConnectRequest {
     /// The full URL: endpoint + `/websocket` + params + `vsn=2.0.0`.
@@ -90,6 +91,23 @@ pub struct ConnectRequest {
     pub headers: Vec<(String, String)>,
     /// WebSocket subprotocols (`phoenix` and the `authToken` one, when a token is set).
     pub protocols: Vec<String>,
+}
+
+impl fmt::Debug for ConnectRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectRequest")
+            .field("url", &crate::socket::redact_url(&self.url))
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(name, _)| name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("protocols", &self.protocols.len())
+            .finish()
+    }
 }
 
 impl ConnectRequest {
@@ -398,5 +416,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Outgoing> for WsTransport<S> {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Pin::new(&mut self.0).poll_close(cx).map_err(ws_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_credentials() {
+        let mut request = ConnectRequest::new(
+            Url::parse("ws://h/socket/websocket?token=s3cret&vsn=2.0.0").unwrap(),
+        );
+        request
+            .headers
+            .push(("authorization".into(), "Bearer s3cret".into()));
+        request
+            .protocols
+            .push("base64url.bearer.phx.czNjcmV0".into());
+        let shown = format!("{request:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("czNjcmV0"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("token=REDACTED") && shown.contains("authorization"),
+            "{shown}"
+        );
     }
 }
