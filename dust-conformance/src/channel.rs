@@ -3,7 +3,8 @@
 //! Each join of a topic runs its own [`Channel`] instance in its own task (as Phoenix runs a
 //! process per join): messages to one channel are handled in order, channels of one connection
 //! run concurrently. A channel that returns [`Handled::Crash`] or panics crashes: its joiner gets
-//! `phx_error`. One that returns [`Handled::Stop`] stops normally: `phx_close`.
+//! `phx_error`. One that returns [`Handled::Stop`] stops normally: `phx_close`. However a joined
+//! channel ends, its [`Channel::terminate`] runs once, with the [`TerminateReason`].
 
 use std::any::Any;
 use std::fmt;
@@ -91,6 +92,32 @@ pub enum SendError {
     Disconnected,
 }
 
+/// How long [`Channel::terminate`] may run before it is abandoned (Phoenix's 5 s shutdown
+/// timeout of a channel process).
+pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a joined channel ended, as [`Channel::terminate`] is told (Phoenix's `terminate/2`
+/// reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TerminateReason {
+    /// The client left the topic (`phx_leave`; Phoenix: `{:shutdown, :left}`).
+    Left,
+    /// The channel stopped normally: it returned [`Handled::Stop`], or
+    /// [`Control::close_channel`](crate::Control::close_channel) closed it (`phx_close`).
+    Stopped,
+    /// The channel crashed: it returned [`Handled::Crash`], panicked, returned a reply the
+    /// connection's serializer cannot encode, or
+    /// [`Control::crash_channel`](crate::Control::crash_channel) crashed it (`phx_error`).
+    Crashed,
+    /// Its connection closed, was dropped, or the server is stopping (Phoenix:
+    /// `{:shutdown, :closed}`).
+    SocketClosed,
+    /// The client joined the same topic again on the same connection, which replaced this
+    /// channel (Phoenix: `{:shutdown, :duplicate_join}`).
+    DuplicateJoin,
+}
+
 /// A channel: one instance per join of a topic.
 ///
 /// ```
@@ -138,6 +165,21 @@ pub trait Channel: Send + 'static {
     async fn handle_info(&mut self, info: Info, ctx: &ChannelContext) -> Handled {
         let _ = (info, ctx);
         Handled::NoReply
+    }
+
+    /// Called exactly once when a joined channel ends, whatever the reason (a refused or
+    /// crashed join never made a channel: no call). A callback still running when the channel
+    /// is ended from outside (crash or close control, duplicate join, closed connection) is
+    /// cancelled first; messages still queued are dropped.
+    ///
+    /// By then the channel no longer receives its topic's broadcasts, so a
+    /// [`ChannelContext::broadcast`] from here reaches the topic's other joiners only (as a
+    /// message from a Phoenix channel that has exited). The connection's `phx_close` or
+    /// `phx_error` goes out after it returns; when the connection is gone, what it pushes is
+    /// dropped. It may run at most [`TERMINATE_TIMEOUT`]; a panic in it is logged. It does not
+    /// run when the tokio runtime itself shuts down.
+    async fn terminate(&mut self, reason: TerminateReason, ctx: &ChannelContext) {
+        let _ = (reason, ctx);
     }
 }
 
@@ -209,6 +251,11 @@ impl ChannelContext {
     /// What the socket's connect callback assigned.
     pub fn assigns(&self) -> &Assigns {
         &self.link.assigns
+    }
+
+    /// The server's state.
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// Pushes an event to this client: `[join_ref, null, topic, event, payload]`.
@@ -325,6 +372,16 @@ pub(crate) enum Exit {
     Crashed,
 }
 
+impl Exit {
+    /// The reason a channel ended from outside with this exit is terminated with.
+    pub(crate) fn reason(self) -> TerminateReason {
+        match self {
+            Self::Closed => TerminateReason::Stopped,
+            Self::Crashed => TerminateReason::Crashed,
+        }
+    }
+}
+
 /// What the connection gets back from a join.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JoinOutcome {
@@ -345,26 +402,65 @@ pub(crate) struct ChannelSpawn {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// Runs one channel: the join, then its messages until it stops, crashes or is aborted.
-/// Returns the inbox sender at once; the join outcome goes to `joined`.
+/// The connection's side of a channel task.
+///
+/// Dropping it (without [`ChannelHandle::stop`]) tells the channel that its connection is gone:
+/// it terminates with [`TerminateReason::SocketClosed`] on its own task.
+#[derive(Debug)]
+pub(crate) struct ChannelHandle {
+    pub(crate) inbox: mpsc::UnboundedSender<ChannelMsg>,
+    stop: oneshot::Sender<TerminateReason>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ChannelHandle {
+    /// Ends the channel from outside: a callback in progress is cancelled, then
+    /// [`Channel::terminate`] runs with `reason`. Returns when the task is gone.
+    pub(crate) async fn stop(self, reason: TerminateReason) {
+        let Self { inbox, stop, task } = self;
+        let _ = stop.send(reason);
+        drop(inbox);
+        // The task bounds `terminate` itself; this bound only guards against a callback that
+        // blocks its thread instead of awaiting.
+        let abort = task.abort_handle();
+        if tokio::time::timeout(TERMINATE_TIMEOUT + Duration::from_secs(1), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("channel task did not end, aborted");
+            abort.abort();
+        }
+    }
+}
+
+/// Runs one channel: the join, then its messages until it stops, crashes or is stopped from
+/// outside, then its `terminate`. Returns its handle at once; the join outcome goes to `joined`.
 pub(crate) fn spawn_channel(
     spawn: ChannelSpawn,
     joined: oneshot::Sender<JoinOutcome>,
-) -> (
-    mpsc::UnboundedSender<ChannelMsg>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> ChannelHandle {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = oneshot::channel();
     let weak = tx.downgrade();
     let span = tracing::debug_span!("channel", topic = %spawn.topic, connection = %spawn.link.id);
-    let handle = tokio::spawn(run_channel(spawn, weak, rx, joined).instrument(span));
-    (tx, handle)
+    let task = tokio::spawn(run_channel(spawn, weak, rx, stop_rx, joined).instrument(span));
+    ChannelHandle {
+        inbox: tx,
+        stop: stop_tx,
+        task,
+    }
+}
+
+/// The reason a stop signal carries; a dropped handle means the connection is gone.
+fn stop_reason(signal: Result<TerminateReason, oneshot::error::RecvError>) -> TerminateReason {
+    signal.unwrap_or(TerminateReason::SocketClosed)
 }
 
 async fn run_channel(
     spawn: ChannelSpawn,
     inbox_tx: mpsc::WeakUnboundedSender<ChannelMsg>,
     mut inbox: mpsc::UnboundedReceiver<ChannelMsg>,
+    mut stop: oneshot::Receiver<TerminateReason>,
     joined: oneshot::Sender<JoinOutcome>,
 ) {
     let ChannelSpawn {
@@ -398,8 +494,13 @@ async fn run_channel(
         status: status.to_owned(),
         response: Payload::Json(response),
     };
-    let result = guarded(channel.join(params, &ctx)).await;
-    let _subscription = match result {
+    let result = tokio::select! {
+        biased;
+        // The connection is gone while the join runs: no channel was made, nothing to end.
+        _ = &mut stop => return,
+        result = guarded(channel.join(params, &ctx)) => result,
+    };
+    let subscription = match result {
         Some(Ok(response)) => {
             // Subscribed before the reply goes out, as Phoenix does in `init_join`.
             let subscription = shared.subscribe(
@@ -435,10 +536,17 @@ async fn run_channel(
         }
     };
 
-    let exit = loop {
-        let Some(msg) = inbox.recv().await else {
-            // The connection dropped its sender: it is gone, nothing to tell.
-            return;
+    // `exit` is `Some` when the channel ended by itself (the connection is told), `None` when
+    // it was stopped from outside (the connection already knows).
+    let (exit, reason) = loop {
+        let msg = tokio::select! {
+            biased;
+            signal = &mut stop => break (None, stop_reason(signal)),
+            msg = inbox.recv() => match msg {
+                Some(msg) => msg,
+                // The connection dropped its sender: it is gone.
+                None => break (None, TerminateReason::SocketClosed),
+            },
         };
         let handled = match msg {
             ChannelMsg::In {
@@ -447,16 +555,24 @@ async fn run_channel(
                 ref_,
             } => {
                 ctx.current_ref = Some(ref_);
-                guarded(channel.handle_in(&event, payload, &ctx)).await
+                tokio::select! {
+                    biased;
+                    signal = &mut stop => break (None, stop_reason(signal)),
+                    handled = guarded(channel.handle_in(&event, payload, &ctx)) => handled,
+                }
             }
-            ChannelMsg::Info(info) => guarded(channel.handle_info(info, &ctx)).await,
+            ChannelMsg::Info(info) => tokio::select! {
+                biased;
+                signal = &mut stop => break (None, stop_reason(signal)),
+                handled = guarded(channel.handle_info(info, &ctx)) => handled,
+            },
             ChannelMsg::Leave { ref_ } => {
                 // Forgotten before the reply, which phoenix.js already takes as the close.
                 shared.update_connection(link.id, |c| {
                     c.topics.remove(&topic);
                 });
                 let _ = link.send(&ctx.reply_message(ref_, Reply::ok(json!({}))));
-                break Exit::Closed;
+                break (Some(Exit::Closed), TerminateReason::Left);
             }
         };
         let (reply, exit) = match handled {
@@ -471,23 +587,33 @@ async fn run_channel(
                 if let Err(error) = link.send(&ctx.reply_message(ref_, reply)) {
                     // Phoenix raises in the channel when it cannot encode its reply.
                     tracing::debug!(%error, "reply not sent, the channel crashes");
-                    break Exit::Crashed;
+                    break (Some(Exit::Crashed), TerminateReason::Crashed);
                 }
             }
             (Some(_), None) => tracing::warn!("a reply returned by handle_info is dropped"),
             (None, _) => {}
         }
         if let Some(exit) = exit {
-            break exit;
+            break (Some(exit), exit.reason());
         }
     };
-    // Unsubscribe before the connection sends phx_close/phx_error.
-    drop(_subscription);
-    let _ = link.events.send(ConnEvent::ChannelExit {
-        topic,
-        instance,
-        exit,
-    });
+    // Unsubscribed first: an ended channel receives no broadcast, its own presence leave
+    // included. Then `terminate`, then the connection sends phx_close/phx_error.
+    drop(subscription);
+    drop(inbox);
+    ctx.current_ref = None;
+    tracing::debug!(?reason, "terminate");
+    match tokio::time::timeout(TERMINATE_TIMEOUT, guarded(channel.terminate(reason, &ctx))).await {
+        Ok(_) => {}
+        Err(_) => tracing::warn!("terminate timed out"),
+    }
+    if let Some(exit) = exit {
+        let _ = link.events.send(ConnEvent::ChannelExit {
+            topic,
+            instance,
+            exit,
+        });
+    }
 }
 
 /// Runs a channel callback; a panic is a crash (`None`), as an exception is in Elixir.

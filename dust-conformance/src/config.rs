@@ -11,7 +11,7 @@ use crate::socket::SocketConfig;
 /// What to serve and where.
 ///
 /// The default binds `127.0.0.1:0`, closes connections idle for 60 s, and mounts the `echo:*`
-/// reference socket at `/socket` ([`echo::socket`]).
+/// reference socket, with the `presence:*` channel, at `/socket` ([`echo::socket`]).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub(crate) listen: SocketAddr,

@@ -21,7 +21,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
-use crate::channel::{ChannelMsg, ChannelSpawn, Exit, JoinOutcome, spawn_channel};
+use crate::channel::{
+    ChannelHandle, ChannelMsg, ChannelSpawn, Exit, JoinOutcome, TerminateReason, spawn_channel,
+};
 use crate::control::ConnectionId;
 use crate::frame::{self, Incoming, Outgoing, Payload, Protocol, Wire};
 use crate::shared::{ConnEvent, ConnLink, OutItem, Outbound, Shared, lock};
@@ -80,8 +82,8 @@ struct ChannelEntry {
     /// messages are checked against it.
     join_ref: Value,
     instance: u64,
-    inbox: mpsc::UnboundedSender<ChannelMsg>,
-    task: AbortOnDrop,
+    /// Dropping it ends the channel as if its connection were gone.
+    handle: ChannelHandle,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +146,7 @@ pub(crate) async fn run_connection(ws: WsStream, setup: ConnSetup) {
             assigns,
             out: out_tx.clone(),
             events: events_tx,
+            closed: Default::default(),
         }),
         socket,
         shared: shared.clone(),
@@ -188,8 +191,16 @@ pub(crate) async fn run_connection(ws: WsStream, setup: ConnSetup) {
         }
     };
 
-    // Channels end with their connection and send nothing (Phoenix: `{:shutdown, :closed}`).
-    conn.channels.clear();
+    // Channels end with their connection and send nothing (Phoenix: `{:shutdown, :closed}`):
+    // the link refuses their frames from now on. Their `terminate` runs before the connection
+    // leaves the registry, so a connection gone from `Control` has no channel left behind.
+    conn.link.close();
+    futures_util::future::join_all(
+        conn.channels
+            .drain()
+            .map(|(_, entry)| entry.handle.stop(TerminateReason::SocketClosed)),
+    )
+    .await;
     lock(&shared.connections).remove(&id);
     shared.update_stats(|s| s.open_connections = s.open_connections.saturating_sub(1));
     match end {
@@ -249,7 +260,7 @@ impl Conn {
             }
             ConnEvent::EndChannel { topic, exit } => {
                 if let Some(entry) = self.channels.remove(&topic) {
-                    entry.task.abort_and_wait().await;
+                    entry.handle.stop(exit.reason()).await;
                     self.channel_ended(topic, entry.join_ref, exit);
                 }
             }
@@ -328,18 +339,21 @@ impl Conn {
                 // Duplicate join: the old channel is shut down; its phx_close (with the OLD
                 // join_ref) follows the new join's reply, as in Phoenix.
                 if let Some(old) = self.channels.remove(&msg.topic) {
-                    old.task.abort_and_wait().await;
+                    old.handle.stop(TerminateReason::DuplicateJoin).await;
                     self.join(msg, Some(old.join_ref)).await;
                 }
             }
             "phx_leave" if current => {
-                let _ = entry.inbox.send(ChannelMsg::Leave { ref_: msg.ref_ });
+                let _ = entry
+                    .handle
+                    .inbox
+                    .send(ChannelMsg::Leave { ref_: msg.ref_ });
             }
             "phx_leave" => {
                 tracing::debug!(topic = msg.topic, "leave for an outdated join_ref ignored");
             }
             _ if current => {
-                let _ = entry.inbox.send(ChannelMsg::In {
+                let _ = entry.handle.inbox.send(ChannelMsg::In {
                     event: msg.event,
                     payload: msg.payload,
                     ref_: msg.ref_,
@@ -384,7 +398,7 @@ impl Conn {
         };
         let instance = self.shared.next_instance();
         let (joined_tx, joined_rx) = oneshot::channel();
-        let (inbox, task) = spawn_channel(
+        let handle = spawn_channel(
             ChannelSpawn {
                 channel,
                 topic: msg.topic.clone(),
@@ -397,7 +411,6 @@ impl Conn {
             },
             joined_tx,
         );
-        let task = AbortOnDrop(Some(task));
         // The socket waits for the join, as Phoenix's does: the reply goes out first.
         match joined_rx.await {
             Ok(JoinOutcome::Joined) => {
@@ -406,8 +419,7 @@ impl Conn {
                     ChannelEntry {
                         join_ref: msg.join_ref,
                         instance,
-                        inbox,
-                        task,
+                        handle,
                     },
                 );
             }

@@ -30,9 +30,11 @@ use serde_json::{Value, json};
 
 use crate::channel::{Channel, ChannelContext, Handled, Info, Reply, ReplyRef};
 use crate::frame::Payload;
+use crate::presence::PresenceChannel;
 use crate::socket::{ConnectDecision, SocketConfig};
 
-/// The echo socket: refuses `token=bad`, routes `echo:*` to [`EchoChannel`].
+/// The echo socket: refuses `token=bad`, routes `echo:*` to [`EchoChannel`] and `presence:*`
+/// to [`PresenceChannel`].
 pub fn socket() -> SocketConfig {
     SocketConfig::new(|request| {
         let bad = request.params.get("token").is_some_and(|t| t == "bad")
@@ -44,6 +46,7 @@ pub fn socket() -> SocketConfig {
         }
     })
     .channel("echo:*", |_topic| Box::new(EchoChannel::default()))
+    .channel("presence:*", |_topic| Box::new(PresenceChannel::default()))
 }
 
 /// The `echo:*` channel (see the module docs).

@@ -1,6 +1,6 @@
-//! A server that speaks real Phoenix Channels, for tests: the `echo:*` reference channel,
-//! fault injection, the extension points, and on them the Dust `store:*` server emulation
-//! ([`dust`]).
+//! A server that speaks real Phoenix Channels, for tests: the `echo:*` reference channel, the
+//! `presence:*` channel (Phoenix.Presence, [`presence`]), fault injection, the extension
+//! points, and on them the Dust `store:*` server emulation ([`dust`]).
 //!
 //! ```
 //! use std::time::Duration;
@@ -52,6 +52,56 @@
 //! `dust-conformance/crosscheck/run.sh` drives the `dust-conformance-server` binary through
 //! every scenario (see [`command`] for the control protocol the script uses).
 //!
+//! # The presence channel
+//!
+//! The `/socket` socket also routes `presence:*` to [`presence::PresenceChannel`], which
+//! behaves like a Phoenix channel using `Phoenix.Presence`: join with `{"user": KEY, ...meta}`
+//! (without `user`, the key is the connection id); after the join reply the joiner gets
+//! `presence_state` (`{KEY: {"metas": [{...meta, "phx_ref"}]}}`, the topic's whole map, shared
+//! by every connection) and every joiner of the topic, the new one included, gets a
+//! `presence_diff` with the join. When the channel ends for any reason (leave, crash, stop,
+//! duplicate join, socket closed or dropped), the other joiners get a `presence_diff` with the
+//! leave. A key joined from two connections has two metas. Events: `presence_list` (reply ok
+//! with the map), `update` (replace this meta, as `Presence.update`), `crash`.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use dust_conformance::ServerConfig;
+//! use futures_util::{SinkExt, StreamExt};
+//! use serde_json::{Value, json};
+//! use tokio_tungstenite::tungstenite::Message;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = dust_conformance::start(ServerConfig::default()).await?;
+//! let (mut ws, _) = tokio_tungstenite::connect_async(server.websocket_url("/socket")).await?;
+//! ws.send(Message::text(r#"["1","1","presence:lobby","phx_join",{"user":"ada","away":false}]"#))
+//!     .await?;
+//! let mut next = async || -> Result<Value, Box<dyn std::error::Error>> {
+//!     let frame = tokio::time::timeout(Duration::from_secs(5), ws.next()).await?;
+//!     Ok(serde_json::from_str(frame.ok_or("closed")??.to_text()?)?)
+//! };
+//! let reply = next().await?;
+//! let phx_ref = reply[4]["response"]["phx_ref"].clone();
+//! assert_eq!(reply[4]["response"]["key"], "ada");
+//! let meta = json!({"away": false, "phx_ref": phx_ref});
+//! assert_eq!(
+//!     next().await?,
+//!     json!(["1", null, "presence:lobby", "presence_state", {"ada": {"metas": [meta]}}])
+//! );
+//! assert_eq!(
+//!     next().await?,
+//!     json!([null, null, "presence:lobby", "presence_diff",
+//!         {"joins": {"ada": {"metas": [meta]}}, "leaves": {}}])
+//! );
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! It rests on [`channel::Channel::terminate`], which runs exactly once however a joined
+//! channel ends.
+//!
 //! # The Dust emulation
 //!
 //! [`ServerConfig::dust`] mounts the real Dust server's `/ws/sync` socket: tokens, stores,
@@ -93,6 +143,7 @@ pub mod command;
 pub mod control;
 pub mod dust;
 pub mod echo;
+pub mod presence;
 
 pub use config::ServerConfig;
 pub use control::{ConnectionId, ConnectionInfo, Control, ControlError, RawFrame, ServerStats};

@@ -1,7 +1,7 @@
 //! State shared by the accept loop, the connections, the channels and the control handle.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -77,15 +77,25 @@ pub(crate) struct ConnLink {
     pub(crate) assigns: Assigns,
     pub(crate) out: OutTx,
     pub(crate) events: mpsc::UnboundedSender<ConnEvent>,
+    /// Set when the connection ends: what its channels send from then on is dropped.
+    pub(crate) closed: AtomicBool,
 }
 
 impl ConnLink {
     /// Encodes and queues a message.
     pub(crate) fn send(&self, message: &Outgoing) -> Result<(), SendError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SendError::Disconnected);
+        }
         let wire = frame::encode(self.protocol, message)?;
         self.out
             .send(Outbound::frame(wire))
             .map_err(|_| SendError::Disconnected)
+    }
+
+    /// The connection is ending: [`ConnLink::send`] fails from now on.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 }
 
@@ -160,6 +170,8 @@ pub(crate) struct Shared {
     pub(crate) local_addr: std::net::SocketAddr,
     /// The Dust store emulation, when one is mounted.
     pub(crate) dust: Option<Arc<crate::dust::DustShared>>,
+    /// The presence maps of the `presence:*` channels.
+    pub(crate) presences: crate::presence::Presences,
     next_id: AtomicU64,
     next_instance: AtomicU64,
 }
@@ -176,6 +188,7 @@ impl Shared {
             listener,
             local_addr,
             dust,
+            presences: Default::default(),
             sockets,
             settings: Mutex::default(),
             idle_timeout: watch::Sender::new(idle_timeout),

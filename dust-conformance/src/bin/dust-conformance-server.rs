@@ -7,7 +7,8 @@
 //!     [--state FILE] [--plan free|pro|team] [--no-auto-create]
 //! ```
 //!
-//! The first stdout line is `listening ws://HOST:PORT/socket` (the echo socket), the second
+//! The first stdout line is `listening ws://HOST:PORT/socket` (the echo socket, with the
+//! `echo:*` and `presence:*` channels), the second
 //! `listening ws://HOST:PORT/ws/sync` (the Dust socket). Logs go to stderr (`RUST_LOG`,
 //! default `info`). With `--control-stdin` it reads one JSON command per line from stdin and
 //! answers one JSON line each on stdout (see `dust_conformance::command`); it stops when stdin
@@ -29,7 +30,8 @@ const USAGE: &str =
            [--token TOKEN[:SCOPES][@ACCESS]]... [--store ORG/NAME]... [--rate-limit N/min]
            [--state FILE] [--plan free|pro|team] [--no-auto-create]
 
-Serves the echo socket at /socket and the Dust store socket at /ws/sync.
+Serves the echo socket at /socket (echo:* and presence:* channels) and the Dust store
+socket at /ws/sync.
 
   --listen ADDR          address to bind (default 127.0.0.1:0)
   --idle-timeout-ms MS   close connections idle for MS milliseconds with 1000 (default 60000)
