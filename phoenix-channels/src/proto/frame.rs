@@ -2,8 +2,10 @@
 //! frame kinds.
 //!
 //! Decoding never panics, whatever the input; a frame that does not follow the format is a
-//! [`DecodeError`]. Payloads are not copied or parsed twice: a decoded JSON payload is a slice of
-//! the received buffer.
+//! [`DecodeError`]. Payloads are parsed once. A payload of up to [`COPY_LIMIT`] bytes is copied
+//! out of the received frame, so that keeping it never keeps the transport's whole read buffer
+//! alive (and the buffer can be reused for the next read); a bigger one is a slice of the frame,
+//! without a copy.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -326,13 +328,13 @@ fn decode_canonical(frame: &Bytes) -> Option<FrameView<'_>> {
         if status.bytes().any(|b| b == b'\\' || b < 0x20) {
             return None;
         }
-        let response = frame.slice_ref(checked_json(response)?);
+        let response = owned(frame, checked_json(response)?);
         ViewBody::Reply(Reply::new(
             ReplyStatus::parse(status),
             Payload::from_checked_json(response),
         ))
     } else {
-        let payload = frame.slice_ref(checked_json(payload)?);
+        let payload = owned(frame, checked_json(payload)?);
         ViewBody::Message {
             event: Cow::Borrowed(event),
             payload: Payload::from_checked_json(payload),
@@ -381,11 +383,31 @@ fn canonical_str(bytes: &[u8]) -> Option<(&str, &[u8])> {
     Some((std::str::from_utf8(&body[..end]).ok()?, &body[end + 1..]))
 }
 
+/// Payloads up to this size are copied out of the frame they arrived in; bigger ones are
+/// slices of it.
+///
+/// A frame is a slice of the transport's read buffer (tungstenite reads up to 128 KiB at a
+/// time): a payload that stays a slice keeps that whole buffer alive for as long as the
+/// application keeps the payload, and while it does the transport cannot reuse the buffer and
+/// must allocate one for each frame, reading one frame per system call. Copying costs less
+/// than that (memcpy is several times faster than the JSON check every payload gets anyway).
+/// Above the limit a retained payload keeps at most about twice its size alive.
+pub const COPY_LIMIT: usize = 64 * 1024;
+
+/// `part` of `frame` as `Bytes` of its own: copied if it is at most [`COPY_LIMIT`] bytes, a
+/// slice of `frame` otherwise.
+fn owned(frame: &Bytes, part: &[u8]) -> Bytes {
+    if part.len() <= COPY_LIMIT {
+        Bytes::copy_from_slice(part)
+    } else {
+        frame.slice_ref(part)
+    }
+}
+
 /// `bytes` if they are UTF-8 and exactly one JSON value.
 fn checked_json(bytes: &[u8]) -> Option<&[u8]> {
     let text = std::str::from_utf8(bytes).ok()?;
-    serde_json::from_str::<de::IgnoredAny>(text).ok()?;
-    Some(bytes)
+    super::json::is_one_value(text).then_some(bytes)
 }
 
 fn decode_general(frame: &Bytes) -> Result<FrameView<'_>, DecodeError> {
@@ -405,7 +427,7 @@ fn decode_general(frame: &Bytes) -> Result<FrameView<'_>, DecodeError> {
             DecodeError::Json(e.to_string())
         }
     })?;
-    let slice = |raw: &RawValue| Payload::from_checked_json(frame.slice_ref(raw.get().as_bytes()));
+    let slice = |raw: &RawValue| Payload::from_checked_json(owned(frame, raw.get().as_bytes()));
     let body = match envelope.body {
         Body::Reply(reply) => {
             let response = reply.response.map_or_else(Payload::null, slice);
@@ -453,7 +475,7 @@ impl<'a> BinaryReader<'a> {
     }
 
     fn rest(&self) -> Bytes {
-        self.frame.slice(self.at.min(self.frame.len())..)
+        owned(self.frame, self.frame.get(self.at..).unwrap_or_default())
     }
 }
 
@@ -632,6 +654,48 @@ mod tests {
         match inbound {
             Inbound::Reply(r) => r,
             other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    /// Whether `part` lies inside `whole`'s memory.
+    fn within(whole: &[u8], part: &[u8]) -> bool {
+        let range = whole.as_ptr_range();
+        range.contains(&part.as_ptr())
+    }
+
+    #[test]
+    fn small_payloads_are_copied_out_of_the_frame_and_big_ones_are_slices() {
+        for (len, sliced) in [
+            (10, false),
+            (COPY_LIMIT - 20, false),
+            (COPY_LIMIT + 1, true),
+        ] {
+            let body = format!(r#"{{"b":"{}"}}"#, "x".repeat(len));
+            for text in [
+                format!(r#"[null,null,"t","e",{body}]"#),
+                format!(r#"["1","2","t","phx_reply",{{"response":{body},"status":"ok"}}]"#),
+                // Not canonical (spaces): the general decoder.
+                format!(r#"[null, null, "t", "e", {body}]"#),
+            ] {
+                let frame = Bytes::from(text);
+                let payload = match decode_text(&frame).unwrap() {
+                    Inbound::Message(m) => m.payload,
+                    Inbound::Reply(r) => r.reply.response().clone(),
+                };
+                assert_eq!(payload.as_json(), Some(body.as_str()));
+                assert_eq!(within(&frame, payload.as_bytes()), sliced, "{len} bytes");
+            }
+            let mut binary = vec![KIND_BROADCAST, 1, 1];
+            binary.extend_from_slice(b"te");
+            binary.extend_from_slice(body.as_bytes());
+            let frame = Bytes::from(binary);
+            let payload = message(decode_binary(&frame).unwrap()).payload;
+            assert_eq!(payload.as_binary().map(|b| b.len()), Some(body.len()));
+            assert_eq!(
+                within(&frame, payload.as_bytes()),
+                sliced,
+                "binary, {len} bytes"
+            );
         }
     }
 

@@ -219,9 +219,12 @@ pub enum PayloadError {
 
 /// A message payload: JSON text, or bytes for binary frames.
 ///
-/// JSON payloads are kept as their encoded text: a decoded frame's payload is a slice of the
-/// received buffer (no copy, no second parse), and a payload built with [`Payload::json`] is
-/// serialized once, when it is created. Cloning is cheap (reference counted).
+/// JSON payloads are kept as their encoded text: a decoded frame's payload is checked once and
+/// kept as received (copied out of the frame up to [`COPY_LIMIT`] bytes, a slice of it beyond),
+/// and a payload built with [`Payload::json`] is serialized once, when it is created. Cloning is
+/// cheap (reference counted).
+///
+/// [`COPY_LIMIT`]: crate::frame::COPY_LIMIT
 ///
 /// ```
 /// use phoenix_channels::Payload;
@@ -290,7 +293,9 @@ impl Payload {
     /// JSON value.
     pub fn from_json_bytes(bytes: impl Into<Bytes>) -> Result<Self, PayloadError> {
         let bytes = bytes.into();
-        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)?;
+        // A borrowed `RawValue` is one JSON value whose text is checked to be UTF-8 (with
+        // `IgnoredAny`, serde_json skips strings without checking their UTF-8).
+        serde_json::from_slice::<&serde_json::value::RawValue>(&bytes)?;
         Ok(Self(PayloadRepr::Json(bytes)))
     }
 
@@ -621,6 +626,15 @@ mod tests {
         assert_eq!(bytes.as_json(), Some(r#"{"a":1}"#));
         assert!(Payload::from_json_bytes(vec![0xffu8]).is_err());
         assert!(Payload::from_json_text("{").is_err());
+    }
+
+    #[test]
+    fn json_bytes_with_invalid_utf8_inside_a_string_are_refused() {
+        // Every accepted JSON payload has JSON text; this one would have none.
+        assert!(Payload::from_json_bytes(vec![b'"', 0xff, b'"']).is_err());
+        assert!(Payload::from_json_bytes(vec![b'[', b'"', 0xc3, b'"', b']']).is_err());
+        let ok = Payload::from_json_bytes("[\"é\"]".as_bytes().to_vec()).unwrap();
+        assert_eq!(ok.as_json(), Some("[\"é\"]"));
     }
 
     #[test]

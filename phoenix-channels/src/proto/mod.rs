@@ -9,6 +9,7 @@
 pub mod backoff;
 pub mod channel;
 pub mod frame;
+mod json;
 pub mod message;
 pub mod push;
 pub mod socket;
