@@ -95,6 +95,9 @@ const USAGE: &str = "usage: bench_peers [--quick] [--clients LIST] [--workloads 
                      row, the run with the median CPU per op (default: 1)
   --window N         pushes in flight in the pipelined workload (default: 1000)
   --channels N       channels joined in the channels workload (default: 1000)
+  --ours-driver LIST  spawned,inline: how phoenix-channels runs its socket driver (default:
+                     spawned, as `Socket::connect` does; inline awaits it on the
+                     workload's own task, `SocketBuilder::build`)
   --ours-queue-capacity N
                      phoenix-channels' queue_capacity (default: the library's); a diagnostic
                      for the fanout drops, not a default
@@ -152,6 +155,8 @@ struct Options {
     sources: Vec<String>,
     repeat: u32,
     ours_queue_capacity: Option<usize>,
+    /// For phoenix-channels: `false` spawns the socket's driver, `true` awaits it inline.
+    ours_drivers: Vec<bool>,
     window: usize,
     channels: u64,
     server_bin: Option<PathBuf>,
@@ -168,6 +173,7 @@ fn parse_options(args: &[String]) -> Result<Option<Options>, BoxError> {
         sources: SOURCES.iter().map(|s| (*s).to_owned()).collect(),
         repeat: 1,
         ours_queue_capacity: None,
+        ours_drivers: vec![false],
         window: 1000,
         channels: 1000,
         server_bin: None,
@@ -222,6 +228,16 @@ fn parse_options(args: &[String]) -> Result<Option<Options>, BoxError> {
             }
             "--repeat" => options.repeat = value()?.parse::<u32>()?.max(1),
             "--ours-queue-capacity" => options.ours_queue_capacity = Some(value()?.parse()?),
+            "--ours-driver" => {
+                options.ours_drivers = list(value()?)
+                    .iter()
+                    .map(|d| match d.as_str() {
+                        "spawned" => Ok(false),
+                        "inline" => Ok(true),
+                        other => Err(format!("unknown driver {other:?}")),
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
             "--window" => options.window = value()?.parse()?,
             "--channels" => options.channels = value()?.parse()?,
             "--server-bin" => options.server_bin = Some(value()?.into()),
@@ -321,7 +337,7 @@ async fn run_all(options: &Options) -> Result<Vec<BenchResult>, BoxError> {
     let mut results = Vec::new();
     let mut run = 0u32;
     for repeat in 0..options.repeat {
-        for &(workload, payload, source, client, flavor) in &plans {
+        for &(workload, payload, source, client, flavor, inline_driver) in &plans {
             run += 1;
             let target = match (source, flooder.as_ref()) {
                 (Some(source), Some(flooder)) => flooder.url(source)?,
@@ -341,6 +357,7 @@ async fn run_all(options: &Options) -> Result<Vec<BenchResult>, BoxError> {
                 },
                 timeout,
                 queue_capacity: options.ours_queue_capacity,
+                inline_driver,
             };
             let mut command = if client == "phoenix.js" {
                 let mut c = Command::new(&options.node);
@@ -376,10 +393,11 @@ async fn run_all(options: &Options) -> Result<Vec<BenchResult>, BoxError> {
     Ok(results)
 }
 
-/// One run: workload, payload, fan-out source, client, runtime flavour.
-type Plan<'a> = (Workload, usize, Option<&'a str>, &'a str, Flavor);
+/// One run: workload, payload, fan-out source, client, runtime flavour, inline driver.
+type Plan<'a> = (Workload, usize, Option<&'a str>, &'a str, Flavor, bool);
 
-/// Every run of one repetition, in table order: workload, payload, source, client, runtime.
+/// Every run of one repetition, in table order: workload, payload, source, client, runtime,
+/// driver.
 fn plan(options: &Options) -> Vec<Plan<'_>> {
     let mut plans = Vec::new();
     for &workload in &options.workloads {
@@ -401,8 +419,22 @@ fn plan(options: &Options) -> Vec<Plan<'_>> {
                     } else {
                         options.flavors.clone()
                     };
+                    let drivers = if client == "phoenix-channels" {
+                        options.ours_drivers.clone()
+                    } else {
+                        vec![false]
+                    };
                     for flavor in flavors {
-                        plans.push((workload, payload, source, client.as_str(), flavor));
+                        for &inline in &drivers {
+                            plans.push((
+                                workload,
+                                payload,
+                                source,
+                                client.as_str(),
+                                flavor,
+                                inline,
+                            ));
+                        }
                     }
                 }
             }

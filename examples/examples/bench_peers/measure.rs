@@ -83,6 +83,9 @@ pub(crate) struct BenchResult {
     /// `current_thread` or `multi_thread` for the Rust clients, `node` for phoenix.js.
     #[serde(default)]
     pub(crate) runtime: String,
+    /// phoenix-channels' driver when not spawned: `inline` (awaited on the workload's task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) driver: Option<String>,
     /// The fan-out source (fanout): `dust-conformance` or `batched`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) source: Option<String>,
@@ -136,6 +139,7 @@ impl BenchResult {
             p99_us: None,
             peak_rss_kib: status_kib("VmHWM"),
             runtime: runtime.to_owned(),
+            driver: None,
             source: None,
             repeat: None,
             queue_capacity: None,

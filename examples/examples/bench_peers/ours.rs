@@ -18,9 +18,19 @@ pub(crate) async fn run(spec: &Spec) -> Result<BenchResult, BoxError> {
     if let Some(capacity) = spec.queue_capacity {
         builder = builder.queue_capacity(capacity);
     }
-    let socket = builder.connect()?;
-    socket.connected().await?;
+    // `connect` spawns the socket's driver; with `--inline-driver` this task awaits it
+    // alongside the workload, so pushes and replies never cross between tasks.
+    let (socket, driver) = builder.build()?;
+    let inline = spec.inline_driver;
+    let mut driver = std::pin::pin!(async move {
+        if inline {
+            driver.await;
+        } else {
+            let _ = tokio::spawn(driver).await;
+        }
+    });
     let work = async {
+        socket.connected().await?;
         match spec.workload {
             Workload::Sequential => sequential(spec, &socket).await,
             Workload::Pipelined => pipelined(spec, &socket).await,
@@ -28,9 +38,16 @@ pub(crate) async fn run(spec: &Spec) -> Result<BenchResult, BoxError> {
             Workload::Channels => channels(spec, &socket).await,
         }
     };
-    tokio::time::timeout(spec.timeout, work)
-        .await
-        .map_err(|_| format!("{NAME} {}: timed out", spec.workload))?
+    let work = tokio::time::timeout(spec.timeout, work);
+    let mut result = tokio::select! {
+        biased;
+        outcome = work => outcome.map_err(|_| format!("{NAME} {}: timed out", spec.workload))??,
+        () = &mut driver => return Err(format!("{NAME}: the socket driver ended").into()),
+    };
+    if inline {
+        result.driver = Some("inline".to_owned());
+    }
+    Ok(result)
 }
 
 /// The echo payload, serialized once (a `Payload` is reference-counted JSON text).

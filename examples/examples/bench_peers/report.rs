@@ -17,6 +17,7 @@ fn medians(all: &[BenchResult]) -> Vec<BenchResult> {
         (
             r.client.clone(),
             r.runtime.clone(),
+            r.driver.clone(),
             r.workload.clone(),
             r.payload_bytes,
             r.source.clone(),
@@ -63,6 +64,14 @@ fn floor_of<'a>(results: &'a [BenchResult], r: &BenchResult) -> Option<&'a Bench
         r.runtime.as_str()
     };
     find(results, FLOOR, r, runtime)
+}
+
+/// The runtime, with `/inline` for phoenix-channels awaiting its driver inline.
+fn runtime_label(r: &BenchResult) -> String {
+    match &r.driver {
+        Some(driver) => format!("{}/{driver}", r.runtime),
+        None => r.runtime.clone(),
+    }
 }
 
 fn ratio(a: f64, b: f64) -> Option<f64> {
@@ -114,6 +123,7 @@ pub(crate) fn print(all: &[BenchResult], clients: &[String], repeat: u32) {
             r.source.clone(),
             client,
             r.runtime.clone(),
+            r.driver.clone(),
         )
     };
     let mut sorted: Vec<&BenchResult> = results.iter().collect();
@@ -122,7 +132,7 @@ pub(crate) fn print(all: &[BenchResult], clients: &[String], repeat: u32) {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n{:<24} {:<14} {:<14} {:>7} {:>8} {:>7} {:>10} {:>9} {:>8} {:>8} {:>7} {:>7}  notes",
+        "\n{:<24} {:<21} {:<14} {:>7} {:>8} {:>7} {:>10} {:>9} {:>8} {:>8} {:>7} {:>7}  notes",
         "client",
         "runtime",
         "workload",
@@ -150,9 +160,9 @@ pub(crate) fn print(all: &[BenchResult], clients: &[String], repeat: u32) {
         }
         let _ = writeln!(
             out,
-            "{:<24} {:<14} {:<14} {:>7} {:>8} {:>7.3} {:>10.0} {:>9.2} {:>8} {:>8} {:>7.1} {:>7}  {}",
+            "{:<24} {:<21} {:<14} {:>7} {:>8} {:>7.3} {:>10.0} {:>9.2} {:>8} {:>8} {:>7.1} {:>7}  {}",
             r.client,
-            r.runtime,
+            runtime_label(r),
             workload_label(r),
             payload_label(r),
             r.ops,
@@ -180,7 +190,7 @@ pub(crate) fn print(all: &[BenchResult], clients: &[String], repeat: u32) {
         );
         let _ = writeln!(
             out,
-            "{:<14} {:>7} {:<14} {:>9} {:>7} {:>7} {:>7} | {:>10} {:>7} {:>7} {:>7}",
+            "{:<14} {:>7} {:<21} {:>9} {:>7} {:>7} {:>7} | {:>10} {:>7} {:>7} {:>7}",
             "workload",
             "payload",
             "runtime",
@@ -202,10 +212,10 @@ pub(crate) fn print(all: &[BenchResult], clients: &[String], repeat: u32) {
             let thr = |o: Option<&BenchResult>| o.and_then(|o| ratio(r.ops_per_s, o.ops_per_s));
             let _ = writeln!(
                 out,
-                "{:<14} {:>7} {:<14} {:>9.2} {:>7} {:>7} {:>7} | {:>10.0} {:>7} {:>7} {:>7}",
+                "{:<14} {:>7} {:<21} {:>9.2} {:>7} {:>7} {:>7} | {:>10.0} {:>7} {:>7} {:>7}",
                 workload_label(r),
                 payload_label(r),
-                r.runtime,
+                runtime_label(r),
                 r.cpu_us_per_op,
                 show(cpu(floor), 2),
                 show(cpu(pcc), 2),
@@ -224,8 +234,14 @@ pub(crate) fn print(all: &[BenchResult], clients: &[String], repeat: u32) {
 /// One line per target of the issue: met or missed in this run, with the misses named.
 fn targets(out: &mut String, results: &[BenchResult], ours: &[&BenchResult]) {
     let _ = writeln!(out, "\ntargets (informative; nothing is asserted):");
-    let label =
-        |r: &BenchResult| format!("{} {} {}", workload_label(r), payload_label(r), r.runtime);
+    let label = |r: &BenchResult| {
+        format!(
+            "{} {} {}",
+            workload_label(r),
+            payload_label(r),
+            runtime_label(r)
+        )
+    };
     let mut check = |name: &str, rows: Vec<(String, Option<bool>, String)>| {
         let judged: Vec<_> = rows.iter().filter(|(_, ok, _)| ok.is_some()).collect();
         if judged.is_empty() {

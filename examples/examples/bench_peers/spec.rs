@@ -120,6 +120,9 @@ pub(crate) struct Spec {
     pub(crate) timeout: Duration,
     /// phoenix-channels' `queue_capacity` (`None`: the library's default).
     pub(crate) queue_capacity: Option<usize>,
+    /// phoenix-channels: await the socket's driver on the workload's own task instead of
+    /// spawning it (`SocketBuilder::build` instead of `connect`).
+    pub(crate) inline_driver: bool,
 }
 
 impl Spec {
@@ -147,6 +150,9 @@ impl Spec {
         ];
         if let Some(capacity) = self.queue_capacity {
             args.extend(["--queue-capacity".into(), capacity.to_string()]);
+        }
+        if self.inline_driver {
+            args.push("--inline-driver".into());
         }
         args
     }
@@ -177,6 +183,7 @@ impl Spec {
                 Ok(capacity) => Some(capacity.parse()?),
                 Err(_) => None,
             },
+            inline_driver: args.iter().any(|a| a == "--inline-driver"),
         })
     }
 }
