@@ -136,13 +136,25 @@ pub struct WebSocketSettings {
     pub max_message_size: usize,
     /// The largest frame accepted from the server (default 16 MiB).
     pub max_frame_size: usize,
+    /// How much one read from the connection may take, in bytes (default 32 KiB, at least
+    /// 4 KiB; tungstenite's own default is 128 KiB).
+    ///
+    /// tungstenite zeroes the free part of its read buffer before every read, so a big
+    /// buffer costs on every read, even one that finds a single small frame: at 128 KiB that
+    /// was a quarter of the client's CPU per sequential round trip in `bench_peers`. Bigger
+    /// reads only pay off for sustained floods of large messages.
+    pub read_buffer_size: usize,
 }
+
+/// The smallest [`WebSocketSettings::read_buffer_size`] used.
+const MIN_READ_BUFFER: usize = 4 << 10;
 
 impl Default for WebSocketSettings {
     fn default() -> Self {
         Self {
             max_message_size: 64 << 20,
             max_frame_size: 16 << 20,
+            read_buffer_size: 32 << 10,
         }
     }
 }
@@ -150,6 +162,7 @@ impl Default for WebSocketSettings {
 impl WebSocketSettings {
     fn to_config(self) -> tungstenite::protocol::WebSocketConfig {
         tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_size.max(MIN_READ_BUFFER))
             .max_message_size(Some(self.max_message_size))
             .max_frame_size(Some(self.max_frame_size))
     }
@@ -443,5 +456,18 @@ mod tests {
             shown.contains("token=REDACTED") && shown.contains("authorization"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn settings_reach_tungstenite_with_a_small_read_buffer_by_default() {
+        let config = WebSocketSettings::default().to_config();
+        assert_eq!(config.read_buffer_size, 32 << 10);
+        assert_eq!(config.max_message_size, Some(64 << 20));
+        assert_eq!(config.max_frame_size, Some(16 << 20));
+        let tiny = WebSocketSettings {
+            read_buffer_size: 0,
+            ..WebSocketSettings::default()
+        };
+        assert_eq!(tiny.to_config().read_buffer_size, MIN_READ_BUFFER);
     }
 }
