@@ -386,12 +386,14 @@ fn canonical_str(bytes: &[u8]) -> Option<(&str, &[u8])> {
 /// Payloads up to this size are copied out of the frame they arrived in; bigger ones are
 /// slices of it.
 ///
-/// A frame is a slice of the transport's read buffer (tungstenite reads up to 128 KiB at a
-/// time): a payload that stays a slice keeps that whole buffer alive for as long as the
+/// A frame is a slice of the transport's read buffer (tungstenite reads up to
+/// [`read_buffer_size`] at a time): a payload that stays a slice keeps that whole buffer alive for as long as the
 /// application keeps the payload, and while it does the transport cannot reuse the buffer and
 /// must allocate one for each frame, reading one frame per system call. Copying costs less
 /// than that (memcpy is several times faster than the JSON check every payload gets anyway).
 /// Above the limit a retained payload keeps at most about twice its size alive.
+///
+/// [`read_buffer_size`]: crate::transport::WebSocketSettings::read_buffer_size
 pub const COPY_LIMIT: usize = 64 * 1024;
 
 /// `part` of `frame` as `Bytes` of its own: copied if it is at most [`COPY_LIMIT`] bytes, a
