@@ -191,6 +191,12 @@ pub(crate) async fn run_connection(ws: WsStream, setup: ConnSetup) {
         }
     };
 
+    if !matches!(end, Flow::Close(..)) {
+        // Dropped, or the client is gone: nothing more reaches the client, not even frames
+        // already queued or held back by a delay (as on a real connection loss). Paused now,
+        // before anything below awaits, so the writer cannot slip them out meanwhile.
+        conn.writer.send_modify(|s| s.paused = true);
+    }
     // Channels end with their connection and send nothing (Phoenix: `{:shutdown, :closed}`):
     // the link refuses their frames from now on. Their `terminate` runs before the connection
     // leaves the registry, so a connection gone from `Control` has no channel left behind.

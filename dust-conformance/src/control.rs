@@ -169,12 +169,13 @@ impl Control {
         }
     }
 
-    /// Drops a connection abruptly: the TCP connection is closed without a close frame.
+    /// Drops a connection abruptly: the TCP connection is closed without a close frame, and
+    /// frames not yet written (queued, or held back by a delay) are lost.
     pub fn drop_connection(&self, id: ConnectionId) -> Result<(), ControlError> {
         self.to(id, |_| ConnEvent::Drop)
     }
 
-    /// Drops every connection abruptly; returns how many.
+    /// Drops every connection abruptly (as [`Control::drop_connection`]); returns how many.
     pub fn drop_all(&self) -> usize {
         self.shared.send_to_all(|_| ConnEvent::Drop)
     }

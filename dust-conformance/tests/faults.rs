@@ -56,6 +56,24 @@ async fn drop_connection_closes_tcp_without_a_close_frame() {
 }
 
 #[tokio::test]
+async fn a_dropped_connection_loses_the_frames_a_delay_was_holding() {
+    let server = server().await;
+    let control = server.control();
+    let mut c = Client::v2(&server).await;
+    c.joined("1", "echo:held").await;
+    let id = control.connections()[0].id;
+    control.set_delay(id, Duration::from_secs(30)).unwrap();
+    c.send_json(json!(["1", "2", "echo:held", "echo", {"n": 1}]))
+        .await;
+    c.assert_silent_for(Duration::from_millis(100)).await;
+    // Lifting the delay and dropping at once: the held reply must not slip out before the
+    // drop, as it could not on a real connection loss.
+    control.set_delay(id, Duration::ZERO).unwrap();
+    control.drop_connection(id).unwrap();
+    c.expect_dropped().await;
+}
+
+#[tokio::test]
 async fn drop_all_drops_every_connection() {
     let server = server().await;
     let control = server.control();
