@@ -136,6 +136,8 @@ pub(crate) struct Driver {
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
     slots: FxHashMap<ChannelId, Slot>,
+    /// Channels whose consumers have something new: woken once, before the task yields.
+    to_flush: Vec<ChannelId>,
     status: watch::Sender<SocketStatus>,
     tap: broadcast::Sender<Inbound>,
     disconnect_waiters: Vec<oneshot::Sender<()>>,
@@ -177,6 +179,7 @@ impl Driver {
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
             timer_at: None,
             slots: FxHashMap::default(),
+            to_flush: Vec::new(),
             status,
             tap,
             disconnect_waiters: Vec::new(),
@@ -382,6 +385,32 @@ impl Driver {
     }
 
     fn channel_event(&mut self, id: ChannelId, event: ChannelEvent) {
+        let was_unflushed = self
+            .slots
+            .get(&id)
+            .is_some_and(|slot| slot.queue.is_unflushed());
+        self.deliver(id, event);
+        if !was_unflushed
+            && self
+                .slots
+                .get(&id)
+                .is_some_and(|slot| slot.queue.is_unflushed())
+        {
+            self.to_flush.push(id);
+        }
+    }
+
+    /// Wakes the consumers that got something since the last call (once each).
+    fn flush_consumers(&mut self) {
+        let slots = &mut self.slots;
+        for id in self.to_flush.drain(..) {
+            if let Some(slot) = slots.get_mut(&id) {
+                slot.queue.flush();
+            }
+        }
+    }
+
+    fn deliver(&mut self, id: ChannelId, event: ChannelEvent) {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
@@ -621,6 +650,7 @@ impl Future for Driver {
         let mut rounds = 0;
         this.read_budget = READ_BUDGET;
         while this.poll_round(cx) {
+            this.flush_consumers();
             if this.finished() {
                 return Poll::Ready(());
             }
@@ -631,6 +661,7 @@ impl Future for Driver {
                 return Poll::Pending;
             }
         }
+        this.flush_consumers();
         if this.finished() {
             return Poll::Ready(());
         }

@@ -7,6 +7,11 @@
 //! requests) always get through: they are produced at most once per join attempt, and a join
 //! attempt that needs the consumer (for its params) waits for it, so they are bounded by the
 //! consumer's own progress.
+//!
+//! The socket task wakes a consumer once per batch, not once per message: queuing marks the
+//! queue, and [`QueueTx::flush`] (called by the socket task before it yields) wakes the
+//! consumer if anything was queued since. On the multi-thread runtime, where the consumer
+//! runs on another thread, each wake-up can cost a futex call.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -48,13 +53,18 @@ struct Shared {
     /// The socket task waits for this queue to drain below half.
     drain_wanted: AtomicBool,
     drained: AtomicWaker,
+    /// The consumer, waiting for something to be queued.
+    consumer: AtomicWaker,
 }
 
 #[derive(Debug)]
 pub(crate) struct QueueTx {
-    tx: mpsc::UnboundedSender<Delivery>,
+    /// `None` only while dropping (the sender goes first, then the consumer is woken).
+    tx: Option<mpsc::UnboundedSender<Delivery>>,
     shared: Arc<Shared>,
     capacity: usize,
+    /// Something was queued since the last [`QueueTx::flush`].
+    unflushed: bool,
 }
 
 #[derive(Debug)]
@@ -74,9 +84,10 @@ pub(crate) fn queue(capacity: usize) -> (QueueTx, QueueRx) {
     let capacity = capacity.max(1);
     (
         QueueTx {
-            tx,
+            tx: Some(tx),
             shared: shared.clone(),
             capacity,
+            unflushed: false,
         },
         QueueRx {
             rx,
@@ -87,26 +98,43 @@ pub(crate) fn queue(capacity: usize) -> (QueueTx, QueueRx) {
 }
 
 impl QueueTx {
+    fn send(&mut self, delivery: Delivery) -> Result<(), Gone> {
+        let tx = self.tx.as_ref().ok_or(Gone)?;
+        tx.send(delivery).map_err(|_| Gone)?;
+        self.unflushed = true;
+        Ok(())
+    }
+
     /// Queues a message, or counts it as dropped when the consumer is `capacity` behind.
-    /// Returns whether it was queued.
-    pub(crate) fn message(&self, message: Message) -> Result<bool, Gone> {
+    /// Returns whether it was queued. The consumer is woken by the next [`flush`](Self::flush).
+    pub(crate) fn message(&mut self, message: Message) -> Result<bool, Gone> {
         if self.shared.queued_messages.load(Ordering::Acquire) >= self.capacity {
             self.shared.dropped.fetch_add(1, Ordering::AcqRel);
             if !self.shared.overflow_pending.swap(true, Ordering::AcqRel) {
-                self.tx.send(Delivery::Overflow).map_err(|_| Gone)?;
+                self.send(Delivery::Overflow)?;
             }
             return Ok(false);
         }
         self.shared.queued_messages.fetch_add(1, Ordering::AcqRel);
-        self.tx
-            .send(Delivery::Message(Box::new(message)))
-            .map_err(|_| Gone)?;
+        self.send(Delivery::Message(Box::new(message)))?;
         Ok(true)
     }
 
-    /// Queues a control notice.
-    pub(crate) fn control(&self, delivery: Delivery) -> Result<(), Gone> {
-        self.tx.send(delivery).map_err(|_| Gone)
+    /// Queues a control notice. The consumer is woken by the next [`flush`](Self::flush).
+    pub(crate) fn control(&mut self, delivery: Delivery) -> Result<(), Gone> {
+        self.send(delivery)
+    }
+
+    /// Whether something was queued since the last [`flush`](Self::flush).
+    pub(crate) fn is_unflushed(&self) -> bool {
+        self.unflushed
+    }
+
+    /// Wakes the consumer if anything was queued since the last call.
+    pub(crate) fn flush(&mut self) {
+        if std::mem::take(&mut self.unflushed) {
+            self.shared.consumer.wake();
+        }
     }
 
     /// Whether the consumer is three quarters of its capacity behind.
@@ -131,6 +159,14 @@ impl QueueTx {
     }
 }
 
+impl Drop for QueueTx {
+    fn drop(&mut self) {
+        // Close the queue first, so that the woken consumer sees it closed.
+        drop(self.tx.take());
+        self.shared.consumer.wake();
+    }
+}
+
 impl QueueRx {
     fn item(&self, delivery: Delivery) -> Item {
         match delivery {
@@ -152,13 +188,33 @@ impl QueueRx {
         }
     }
 
+    /// The next item; `None` once the socket task has dropped the queue and it is empty.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
-        self.rx.poll_recv(cx).map(|d| d.map(|d| self.item(d)))
+        // Like tokio's own receivers: take part in the task's cooperative budget.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let mut attempt = || match self.rx.try_recv() {
+            Ok(delivery) => Some(Some(delivery)),
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+        };
+        let received = match attempt() {
+            Some(received) => received,
+            None => {
+                // Register, then look again: whatever is queued after the first look is
+                // followed by a flush, which wakes this waker.
+                self.shared.consumer.register(cx.waker());
+                match attempt() {
+                    Some(received) => received,
+                    None => return Poll::Pending,
+                }
+            }
+        };
+        coop.made_progress();
+        Poll::Ready(received.map(|delivery| self.item(delivery)))
     }
 
     pub(crate) async fn recv(&mut self) -> Option<Item> {
-        let delivery = self.rx.recv().await?;
-        Some(self.item(delivery))
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 }
 
@@ -174,7 +230,7 @@ mod tests {
 
     #[tokio::test]
     async fn overflow_is_bounded_counted_and_reported_once_per_episode() {
-        let (tx, mut rx) = queue(2);
+        let (mut tx, mut rx) = queue(2);
         assert!(tx.message(message(1)).unwrap());
         assert!(tx.message(message(2)).unwrap());
         for n in 3..10 {
@@ -182,6 +238,7 @@ mod tests {
         }
         tx.control(Delivery::Closed(Box::new(CloseCause::Left)))
             .unwrap();
+        tx.flush();
         let mut seen = Vec::new();
         while let Ok(Some(item)) =
             tokio::time::timeout(std::time::Duration::from_millis(10), rx.recv()).await
@@ -197,6 +254,7 @@ mod tests {
         assert!(tx.message(message(10)).unwrap());
         assert!(tx.message(message(11)).unwrap());
         assert!(!tx.message(message(12)).unwrap());
+        tx.flush();
         assert!(matches!(
             rx.recv().await,
             Some(Item::Delivery(Delivery::Message(_)))
@@ -218,9 +276,54 @@ mod tests {
 
     #[test]
     fn a_gone_consumer_is_reported() {
-        let (tx, rx) = queue(1);
+        let (mut tx, rx) = queue(1);
         drop(rx);
         assert!(tx.message(message(1)).is_err());
         assert!(tx.control(Delivery::JoinParams).is_err());
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_consumer_is_woken_once_per_flush_and_when_the_queue_is_dropped() {
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let count = || wakes.0.load(Ordering::SeqCst);
+        let (mut tx, mut rx) = queue(8);
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        assert!(tx.message(message(1)).unwrap());
+        tx.control(Delivery::JoinParams).unwrap();
+        assert_eq!(count(), 0, "queuing alone does not wake");
+        assert!(tx.is_unflushed());
+        tx.flush();
+        tx.flush();
+        assert_eq!(count(), 1, "one wake-up for the batch");
+        assert!(!tx.is_unflushed());
+        assert!(matches!(
+            rx.poll_recv(&mut cx),
+            Poll::Ready(Some(Item::Delivery(Delivery::Message(_))))
+        ));
+        assert!(matches!(
+            rx.poll_recv(&mut cx),
+            Poll::Ready(Some(Item::Delivery(Delivery::JoinParams)))
+        ));
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        assert!(tx.message(message(2)).unwrap());
+        drop(tx);
+        assert_eq!(count(), 2, "dropping the queue wakes the consumer");
+        assert!(matches!(
+            rx.poll_recv(&mut cx),
+            Poll::Ready(Some(Item::Delivery(Delivery::Message(_))))
+        ));
+        assert!(matches!(rx.poll_recv(&mut cx), Poll::Ready(None)));
     }
 }
