@@ -384,22 +384,6 @@ impl Driver {
         started
     }
 
-    fn channel_event(&mut self, id: ChannelId, event: ChannelEvent) {
-        let was_unflushed = self
-            .slots
-            .get(&id)
-            .is_some_and(|slot| slot.queue.is_unflushed());
-        self.deliver(id, event);
-        if !was_unflushed
-            && self
-                .slots
-                .get(&id)
-                .is_some_and(|slot| slot.queue.is_unflushed())
-        {
-            self.to_flush.push(id);
-        }
-    }
-
     /// Wakes the consumers that got something since the last call (once each).
     fn flush_consumers(&mut self) {
         let slots = &mut self.slots;
@@ -410,10 +394,11 @@ impl Driver {
         }
     }
 
-    fn deliver(&mut self, id: ChannelId, event: ChannelEvent) {
+    fn channel_event(&mut self, id: ChannelId, event: ChannelEvent) {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
+        let was_unflushed = slot.queue.is_unflushed();
         let delivered = match event {
             ChannelEvent::Message(message) => slot.queue.message(message).map(|queued| {
                 if !queued {
@@ -479,6 +464,9 @@ impl Driver {
                 delivered
             }
         };
+        if !was_unflushed && slot.queue.is_unflushed() {
+            self.to_flush.push(id);
+        }
         if delivered.is_err() && !slot.removed && slot.notify {
             // The handler task ended (it panicked): nothing can take this channel's events.
             tracing::error!(channel = %id, "channel handler task ended; leaving the channel");
