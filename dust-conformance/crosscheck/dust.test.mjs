@@ -5,70 +5,17 @@
 // Run through ./run.sh, or: DUST_CONFORMANCE_BIN=/path/to/dust-conformance-server node --test
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { createInterface } from "node:readline";
-import { dirname, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 
 import { Socket } from "phoenix";
 import WebSocket from "ws";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const BIN =
-  process.env.DUST_CONFORMANCE_BIN ??
-  resolve(here, "../../target/debug/dust-conformance-server");
-const T = 5000;
-const TOKEN = "dust_tok_crosscheck";
+import { ServerProcess, T, withTimeout } from "./harness.mjs";
 
-function withTimeout(promise, ms, label) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${label}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
+const TOKEN = "dust_tok_crosscheck";
 
 let server;
 let syncUrl;
 const sockets = [];
-
-/** Starts the binary with a Dust token; resolves with the /ws/sync endpoint. */
-async function startServer() {
-  if (!existsSync(BIN)) throw new Error(`no server binary at ${BIN}; run ./run.sh`);
-  const child = spawn(BIN, ["--control-stdin", "--token", TOKEN, "--store", "acme/cross"], {
-    stdio: ["pipe", "pipe", "inherit"],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
-  });
-  const exited = new Promise((res) => child.once("exit", (code) => res(code)));
-  const pending = new Map();
-  let nextTag = 1;
-  const url = new Promise((res, rej) => {
-    child.once("exit", (code) => rej(new Error(`server exited early (${code})`)));
-    createInterface({ input: child.stdout }).on("line", (line) => {
-      if (line.startsWith("listening ")) {
-        if (line.endsWith("/ws/sync")) res(line.slice("listening ".length));
-        return;
-      }
-      const answer = JSON.parse(line);
-      pending.get(answer.tag)?.(answer);
-      pending.delete(answer.tag);
-    });
-  });
-  const cmd = async (command) => {
-    const tag = nextTag++;
-    const answer = new Promise((res) => pending.set(tag, res));
-    child.stdin.write(`${JSON.stringify({ ...command, tag })}\n`);
-    const reply = await withTimeout(answer, T, `command ${command.cmd}`);
-    if (!reply.ok) throw new Error(`command ${JSON.stringify(command)} failed: ${reply.error}`);
-    return reply;
-  };
-  const stop = async () => {
-    await cmd({ cmd: "shutdown" }).catch(() => {});
-    assert.equal(await withTimeout(exited, T, "server exit"), 0);
-  };
-  return { url: await withTimeout(url, T, "server start"), cmd, stop };
-}
 
 /** A phoenix.js socket on /ws/sync with the Dust connect params. */
 async function connected(deviceId, token = TOKEN) {
@@ -132,7 +79,10 @@ function write(op, segments, value, clientOpId) {
 }
 
 before(async () => {
-  server = await startServer();
+  server = await ServerProcess.start({
+    args: ["--token", TOKEN, "--store", "acme/cross"],
+    path: "/ws/sync",
+  });
   syncUrl = server.url;
 });
 

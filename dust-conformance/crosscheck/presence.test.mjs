@@ -6,93 +6,15 @@
 // Run through ./run.sh, or: DUST_CONFORMANCE_BIN=/path/to/dust-conformance-server node --test
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { createInterface } from "node:readline";
-import { dirname, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import { isDeepStrictEqual } from "node:util";
 
 import { Presence, Socket } from "phoenix";
 import WebSocket from "ws";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const BIN =
-  process.env.DUST_CONFORMANCE_BIN ??
-  resolve(here, "../../target/debug/dust-conformance-server");
-/** The bound of every wait. */
-const T = 5000;
-
-function withTimeout(promise, ms, label) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${label}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-/** Records values and lets a test await the n-th one. */
-class Counter {
-  constructor(label) {
-    this.label = label;
-    this.values = [];
-    this.waiters = [];
-  }
-  hit(value) {
-    this.values.push(value);
-    this.waiters = this.waiters.filter(([k, res]) => (this.values.length >= k ? (res(), false) : true));
-  }
-  /** Resolves with the k-th value. */
-  async reach(k) {
-    if (this.values.length < k) {
-      await withTimeout(
-        new Promise((res) => this.waiters.push([k, res])),
-        T,
-        `${this.label} #${k} (have ${this.values.length}: ${JSON.stringify(this.values)})`,
-      );
-    }
-    return this.values[k - 1];
-  }
-}
+import { Counter, ServerProcess, T, withTimeout } from "./harness.mjs";
 
 let server;
 const sockets = [];
-
-async function startServer() {
-  if (!existsSync(BIN)) throw new Error(`no server binary at ${BIN}; run ./run.sh`);
-  const child = spawn(BIN, ["--control-stdin"], {
-    stdio: ["pipe", "pipe", "inherit"],
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
-  });
-  const exited = new Promise((res) => child.once("exit", (code) => res(code)));
-  const pending = new Map();
-  let nextTag = 1;
-  const url = new Promise((res, rej) => {
-    child.once("exit", (code) => rej(new Error(`server exited early (${code})`)));
-    createInterface({ input: child.stdout }).on("line", (line) => {
-      if (line.startsWith("listening ")) {
-        if (line.endsWith("/socket")) res(line.slice("listening ".length));
-        return;
-      }
-      const answer = JSON.parse(line);
-      pending.get(answer.tag)?.(answer);
-      pending.delete(answer.tag);
-    });
-  });
-  const cmd = async (command) => {
-    const tag = nextTag++;
-    const answer = new Promise((res) => pending.set(tag, res));
-    child.stdin.write(`${JSON.stringify({ ...command, tag })}\n`);
-    const reply = await withTimeout(answer, T, `command ${command.cmd}`);
-    if (!reply.ok) throw new Error(`command ${JSON.stringify(command)} failed: ${reply.error}`);
-    return reply;
-  };
-  const stop = async () => {
-    await cmd({ cmd: "shutdown" }).catch(() => {});
-    assert.equal(await withTimeout(exited, T, "server exit"), 0);
-  };
-  return { url: await withTimeout(url, T, "server start"), cmd, stop };
-}
 
 const refs = (presence) => (presence ? presence.metas.map((m) => m.phx_ref) : undefined);
 
@@ -180,7 +102,7 @@ class Peer {
 }
 
 before(async () => {
-  server = await startServer();
+  server = await ServerProcess.start();
 });
 
 after(async () => {
