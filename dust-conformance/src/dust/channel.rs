@@ -175,15 +175,7 @@ impl Channel for StoreChannel {
                 let Payload::Json(Value::Object(params)) = payload else {
                     return Handled::Crash;
                 };
-                let task = tokio::spawn(commit_write(
-                    self.dust.clone(),
-                    joined.store.clone(),
-                    params,
-                    joined.device_id.clone(),
-                    ctx.broadcaster(),
-                    WriteKind::Write,
-                ));
-                self.finish_write(task.await, ctx)
+                self.commit(joined, params, WriteKind::Write, ctx).await
             }
             "put_file" => {
                 // Only a map with path, content and client_op_id matches the clause.
@@ -199,15 +191,7 @@ impl Channel for StoreChannel {
                 if let Err(reply) = self.admit(joined, "files:write") {
                     return Handled::Reply(reply);
                 }
-                let task = tokio::spawn(commit_write(
-                    self.dust.clone(),
-                    joined.store.clone(),
-                    params,
-                    joined.device_id.clone(),
-                    ctx.broadcaster(),
-                    WriteKind::PutFile,
-                ));
-                self.finish_write(task.await, ctx)
+                self.commit(joined, params, WriteKind::PutFile, ctx).await
             }
             "ack_seq" => {
                 let Some(seq) = payload
@@ -318,12 +302,24 @@ impl StoreChannel {
         })
     }
 
-    /// Applies the armed reply fault, if any, to a write's reply.
-    fn finish_write(
+    /// Commits a write or `put_file` on its own task ([`commit_write`]), then applies the armed
+    /// reply fault, if any, to its reply.
+    async fn commit(
         &self,
-        outcome: Result<Outcome, tokio::task::JoinError>,
+        joined: &Joined,
+        params: Map<String, Value>,
+        kind: WriteKind,
         ctx: &ChannelContext,
     ) -> Handled {
+        let outcome = tokio::spawn(commit_write(
+            self.dust.clone(),
+            joined.store.clone(),
+            params,
+            joined.device_id.clone(),
+            ctx.broadcaster(),
+            kind,
+        ))
+        .await;
         let reply = match outcome {
             Ok(Outcome::Reply(reply)) => reply,
             Ok(Outcome::Crash) | Err(_) => return Handled::Crash,
