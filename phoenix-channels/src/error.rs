@@ -63,6 +63,9 @@ pub enum BuildError {
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     InvalidConfig(&'static str),
+    /// The custom TLS root certificates could not be used.
+    #[error("TLS roots: {0}")]
+    Tls(#[from] crate::transport::TlsConfigError),
 }
 
 /// The socket stopped for good (disconnected by the user, or its reconnect policy gave up).

@@ -222,6 +222,8 @@ pub struct SocketBuilder {
     defaults: ChannelDefaults,
     connect_timeout: Duration,
     connector: Arc<dyn Connector>,
+    /// A setting that failed, reported by `build`.
+    invalid: Option<BuildError>,
 }
 
 impl fmt::Debug for SocketBuilder {
@@ -247,6 +249,7 @@ impl SocketBuilder {
             },
             connect_timeout: Duration::from_secs(10),
             connector: Arc::new(WebSocketConnector::default()),
+            invalid: None,
         }
     }
 
@@ -336,6 +339,20 @@ impl SocketBuilder {
         self
     }
 
+    /// Trusts the root certificates in `pem` (one or more `CERTIFICATE` blocks) for `wss://`,
+    /// besides the default roots, with whichever TLS feature is on (`rustls-ring` or
+    /// `native-tls`): for a server with a private CA or a self-signed certificate. This sets
+    /// the connector to a [`WebSocketConnector`] with these roots (replacing one set before);
+    /// unusable PEM makes [`build`](Self::build) and [`connect`](Self::connect) fail with
+    /// [`BuildError::Tls`].
+    pub fn root_certificates_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        match WebSocketConnector::new().with_root_certificates_pem(pem.as_ref()) {
+            Ok(connector) => self.connector = Arc::new(connector),
+            Err(e) => self.invalid = Some(BuildError::Tls(e)),
+        }
+        self
+    }
+
     /// Opens connections with this connector instead of the default [`WebSocketConnector`].
     pub fn connector(mut self, connector: impl Connector) -> Self {
         self.connector = Arc::new(connector);
@@ -389,6 +406,9 @@ impl SocketBuilder {
         self,
         runtime: tokio::runtime::Handle,
     ) -> Result<(Socket, SocketDriver), BuildError> {
+        if let Some(invalid) = self.invalid {
+            return Err(invalid);
+        }
         if self.core.heartbeat_interval.is_zero() || self.core.heartbeat_timeout.is_zero() {
             return Err(BuildError::InvalidConfig(
                 "heartbeat interval and timeout must be positive",

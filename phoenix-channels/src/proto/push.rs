@@ -99,6 +99,21 @@ pub(crate) struct PendingPush<T> {
     pub(crate) in_fifo: bool,
 }
 
+/// The longest wait a deadline is set for: about 30 years, which is "never" for a socket.
+/// Longer waits (up to `Duration::MAX`) are cut to it, so that no timeout, interval or
+/// backoff delay can overflow an `Instant`.
+pub const NEVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `now + after`, saturated: waits longer than [`NEVER`] are cut to it.
+pub(crate) fn deadline(now: Instant, after: Duration) -> Instant {
+    let after = after.min(NEVER);
+    // `now + NEVER` fits in every platform's `Instant` for any clock reading of this era; should
+    // it not, a wait of half as long is the next best "never".
+    now.checked_add(after)
+        .or_else(|| now.checked_add(after / 2))
+        .unwrap_or(now)
+}
+
 /// What a ref in flight stands for.
 #[derive(Debug)]
 pub(crate) enum Pending<T> {

@@ -42,7 +42,9 @@ use super::channel::{
 };
 use super::frame::{self, DecodeError, FrameView, OutFrame, ViewBody};
 use super::message::{Event, Inbound, Message, Payload, Ref, Reply, Topic};
-use super::push::{Pending, PendingPush, PushDeadlines, PushError, PushRequest, Timer, Timers};
+use super::push::{
+    Pending, PendingPush, PushDeadlines, PushError, PushRequest, Timer, Timers, deadline,
+};
 
 const PHOENIX_TOPIC: &str = "phoenix";
 
@@ -65,8 +67,13 @@ pub enum DisconnectReason {
     },
     /// The connection ended without a close frame.
     Eof,
-    /// An I/O, TLS or WebSocket protocol error.
+    /// An I/O or WebSocket protocol error.
     Io(String),
+    /// The TLS handshake failed: the server's certificate is not trusted (unknown issuer,
+    /// expired, issued for another name), or no TLS version or cipher is common. Retrying does
+    /// not fix it, so the default reconnect policy stops on it
+    /// ([`ReconnectSchedule::stop_on_tls_error`]).
+    Tls(String),
     /// Opening the connection took longer than the connect timeout.
     ConnectTimeout,
     /// No reply to a heartbeat within the heartbeat timeout.
@@ -83,6 +90,7 @@ impl fmt::Display for DisconnectReason {
             Self::Closed { code, reason } => write!(f, "closed ({code}: {reason})"),
             Self::Eof => f.write_str("connection ended"),
             Self::Io(e) => write!(f, "I/O error: {e}"),
+            Self::Tls(e) => write!(f, "TLS error: {e}"),
             Self::ConnectTimeout => f.write_str("connect timeout"),
             Self::HeartbeatTimeout => f.write_str("heartbeat timeout"),
             Self::Provider(e) => write!(f, "connect params provider failed: {e}"),
@@ -420,7 +428,7 @@ impl<T> SocketCore<T> {
         self.conn = Conn::Connected;
         self.failures = 0;
         self.set_status(SocketStatus::Connected);
-        let at = now + self.config.heartbeat_interval;
+        let at = deadline(now, self.config.heartbeat_interval);
         self.heartbeat_at = Some(at);
         self.timers.arm(at, Timer::Heartbeat);
         let mut rejoining: Vec<ChannelId> = self
@@ -484,7 +492,7 @@ impl<T> SocketCore<T> {
         {
             Some(delay) => {
                 self.conn = Conn::Waiting;
-                let at = now + delay;
+                let at = deadline(now, delay);
                 self.reconnect_at = Some(at);
                 self.timers.arm(at, Timer::Reconnect);
                 self.set_status(SocketStatus::Reconnecting {
@@ -604,11 +612,11 @@ impl<T> SocketCore<T> {
             let r = self.make_ref();
             self.transmit(None, r, PHOENIX_TOPIC, Event::HEARTBEAT, &Payload::empty());
             self.pending.insert(r, Pending::Heartbeat);
-            let deadline = now + self.config.heartbeat_timeout;
+            let deadline = deadline(now, self.config.heartbeat_timeout);
             self.heartbeat_pending = Some((r, deadline));
             self.timers.arm(deadline, Timer::HeartbeatTimeout);
         }
-        let at = now + self.config.heartbeat_interval;
+        let at = deadline(now, self.config.heartbeat_interval);
         self.heartbeat_at = Some(at);
         self.timers.arm(at, Timer::Heartbeat);
     }
@@ -737,7 +745,7 @@ impl<T> SocketCore<T> {
         let Some(chan) = self.channels.get_mut(&id) else {
             return;
         };
-        let deadline = now + chan.join_timeout;
+        let deadline = deadline(now, chan.join_timeout);
         chan.join_ref = Some(r);
         chan.pending_join = Some((r, deadline));
         let topic = chan.topic.clone();
@@ -805,7 +813,7 @@ impl<T> SocketCore<T> {
             Some(delay) => {
                 // While disconnected, the channel rejoins as soon as the socket reconnects.
                 if connected {
-                    let at = now + delay;
+                    let at = deadline(now, delay);
                     self.timers
                         .disarm(chan.rejoin_at.replace(at), Timer::Rejoin(id));
                     self.timers.arm(at, Timer::Rejoin(id));
@@ -842,7 +850,7 @@ impl<T> SocketCore<T> {
                 }
                 let join_ref = chan.join_ref;
                 let topic = chan.topic.clone();
-                let deadline = now + chan.join_timeout;
+                let deadline = deadline(now, chan.join_timeout);
                 let r = self.make_ref();
                 if let Some(chan) = self.channels.get_mut(&id) {
                     chan.pending_leave = Some((r, deadline));
@@ -1020,7 +1028,7 @@ impl<T> SocketCore<T> {
                 let r = self.make_ref();
                 self.transmit(join_ref, r, &topic, &event, &payload);
                 if let Some(token) = token {
-                    let deadline = now + timeout;
+                    let deadline = deadline(now, timeout);
                     let in_fifo = self.arm_push(deadline, r);
                     self.pending.insert(
                         r,
@@ -1041,7 +1049,7 @@ impl<T> SocketCore<T> {
                     return Err((PushError::BufferFull { capacity }, token));
                 }
                 let r = self.make_ref();
-                let deadline = now + timeout;
+                let deadline = deadline(now, timeout);
                 let in_fifo = self.arm_push(deadline, r);
                 self.pending.insert(
                     r,

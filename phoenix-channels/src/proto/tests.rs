@@ -1066,3 +1066,54 @@ fn one_stuck_push_does_not_let_finished_deadlines_pile_up() {
     h.advance(ms(10_000));
     assert_eq!(h.done(), [(0, Err(PushError::Timeout))]);
 }
+
+/// `Duration::MAX` (or any huge) timeout, interval or backoff delay is "never", not an
+/// overflow of `Instant` that panics.
+#[test]
+fn huge_timeouts_and_intervals_mean_never_instead_of_overflowing() {
+    let mut h = Harness::with_config(CoreConfig {
+        heartbeat_interval: Duration::MAX,
+        heartbeat_timeout: Duration::MAX,
+        join_timeout: Duration::MAX,
+        ..CoreConfig::default()
+    });
+    h.add(A, "room:a");
+    h.core.join(h.now, A);
+    let join = h.sent();
+    assert_eq!(join.len(), 1);
+    let r: u64 = join[0].split('"').nth(1).unwrap().parse().unwrap();
+    h.server(&format!(
+        r#"["{r}","{r}","room:a","phx_reply",{{"status":"ok","response":{{}}}}]"#
+    ));
+    h.core.push(
+        h.now,
+        A,
+        PushRequest::new(Event::from("e"), Payload::empty(), Duration::MAX),
+        Some(1),
+    );
+    h.take();
+    // Twenty years later: nothing has timed out, nothing is due.
+    h.advance(Duration::from_secs(20 * 365 * 24 * 3600));
+    assert!(h.done().is_empty());
+    assert_eq!(h.core.channel_state(A), Some(ChannelState::Joined));
+    assert!(h.core.poll_timeout().is_some_and(|at| at > h.now));
+    // A reconnect policy answering `Duration::MAX` is "never reconnect", without panicking.
+    let mut h = Harness::with_config(CoreConfig {
+        reconnect: Arc::new(WaitForever),
+        ..CoreConfig::default()
+    });
+    h.core.handle_disconnected(h.now, DisconnectReason::Eof);
+    assert!(matches!(
+        h.statuses().last(),
+        Some(SocketStatus::Reconnecting { .. })
+    ));
+}
+
+#[derive(Debug)]
+struct WaitForever;
+
+impl super::backoff::ReconnectPolicy for WaitForever {
+    fn reconnect_delay(&self, _attempt: u32, _reason: &DisconnectReason) -> Option<Duration> {
+        Some(Duration::MAX)
+    }
+}
