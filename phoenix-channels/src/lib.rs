@@ -71,8 +71,22 @@
 //!   it.
 //! - **TLS.** `wss://` works with the default `rustls-ring` feature (rustls, `ring`, webpki
 //!   roots); `native-tls` is the alternative.
-//! - **Logs.** `tracing`, with one span per socket and per channel; tokens in URLs are redacted
-//!   and payloads are never logged above debug level.
+//! - **Logs.** `tracing`, with one span per socket and per channel. In this crate's logs and
+//!   `Debug` output, a URL's user name, password and every query value except `vsn`
+//!   ([`socket::SHOWN_PARAMS`]) are redacted, headers and auth tokens are never shown, and
+//!   payloads never appear above debug level (a rejected join shows its `reason`, not its
+//!   response). Malformed frames from the server are logged at warn five times a minute at
+//!   most; the others are counted and reported in one line a minute later (or when the
+//!   connection ends).
+//!
+//!   What remains: tungstenite, which does the WebSocket handshake, logs the whole upgrade
+//!   request — the URL with its query and every header, including the auth token
+//!   subprotocol — with the `log` crate at **trace** level, under the target
+//!   `tungstenite::handshake::client`. Nothing else of it logs credentials. Such records only
+//!   reach your logs if you forward `log` records (e.g. `tracing-log`, which
+//!   `tracing_subscriber::fmt().init()` installs) with trace enabled for that target: filter
+//!   it out (`RUST_LOG=...,tungstenite=debug` or an `EnvFilter` directive) when credentials
+//!   travel in the connect params or the auth token.
 
 pub mod channel;
 pub mod driver;

@@ -179,30 +179,56 @@ fn websocket_url(endpoint: &str) -> Result<Url, BuildError> {
     Ok(url)
 }
 
-/// The URL with the values of credential-looking params replaced, for logs and `Debug`.
+/// Query params whose values are shown in logs and `Debug` output; every other param's value
+/// is redacted, since any name (`token`, `sig`, `jwt`, `session`, ...) may carry a credential.
+pub const SHOWN_PARAMS: [&str; 1] = ["vsn"];
+
+/// What stands for a hidden value in logs and `Debug` output.
+const REDACTED: &str = "REDACTED";
+
+/// The URL for logs and `Debug`: user name and password replaced, and every query value but
+/// those of [`SHOWN_PARAMS`] replaced.
+///
+/// ```
+/// use phoenix_channels::socket::redact_url;
+/// let url = url::Url::parse("wss://ada:pw@h/socket/websocket?sig=abc&vsn=2.0.0").unwrap();
+/// assert_eq!(redact_url(&url), "wss://REDACTED:REDACTED@h/socket/websocket?sig=REDACTED&vsn=2.0.0");
+/// ```
 pub fn redact_url(url: &Url) -> String {
-    const SECRET: [&str; 5] = ["token", "secret", "password", "auth", "key"];
-    if url.query().is_none() {
-        return url.to_string();
-    }
     let mut shown = url.clone();
-    let pairs: Vec<(String, String)> = url
-        .query_pairs()
-        .map(|(k, v)| {
-            let lower = k.to_ascii_lowercase();
-            let secret = SECRET.iter().any(|s| lower.contains(s));
-            (
-                k.into_owned(),
-                if secret {
-                    "REDACTED".to_owned()
-                } else {
+    if !url.username().is_empty() {
+        let _ = shown.set_username(REDACTED);
+    }
+    if url.password().is_some() {
+        let _ = shown.set_password(Some(REDACTED));
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let value = if SHOWN_PARAMS.contains(&k.as_ref()) {
                     v.into_owned()
-                },
-            )
-        })
-        .collect();
-    shown.query_pairs_mut().clear().extend_pairs(pairs);
+                } else {
+                    REDACTED.to_owned()
+                };
+                (k.into_owned(), value)
+            })
+            .collect();
+        shown.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    if url.fragment().is_some() {
+        shown.set_fragment(Some(REDACTED));
+    }
     shown.to_string()
+}
+
+/// An endpoint as given to the builder, for `Debug`: redacted like [`redact_url`], and not
+/// shown at all if it is not a URL (it could be anything).
+fn redact_endpoint(endpoint: &str) -> String {
+    match Url::parse(endpoint) {
+        Ok(url) => redact_url(&url),
+        Err(_) => format!("<not a URL, {} bytes>", endpoint.len()),
+    }
 }
 
 /// Defaults that channels take from their socket.
@@ -229,7 +255,7 @@ pub struct SocketBuilder {
 impl fmt::Debug for SocketBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SocketBuilder")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &redact_endpoint(&self.endpoint))
             .field("fixed", &self.fixed)
             .field("core", &self.core)
             .finish_non_exhaustive()
@@ -635,8 +661,41 @@ mod tests {
         );
         assert_eq!(
             redact_url(&request.url),
-            "ws://h/socket/websocket?a=1&token=REDACTED&vsn=2.0.0"
+            "ws://h/socket/websocket?a=REDACTED&token=REDACTED&vsn=2.0.0"
         );
+    }
+
+    #[test]
+    fn every_query_value_but_the_allowed_ones_and_every_password_are_redacted() {
+        let url = Url::parse(
+            "ws://user:pa55@h:4000/socket/websocket?sig=s1&jwt=j2&session=s3&Token=t4&x=y5&vsn=2.0.0#f6",
+        )
+        .unwrap();
+        let shown = redact_url(&url);
+        for secret in ["user", "pa55", "s1", "j2", "s3", "t4", "y5", "f6"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert_eq!(
+            shown,
+            "ws://REDACTED:REDACTED@h:4000/socket/websocket?sig=REDACTED&jwt=REDACTED&session=REDACTED&Token=REDACTED&x=REDACTED&vsn=2.0.0#REDACTED"
+        );
+        assert_eq!(
+            redact_url(&Url::parse("ws://h/socket").unwrap()),
+            "ws://h/socket"
+        );
+    }
+
+    #[test]
+    fn builder_debug_never_shows_the_endpoint_credentials() {
+        let builder = Socket::builder("wss://ada:s3cret@h/socket?sig=abc123&vsn=2.0.0")
+            .param("token", "t0ken")
+            .auth_token("b3arer");
+        let shown = format!("{builder:?}");
+        for secret in ["ada", "s3cret", "abc123", "t0ken", "b3arer"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        let shown = format!("{:?}", Socket::builder("ws//token=s3cret"));
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[tokio::test]

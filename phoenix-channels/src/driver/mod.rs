@@ -54,6 +54,52 @@ const READ_BUDGET: usize = 128;
 /// that heartbeats and other channels are never held up for more than this.
 const MAX_READ_PAUSE: Duration = Duration::from_secs(1);
 
+/// Malformed frames logged at `warn` per [`MALFORMED_WINDOW`]; the rest are counted and
+/// summed up in one line when the window ends (or the connection does).
+const MALFORMED_LOGGED: u32 = 5;
+
+/// The window of [`MALFORMED_LOGGED`].
+const MALFORMED_WINDOW: Duration = Duration::from_secs(60);
+
+/// Rate-limits the warnings about malformed frames: a server spewing garbage must not flood
+/// the logs (nor cost a formatted line per frame).
+#[derive(Debug, Default)]
+struct MalformedLog {
+    window_start: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl MalformedLog {
+    fn frame(&mut self, now: Instant, error: &crate::proto::frame::DecodeError) {
+        if self
+            .window_start
+            .is_none_or(|start| now.saturating_duration_since(start) >= MALFORMED_WINDOW)
+        {
+            self.summary();
+            self.window_start = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < MALFORMED_LOGGED {
+            self.logged += 1;
+            tracing::warn!(%error, "dropping a malformed frame from the server");
+            if self.logged == MALFORMED_LOGGED {
+                tracing::warn!("further malformed frames are counted and reported once a minute");
+            }
+        } else {
+            self.suppressed += 1;
+        }
+    }
+
+    /// Reports the frames counted but not logged, if any.
+    fn summary(&mut self) {
+        let dropped = std::mem::take(&mut self.suppressed);
+        if dropped > 0 {
+            tracing::warn!(dropped, "dropped more malformed frames from the server");
+        }
+    }
+}
+
 /// A request from a handle to the socket task.
 pub(crate) enum Command {
     AddChannel {
@@ -148,6 +194,7 @@ pub(crate) struct Driver {
     congested: Vec<ChannelId>,
     /// The end of the current read pause for them.
     pause_until: Option<Instant>,
+    malformed: MalformedLog,
     span: tracing::Span,
 }
 
@@ -187,6 +234,7 @@ impl Driver {
             read_budget: READ_BUDGET,
             congested: Vec::new(),
             pause_until: None,
+            malformed: MalformedLog::default(),
             span: tracing::info_span!("phoenix_socket", url = %url),
         }
     }
@@ -294,6 +342,7 @@ impl Driver {
     /// The transport ended by itself: forget it and the frames meant for it.
     fn transport_lost(&mut self, reason: DisconnectReason) {
         tracing::debug!(%reason, "connection lost");
+        self.malformed.summary();
         self.transport = None;
         self.outbox.clear();
         self.needs_flush = false;
@@ -303,6 +352,7 @@ impl Driver {
     /// Hands the transport to a task that flushes what is queued, sends a close frame and
     /// waits a moment for the peer, so that closing never blocks the socket task.
     fn close_transport(&mut self, code: u16, reason: &'static str) {
+        self.malformed.summary();
         self.connecting = None;
         let frames: Vec<OutFrame> = self.outbox.drain(..).collect();
         self.needs_flush = false;
@@ -376,9 +426,7 @@ impl Driver {
                         self.core.set_tap(false);
                     }
                 }
-                Output::Malformed(error) => {
-                    tracing::warn!(%error, "dropping a malformed frame from the server");
-                }
+                Output::Malformed(error) => self.malformed.frame(Instant::now(), &error),
             }
         }
         started

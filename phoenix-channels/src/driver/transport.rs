@@ -82,7 +82,8 @@ impl<T> Transport for T where
 pub type BoxTransport = Box<dyn Transport>;
 
 /// What a connector needs to open the WebSocket of one connect attempt. Its `Debug` output
-/// redacts credential-looking params and shows header names only.
+/// redacts the URL's credentials and query values (see
+/// [`redact_url`](crate::socket::redact_url)) and shows header names only.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ConnectRequest {
