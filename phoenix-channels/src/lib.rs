@@ -38,8 +38,12 @@
 //!
 //! - **Reconnects** on the phoenix.js schedule (10, 50, 100, 150, 200, 250, 500, 1000, 2000, then
 //!   5000 ms; optional jitter), and stops with a clear reason when retrying cannot help (an HTTP
-//!   4xx answer to the upgrade, such as 403): see [`backoff::ReconnectSchedule`]. The connect
-//!   params can come from an async provider called on every attempt.
+//!   4xx answer to the upgrade, such as 403, or a TLS certificate it does not trust): see
+//!   [`backoff::ReconnectSchedule`]. The schedule starts over only once a connection has
+//!   proven healthy — up for 10 s ([`SocketBuilder::healthy_after`]) or a heartbeat answered
+//!   — so a server that accepts and then drops the connection is redialled on the growing
+//!   schedule, not every 10 ms. The connect params can come from an async provider called on
+//!   every attempt.
 //! - **Rejoins** every joined channel after a reconnect, and after a failed join or a crash on
 //!   the schedule 1000, 2000, 5000, then 10000 ms, with a policy that can stop on chosen reasons
 //!   ([`backoff::RejoinSchedule`]). Every join uses a new join ref; messages of an outdated join

@@ -353,6 +353,15 @@ impl SocketBuilder {
         self
     }
 
+    /// How long a connection must stay up (or until a heartbeat is answered) before it counts
+    /// as healthy and the reconnect schedule starts over from its first delay (default 10 s).
+    /// Until then, a drop counts as one more consecutive failure, so a server that accepts
+    /// and then closes is redialled on the growing schedule.
+    pub fn healthy_after(mut self, after: Duration) -> Self {
+        self.core.healthy_after = after;
+        self
+    }
+
     /// Default capacity of a channel's buffer of pushes waiting for the join (default 1024).
     pub fn push_buffer(mut self, capacity: usize) -> Self {
         self.core.push_buffer_capacity = capacity;

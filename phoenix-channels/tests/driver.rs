@@ -810,3 +810,22 @@ async fn malformed_frames_are_logged_a_few_times_then_counted() {
     assert!(lines[6].contains("dropped=995"), "{}", lines[6]);
     assert!(socket.status().is_connected());
 }
+
+/// A server that accepts the upgrade and closes at once is redialled on the growing schedule,
+/// not every 10 ms: the schedule starts over only after a healthy connection.
+#[tokio::test(start_paused = true)]
+async fn a_server_that_accepts_then_closes_is_redialled_on_the_growing_schedule() {
+    let (connector, mut server) = fake_server();
+    let _socket = socket_with(connector);
+    let mut accepted = Vec::new();
+    for _ in 0..7 {
+        let mut conn = server.accept().await;
+        accepted.push(tokio::time::Instant::now());
+        conn.close(1011).await;
+    }
+    let gaps: Vec<u128> = accepted
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    assert_eq!(gaps, [10, 50, 100, 150, 200, 250], "{gaps:?}");
+}

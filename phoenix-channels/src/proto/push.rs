@@ -128,6 +128,7 @@ pub(crate) enum Pending<T> {
 pub(crate) enum Timer {
     Heartbeat,
     HeartbeatTimeout,
+    Healthy,
     Reconnect,
     Push(u64),
     JoinTimeout(ChannelId),

@@ -155,6 +155,12 @@ pub struct CoreConfig {
     pub join_timeout: Duration,
     /// Default capacity of a channel's buffer of pushes waiting for the join (default 1024).
     pub push_buffer_capacity: usize,
+    /// How long a connection must stay up before it counts as healthy, which resets the
+    /// reconnect schedule to its first delay (default 10 s). A heartbeat reply proves it
+    /// healthy sooner. Until then, a connection that opens and drops counts as one more
+    /// consecutive failure: a server that accepts the upgrade and then closes (or sends a
+    /// frame over the size limit) is redialled on the growing schedule, not every 10 ms.
+    pub healthy_after: Duration,
     /// When and whether to reconnect.
     pub reconnect: Arc<dyn ReconnectPolicy>,
     /// Default rejoin policy of channels.
@@ -168,6 +174,7 @@ impl Default for CoreConfig {
             heartbeat_timeout: Duration::from_secs(30),
             join_timeout: Duration::from_secs(10),
             push_buffer_capacity: 1024,
+            healthy_after: Duration::from_secs(10),
             reconnect: Arc::new(ReconnectSchedule::default()),
             rejoin: Arc::new(RejoinSchedule::default()),
         }
@@ -271,6 +278,8 @@ pub struct SocketCore<T> {
     heartbeat_at: Option<Instant>,
     heartbeat_pending: Option<(u64, Instant)>,
     reconnect_at: Option<Instant>,
+    /// When the connection counts as healthy (see [`CoreConfig::healthy_after`]).
+    healthy_at: Option<Instant>,
     tap: bool,
 }
 
@@ -302,6 +311,7 @@ impl<T> SocketCore<T> {
             heartbeat_at: None,
             heartbeat_pending: None,
             reconnect_at: None,
+            healthy_at: None,
             tap: false,
         }
     }
@@ -426,7 +436,10 @@ impl<T> SocketCore<T> {
             return;
         }
         self.conn = Conn::Connected;
-        self.failures = 0;
+        // The failures count on until the connection proves healthy.
+        let healthy_at = deadline(now, self.config.healthy_after);
+        self.healthy_at = Some(healthy_at);
+        self.timers.arm(healthy_at, Timer::Healthy);
         self.set_status(SocketStatus::Connected);
         let at = deadline(now, self.config.heartbeat_interval);
         self.heartbeat_at = Some(at);
@@ -454,6 +467,7 @@ impl<T> SocketCore<T> {
     }
 
     fn transport_lost(&mut self, now: Instant, reason: DisconnectReason) {
+        self.timers.disarm(self.healthy_at.take(), Timer::Healthy);
         self.timers
             .disarm(self.heartbeat_at.take(), Timer::Heartbeat);
         if let Some((_, at)) = self.heartbeat_pending.take() {
@@ -527,6 +541,7 @@ impl<T> SocketCore<T> {
         self.heartbeat_at = None;
         self.heartbeat_pending = None;
         self.reconnect_at = None;
+        self.healthy_at = None;
         self.fail_pushes(PushError::SocketClosed, |_| true);
         self.pending.clear();
         let mut ids: Vec<ChannelId> = self.channels.keys().copied().collect();
@@ -564,6 +579,10 @@ impl<T> SocketCore<T> {
         for (_, timer) in self.timers.take_due(now) {
             match timer {
                 Timer::Heartbeat => self.heartbeat_due(now),
+                Timer::Healthy => {
+                    self.healthy_at = None;
+                    self.failures = 0;
+                }
                 Timer::HeartbeatTimeout => {
                     self.heartbeat_pending = None;
                     self.out.push_back(Output::CloseTransport {
@@ -1254,6 +1273,9 @@ impl<T> SocketCore<T> {
                     self.heartbeat_pending = None;
                     self.timers.disarm(Some(at), Timer::HeartbeatTimeout);
                 }
+                // The server answers: the connection is healthy.
+                self.timers.disarm(self.healthy_at.take(), Timer::Healthy);
+                self.failures = 0;
             }
             Some(Pending::Join(id)) => self.join_replied(now, id, r, reply),
             Some(Pending::Leave(id)) => {
