@@ -62,6 +62,18 @@
 //! - **Cancel safety.** `push` sends when it is called; dropping the returned future only drops
 //!   the reply. `join` and `leave` act when called too; dropping their futures only stops the
 //!   wait. The socket task is a single non-blocking poll loop: no user code runs on it.
+//! - **Outgoing backpressure.** The bytes of pushes and casts not yet written to the
+//!   connection are bounded ([`SocketBuilder::outgoing_limit`], default 4 MiB): a server that
+//!   reads slowly or not at all never grows the client. At the limit,
+//!   [`Channel::push`] (and `push_with`, ...) waits for room, in call order, with its timeout
+//!   running (dropping it withdraws the push); [`Channel::try_push`],
+//!   [`Channel::try_push_with`], [`Channel::try_cast_payload`] and [`Channel::cast`] fail at
+//!   once with [`PushError::OutgoingFull`]; [`Channel::cast_payload`], which can neither wait
+//!   nor return an error, drops the cast and counts it ([`Socket::dropped_casts`]).
+//!   [`Socket::outgoing_queued`] tells how full the buffer is. A server that stops reading
+//!   also stops answering heartbeats, so the connection is dropped and reopened after the
+//!   heartbeat timeout, which frees the buffer (pushes in flight fail with
+//!   [`PushError::Disconnected`]).
 //! - **Backpressure.** Each channel's consumer (its message stream or handler) may fall
 //!   `queue_capacity` messages behind (default 1024). When it is three quarters behind, the
 //!   socket stops reading (the server's TCP window fills) until it catches up, for at most one

@@ -2,13 +2,15 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 use url::Url;
 
 use crate::channel::ChannelBuilder;
@@ -231,6 +233,26 @@ fn redact_endpoint(endpoint: &str) -> String {
     }
 }
 
+/// The default [`SocketBuilder::outgoing_limit`]: 4 MiB.
+pub const DEFAULT_OUTGOING_LIMIT: usize = 4 << 20;
+
+/// Waits for room in the outgoing buffer.
+pub(crate) type RoomWait = Pin<
+    Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send + Sync>,
+>;
+
+/// The outcome of [`Socket::reserve`].
+pub(crate) enum Room {
+    /// Reserved: this many bytes.
+    Now(usize),
+    /// Queued for room: this many bytes once the wait ends.
+    Later(RoomWait, usize),
+    /// No room, and not waiting.
+    Full,
+    /// The socket task is gone.
+    Closed,
+}
+
 /// Defaults that channels take from their socket.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ChannelDefaults {
@@ -248,6 +270,7 @@ pub struct SocketBuilder {
     defaults: ChannelDefaults,
     connect_timeout: Duration,
     connector: Arc<dyn Connector>,
+    outgoing_limit: usize,
     /// A setting that failed, reported by `build`.
     invalid: Option<BuildError>,
 }
@@ -275,6 +298,7 @@ impl SocketBuilder {
             },
             connect_timeout: Duration::from_secs(10),
             connector: Arc::new(WebSocketConnector::default()),
+            outgoing_limit: DEFAULT_OUTGOING_LIMIT,
             invalid: None,
         }
     }
@@ -350,6 +374,20 @@ impl SocketBuilder {
     /// Default rejoin policy of channels (default [`RejoinSchedule`](crate::backoff::RejoinSchedule)).
     pub fn rejoin_policy(mut self, policy: impl RejoinPolicy + 'static) -> Self {
         self.core.rejoin = Arc::new(policy);
+        self
+    }
+
+    /// How many bytes of pushes and casts may wait to be written to the connection (default
+    /// 4 MiB, at most 4 GiB): those sent by the handles and not yet taken by the socket task,
+    /// and the frames the task holds for a connection that does not take them (a server that
+    /// reads slowly or not at all). At the limit, [`Channel::push`](crate::Channel::push)
+    /// waits for room, the `try_` methods and [`Channel::cast`](crate::Channel::cast) fail
+    /// with [`PushError::OutgoingFull`](crate::PushError::OutgoingFull), and
+    /// [`Channel::cast_payload`](crate::Channel::cast_payload) drops the cast and counts it
+    /// ([`Socket::dropped_casts`]). A push is counted as its payload, topic and event plus 64
+    /// bytes; one bigger than the limit takes all of it, and goes alone.
+    pub fn outgoing_limit(mut self, bytes: usize) -> Self {
+        self.outgoing_limit = bytes;
         self
     }
 
@@ -449,6 +487,11 @@ impl SocketBuilder {
                 "heartbeat interval and timeout must be positive",
             ));
         }
+        if self.outgoing_limit == 0 || u32::try_from(self.outgoing_limit).is_err() {
+            return Err(BuildError::InvalidConfig(
+                "the outgoing limit must be between 1 byte and 4 GiB",
+            ));
+        }
         if self.core.join_timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(BuildError::InvalidConfig(
                 "join and connect timeouts must be positive",
@@ -460,6 +503,7 @@ impl SocketBuilder {
         // The driver starts connecting as soon as it runs.
         let (status_tx, status_rx) = watch::channel(SocketStatus::Connecting { attempt: 1 });
         let (tap_tx, _) = broadcast::channel(1024);
+        let outgoing = Arc::new(Semaphore::new(self.outgoing_limit));
         let setup = ConnectSetup {
             url,
             fixed: self.fixed,
@@ -473,6 +517,7 @@ impl SocketBuilder {
             cmd_rx,
             status_tx,
             tap_tx.clone(),
+            outgoing.clone(),
             &shown,
         );
         let shared = Arc::new(Shared {
@@ -483,6 +528,9 @@ impl SocketBuilder {
             runtime,
             url: shown,
             defaults: self.defaults,
+            outgoing,
+            outgoing_limit: self.outgoing_limit,
+            dropped_casts: AtomicU64::new(0),
         });
         Ok((Socket { shared }, SocketDriver::new(driver)))
     }
@@ -496,6 +544,10 @@ struct Shared {
     runtime: tokio::runtime::Handle,
     url: String,
     defaults: ChannelDefaults,
+    /// Bytes of room for pushes and casts (see [`SocketBuilder::outgoing_limit`]).
+    outgoing: Arc<Semaphore>,
+    outgoing_limit: usize,
+    dropped_casts: AtomicU64,
 }
 
 /// A Phoenix socket: a cheap `Clone` handle to the task that owns the connection.
@@ -598,6 +650,57 @@ impl Socket {
         // If the task is gone, the command's reply sender is dropped with it, which its waiter
         // reads as "socket closed".
         let _ = self.shared.commands.send(command);
+    }
+
+    /// How many bytes of pushes and casts wait to be written to the connection (at most the
+    /// [`outgoing_limit`](SocketBuilder::outgoing_limit)).
+    pub fn outgoing_queued(&self) -> usize {
+        self.shared
+            .outgoing_limit
+            .saturating_sub(self.shared.outgoing.available_permits())
+    }
+
+    /// How many casts [`Channel::cast_payload`](crate::Channel::cast_payload) dropped because
+    /// the outgoing buffer was full.
+    pub fn dropped_casts(&self) -> u64 {
+        self.shared.dropped_casts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_dropped_cast(&self) {
+        self.shared.dropped_casts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn outgoing_limit(&self) -> usize {
+        self.shared.outgoing_limit
+    }
+
+    /// Reserves `cost` bytes of the outgoing buffer (at most all of it). With `wait`, a
+    /// reservation that cannot be made now joins the queue of those waiting for room (first
+    /// come, first served, so pushes keep their call order).
+    pub(crate) fn reserve(&self, cost: usize, wait: bool) -> Room {
+        let cost = u32::try_from(cost.clamp(1, self.shared.outgoing_limit)).unwrap_or(u32::MAX);
+        match self.shared.outgoing.clone().try_acquire_many_owned(cost) {
+            Ok(permit) => {
+                permit.forget();
+                return Room::Now(cost as usize);
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => return Room::Closed,
+            Err(tokio::sync::TryAcquireError::NoPermits) if !wait => return Room::Full,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        }
+        let mut acquire: RoomWait = Box::pin(self.shared.outgoing.clone().acquire_many_owned(cost));
+        // Polled once now, to take its place in the queue.
+        match acquire
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+        {
+            Poll::Ready(Ok(permit)) => {
+                permit.forget();
+                Room::Now(cost as usize)
+            }
+            Poll::Ready(Err(_)) => Room::Closed,
+            Poll::Pending => Room::Later(acquire, cost as usize),
+        }
     }
 
     pub(crate) fn weak_commands(&self) -> mpsc::WeakUnboundedSender<Command> {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures_util::SinkExt as _;
 use rustc_hash::FxHashMap;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::JoinError;
@@ -125,6 +125,8 @@ pub(crate) enum Command {
         id: ChannelId,
         request: PushRequest,
         reply: Option<PushReply>,
+        /// The bytes of the outgoing buffer it holds.
+        cost: usize,
     },
     Remove {
         id: ChannelId,
@@ -178,6 +180,14 @@ pub(crate) struct Driver {
     transport: Option<BoxTransport>,
     /// Frames for the current transport, not yet accepted by it.
     outbox: VecDeque<OutFrame>,
+    /// Their bytes.
+    outbox_bytes: usize,
+    /// Room in the outgoing buffer, shared with the handles, which reserve it for each push
+    /// and cast (see [`SocketBuilder::outgoing_limit`](crate::SocketBuilder::outgoing_limit)).
+    outgoing: Arc<Semaphore>,
+    /// The bytes of it that pushes taken from the handles hold: given back as the outbox
+    /// drains, so that the handles wait while the connection does not take what is queued.
+    held: usize,
     needs_flush: bool,
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
@@ -208,6 +218,7 @@ impl Driver {
         commands: mpsc::UnboundedReceiver<Command>,
         status: watch::Sender<SocketStatus>,
         tap: broadcast::Sender<Inbound>,
+        outgoing: Arc<Semaphore>,
         url: &str,
     ) -> Self {
         let mut core = SocketCore::new(config);
@@ -222,6 +233,9 @@ impl Driver {
             connecting: None,
             transport: None,
             outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            outgoing,
+            held: 0,
             needs_flush: false,
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
             timer_at: None,
@@ -306,7 +320,15 @@ impl Driver {
                 }
                 self.core.leave(now, id);
             }
-            Command::Push { id, request, reply } => self.core.push(now, id, request, reply),
+            Command::Push {
+                id,
+                request,
+                reply,
+                cost,
+            } => {
+                self.held += cost;
+                self.core.push(now, id, request, reply);
+            }
             Command::Remove { id } => {
                 if let Some(slot) = self.slots.get_mut(&id) {
                     slot.removed = true;
@@ -344,7 +366,7 @@ impl Driver {
         tracing::debug!(%reason, "connection lost");
         self.malformed.summary();
         self.transport = None;
-        self.outbox.clear();
+        self.clear_outbox();
         self.needs_flush = false;
         self.core.handle_disconnected(Self::now(), reason);
     }
@@ -355,6 +377,8 @@ impl Driver {
         self.malformed.summary();
         self.connecting = None;
         let frames: Vec<OutFrame> = self.outbox.drain(..).collect();
+        self.outbox_bytes = 0;
+        self.release_room();
         self.needs_flush = false;
         if let Some(mut transport) = self.transport.take() {
             tokio::spawn(async move {
@@ -383,6 +407,7 @@ impl Driver {
             match output {
                 Output::Transmit(frame) => {
                     if self.transport.is_some() {
+                        self.outbox_bytes += frame.as_bytes().len();
                         self.outbox.push_back(frame);
                     }
                 }
@@ -533,6 +558,7 @@ impl Driver {
             match transport.as_mut().poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     if let Some(frame) = self.outbox.pop_front() {
+                        self.outbox_bytes -= frame.as_bytes().len();
                         transport.as_mut().start_send(Outgoing::Frame(frame))?;
                         self.needs_flush = true;
                     }
@@ -549,6 +575,22 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    fn clear_outbox(&mut self) {
+        self.outbox.clear();
+        self.outbox_bytes = 0;
+        self.release_room();
+    }
+
+    /// Gives back the room held beyond what the outbox holds: the handles' pushes have been
+    /// written to the transport (or dropped with the connection, or buffered for a join,
+    /// which bounds them by count).
+    fn release_room(&mut self) {
+        if self.held > self.outbox_bytes {
+            self.outgoing.add_permits(self.held - self.outbox_bytes);
+            self.held = self.outbox_bytes;
+        }
     }
 
     /// One round of work; returns whether anything happened.
@@ -640,6 +682,7 @@ impl Driver {
             self.dispatch();
             progress = true;
         }
+        self.release_room();
         progress
     }
 
@@ -672,7 +715,16 @@ impl Driver {
         }
         // Closing the queues ends the channels' handler tasks and message streams.
         self.slots.clear();
+        // Pushes waiting for room fail: nothing will take them.
+        self.outgoing.close();
         true
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // A driver dropped before it finished (its runtime shut down): nothing will make room.
+        self.outgoing.close();
     }
 }
 

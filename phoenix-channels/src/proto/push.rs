@@ -40,6 +40,14 @@ pub enum PushError {
         /// The buffer's capacity.
         capacity: usize,
     },
+    /// The socket's outgoing buffer is full: the bytes of pushes and casts not yet written to
+    /// the connection reached its limit (the server reads slower than the client sends, or not
+    /// at all). Only the `try_` methods and `cast` fail with it; `push` waits for room.
+    #[error("the outgoing buffer is full ({limit} bytes); the server is not reading fast enough")]
+    OutgoingFull {
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// The socket was shut down (by `disconnect`, or because its reconnect policy gave up).
     #[error("the socket is closed")]
     SocketClosed,

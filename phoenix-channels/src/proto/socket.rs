@@ -24,7 +24,10 @@
 //! core.handle_text(now, Bytes::from_static(
 //!     br#"["1","1","room:1","phx_reply",{"status":"ok","response":{}}]"#));
 //! assert_eq!(core.channel_state(chan), Some(phoenix_channels::ChannelState::Joined));
-//! // The first heartbeat is due one interval after the connection opened.
+//! // The connection counts as healthy 10 s after it opened (then the first heartbeat is due,
+//! // one interval after it opened).
+//! assert_eq!(core.poll_timeout(), Some(now + Duration::from_secs(10)));
+//! core.handle_timeout(now + Duration::from_secs(10));
 //! assert_eq!(core.poll_timeout(), Some(now + Duration::from_secs(30)));
 //! ```
 
