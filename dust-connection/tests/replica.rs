@@ -169,8 +169,12 @@ async fn random_writes(app: &Store, rng: &mut SmallRng, leases: &mut Vec<Lease>,
                 WriteRequest::lease(key, 600_000, Some("w".to_owned()))
             }
             9 if !leases.is_empty() => {
-                let lease = leases.remove(rng.random_range(0..leases.len()));
-                WriteRequest::release(&lease)
+                let at = rng.random_range(0..leases.len());
+                if rng.random_bool(0.2) {
+                    WriteRequest::renew(&leases[at], 600_000)
+                } else {
+                    WriteRequest::release(&leases.remove(at))
+                }
             }
             _ => {
                 let content: Vec<u8> = (0..rng.random_range(0..8)).map(|_| rng.random()).collect();
@@ -205,11 +209,31 @@ async fn live_catch_up_and_snapshot_replicas_all_equal_the_server_s_entries() {
         let (writer, live) = joined_device(&server).await;
         let app = writer.store(STORE).unwrap();
         let mut leases = Vec::new();
-        random_writes(&app, &mut rng, &mut leases, 80).await;
+        random_writes(&app, &mut rng, &mut leases, 120).await;
 
         let seq = dust(&server).store_info(STORE).await.unwrap().seq;
         let entries = server_entries(&server).await;
         assert!(entries.len() > 5, "seed {seed}: too few entries to compare");
+        let applied: std::collections::BTreeSet<String> = dust(&server)
+            .ops(STORE)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|op| op.op)
+            .collect();
+        for op in [
+            "set",
+            "merge",
+            "delete",
+            "increment",
+            "add",
+            "remove",
+            "lease",
+            "release",
+            "put_file",
+        ] {
+            assert!(applied.contains(op), "seed {seed}: no {op} was applied");
+        }
         wait_seq(&live, seq).await;
         assert_same_entries(
             &format!("seed {seed}: live"),
