@@ -201,7 +201,7 @@ pub trait SyncEngine: Send + Sync + 'static {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Change {
-    /// A path got a value.
+    /// A path got a value (as [`MemoryEngine::entries`] shows it).
     Set {
         /// The store.
         store: String,
@@ -212,7 +212,8 @@ pub enum Change {
         /// The seq of the op.
         seq: u64,
     },
-    /// A path (and what was below it) was removed.
+    /// The entries at a path and below it were removed (by a `release`: the path's entry
+    /// alone). A `set` that replaces a subtree reports this, then the new entries.
     Removed {
         /// The store.
         store: String,
