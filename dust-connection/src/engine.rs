@@ -381,11 +381,19 @@ impl MemoryEngine {
     /// # }
     /// ```
     pub fn entries(&self, store: &str) -> BTreeMap<String, Value> {
+        self.entries_with_seq(store).1
+    }
+
+    /// The last applied seq and [`entries`](Self::entries), read together (consistent with
+    /// each other while events keep arriving): what a `state` dump prints.
+    pub fn entries_with_seq(&self, store: &str) -> (u64, BTreeMap<String, Value>) {
         self.with(store, |s| {
-            s.entries
+            let entries = s
+                .entries
                 .iter()
                 .map(|(path, stored)| (path.clone(), codec::render(stored)))
-                .collect()
+                .collect();
+            (s.last_seq, entries)
         })
     }
 
@@ -788,6 +796,7 @@ mod tests {
         );
         assert_eq!(engine.get("s", "n"), Some(Value::Null));
         assert_eq!(engine.get("s", "e"), None);
+        assert_eq!(engine.entries_with_seq("s"), (14, engine.entries("s")));
     }
 
     #[tokio::test]
