@@ -16,7 +16,7 @@ use futures_util::stream::FuturesUnordered;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite};
 
-use crate::JsonLines;
+use crate::{DEFAULT_OUTPUT_BUFFER, JsonLines, parse_output_buffer};
 
 /// The options of the `dust` command line.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,18 +31,26 @@ pub struct Options {
     pub device_id: Option<String>,
     /// The heartbeat interval.
     pub heartbeat: Option<Duration>,
+    /// The bound of the output queue, in bytes (`--output-buffer`, default
+    /// [`DEFAULT_OUTPUT_BUFFER`]): lines that do not fit are dropped and reported.
+    pub output_buffer: usize,
 }
 
 /// The usage text.
-pub const USAGE: &str = "usage: dust --url ws://HOST:PORT/ws/sync --token T --store S [--store S2]... [--device-id D] [--heartbeat-ms N]";
+pub const USAGE: &str = "usage: dust --url ws://HOST:PORT/ws/sync --token T --store S [--store S2]... [--device-id D] [--heartbeat-ms N] [--output-buffer BYTES]";
 
 impl Options {
     /// Parses the command-line arguments (without the program name).
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
         let (mut url, mut token, mut stores, mut device_id, mut heartbeat) =
             (None, None, Vec::new(), None, None);
+        let mut output_buffer = DEFAULT_OUTPUT_BUFFER;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
+            if arg == "--output-buffer" {
+                output_buffer = parse_output_buffer(args.next())?;
+                continue;
+            }
             let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
             match arg.as_str() {
                 "--url" => url = Some(value("--url")?),
@@ -71,6 +79,7 @@ impl Options {
             stores,
             device_id,
             heartbeat,
+            output_buffer,
         })
     }
 }
@@ -254,7 +263,7 @@ where
     // Built in manual mode so that no notice is missed: subscribe, then connect.
     let connection = builder.manual().connect().map_err(|e| e.to_string())?;
 
-    let (lines_out, writer) = JsonLines::spawn(output);
+    let (lines_out, writer) = JsonLines::bounded(output, options.output_buffer);
     let emit = move |line: Value| lines_out.emit(line);
 
     let mut changes = connection.state_changes();

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite};
 use tokio::task::JoinSet;
 
-use crate::JsonLines;
+use crate::{DEFAULT_OUTPUT_BUFFER, JsonLines, parse_output_buffer};
 
 /// The options of the `phx` command line.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,11 +30,13 @@ pub struct Options {
     pub heartbeat: Option<Duration>,
     /// Push and join timeout (`--timeout-ms`).
     pub timeout: Option<Duration>,
+    /// The bound of the output queue, in bytes (`--output-buffer`, default
+    /// [`DEFAULT_OUTPUT_BUFFER`]): lines that do not fit are dropped and reported.
+    pub output_buffer: usize,
 }
 
 /// The usage text.
-pub const USAGE: &str =
-    "usage: phx --url ws://HOST:PORT/socket [--param k=v]... [--heartbeat-ms N] [--timeout-ms N]";
+pub const USAGE: &str = "usage: phx --url ws://HOST:PORT/socket [--param k=v]... [--heartbeat-ms N] [--timeout-ms N] [--output-buffer BYTES]";
 
 impl Options {
     /// Parses the command-line arguments (without the program name).
@@ -43,6 +45,7 @@ impl Options {
         let mut params = Vec::new();
         let mut heartbeat = None;
         let mut timeout = None;
+        let mut output_buffer = DEFAULT_OUTPUT_BUFFER;
         let mut args = args.into_iter();
         let millis = |flag: &str, value: Option<String>| -> Result<Duration, String> {
             let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -67,6 +70,7 @@ impl Options {
                 }
                 "--heartbeat-ms" => heartbeat = Some(millis("--heartbeat-ms", args.next())?),
                 "--timeout-ms" => timeout = Some(millis("--timeout-ms", args.next())?),
+                "--output-buffer" => output_buffer = parse_output_buffer(args.next())?,
                 "-h" | "--help" => return Err(USAGE.to_owned()),
                 other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
             }
@@ -77,6 +81,7 @@ impl Options {
             params,
             heartbeat,
             timeout,
+            output_buffer,
         })
     }
 }
@@ -329,7 +334,7 @@ where
     }
     let socket = builder.connect().map_err(|e| e.to_string())?;
 
-    let (out, writer) = JsonLines::spawn(output);
+    let (out, writer) = JsonLines::bounded(output, options.output_buffer);
 
     let mut statuses = socket.status_watch();
     let status_out = out.clone();

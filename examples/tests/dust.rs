@@ -124,3 +124,48 @@ async fn a_script_writes_and_reports_everything() {
         "the end of input disconnects"
     );
 }
+
+/// When stdout is slower than the events, the output queue stays within `--output-buffer` and
+/// the lines that do not fit are reported as dropped, never lost silently.
+#[tokio::test]
+async fn a_blocked_stdout_keeps_the_output_bounded_and_reports_drops() {
+    const WRITES: usize = 500;
+    const BOUND: usize = 4096;
+    const PIPE: usize = 512;
+    let server = dust_conformance::start(
+        ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new("dust_tok_t"))),
+    )
+    .await
+    .unwrap();
+    let url = server.url("/ws/sync");
+    let args = [
+        "--url",
+        &url,
+        "--token",
+        "dust_tok_t",
+        "--store",
+        "acme/app",
+        "--output-buffer",
+        "4096",
+    ];
+    let options = Options::parse(args.iter().map(|s| (*s).to_owned())).unwrap();
+    let mut commands: Vec<Value> = (0..WRITES)
+        .map(|i| json!({"cmd": "write", "id": i, "store": "acme/app", "op": "set", "path": ["k", i.to_string()], "value": i}))
+        .collect();
+    // Every ack is emitted before the `wait_acked` line, before the end of the input.
+    commands.push(json!({"cmd": "wait_acked"}));
+    let text = common::script_with_blocked_output(
+        &commands,
+        PIPE,
+        |input, output| run(options, input, output),
+        async {},
+    )
+    .await;
+    let (lines, dropped) = common::check_bounded_output(&text, PIPE, BOUND);
+    let acks = lines.iter().filter(|l| l["type"] == "ack").count();
+    assert!(acks < WRITES, "nothing was dropped");
+    assert!(
+        acks as u64 + dropped >= WRITES as u64,
+        "{acks} acks written and {dropped} lines reported dropped: some were lost silently"
+    );
+}

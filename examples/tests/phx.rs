@@ -8,6 +8,8 @@ mod common;
 use common::{find, script};
 use dust_conformance::ServerConfig;
 use examples::phx::{Options, run};
+use futures_util::StreamExt;
+use phoenix_channels::Socket;
 use serde_json::{Value, json};
 
 /// Runs `phx` with these commands and returns its output lines.
@@ -147,5 +149,67 @@ async fn crash_and_reconnect_show_up_as_status_and_channel_lines() {
     assert_eq!(
         joins, 3,
         "joined, rejoined after the crash, rejoined after the reconnect"
+    );
+}
+
+/// When stdout is slower than the inbound events, the output queue stays within
+/// `--output-buffer` and the lines that do not fit are reported as dropped, never lost silently.
+#[tokio::test]
+async fn a_blocked_stdout_keeps_the_output_bounded_and_reports_drops() {
+    const FLOOD: usize = 1000;
+    const BOUND: usize = 4096;
+    const PIPE: usize = 512;
+    let server = dust_conformance::start(ServerConfig::default())
+        .await
+        .unwrap();
+    let options = Options::parse([
+        "--url".to_owned(),
+        server.socket_url(),
+        "--output-buffer".into(),
+        BOUND.to_string(),
+    ])
+    .unwrap();
+    let mut commands = vec![json!({"cmd": "join", "topic": "echo:1"})];
+    commands.extend((0..FLOOD).map(|i| {
+        json!({"cmd": "push", "topic": "echo:1", "event": "broadcast", "payload": {"n": i, "pad": "x".repeat(64)}, "id": i})
+    }));
+    // Another client on the topic: once it has had every broadcast, the tool has had them (or
+    // nearly) too, and its output is released.
+    let observer = Socket::builder(server.socket_url()).connect().unwrap();
+    let (channel, mut messages) = observer.channel("echo:1").stream();
+    channel.join().await.unwrap();
+    let observed = async move {
+        let mut seen = 0;
+        while seen < FLOOD {
+            match messages.next().await {
+                Some(Ok(m)) if m.event.as_str() == "broadcasted" => seen += 1,
+                Some(Ok(_)) => {}
+                Some(Err(lagged)) => seen += lagged.0 as usize,
+                None => panic!("the observer's channel ended"),
+            }
+        }
+    };
+    let text = common::script_with_blocked_output(
+        &commands,
+        PIPE,
+        |input, output| run(options, input, output),
+        observed,
+    )
+    .await;
+    let (lines, dropped) = common::check_bounded_output(&text, PIPE, BOUND);
+    let seen = lines
+        .iter()
+        .filter(|l| (l["type"] == "message" && l["event"] == "broadcasted") || l["type"] == "reply")
+        .count();
+    assert!(seen < 2 * FLOOD, "nothing was dropped: {seen} lines");
+    assert!(
+        seen as u64 + dropped >= 2 * FLOOD as u64,
+        "{seen} broadcasts and replies written and {dropped} lines reported dropped: some were \
+         lost silently"
+    );
+    // The tool still ends the way it always does.
+    assert_eq!(
+        lines.last().unwrap(),
+        &json!({"type": "status", "status": "disconnected"})
     );
 }

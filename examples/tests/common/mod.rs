@@ -57,3 +57,112 @@ pub fn find<'a>(lines: &'a [Value], wanted: &Value) -> &'a Value {
         })
         .unwrap_or_else(|| panic!("no line like {wanted} in {lines:#?}"))
 }
+
+/// Input that tells, through `eof`, when the tool has read all of it.
+pub struct SignalingInput {
+    input: Cursor<Vec<u8>>,
+    eof: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl tokio::io::AsyncRead for SignalingInput {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.input).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncBufRead for SignalingInput {
+    fn poll_fill_buf(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<&[u8]>> {
+        let this = self.get_mut();
+        if this.input.position() as usize >= this.input.get_ref().len()
+            && let Some(eof) = this.eof.take()
+        {
+            let _ = eof.send(());
+        }
+        std::pin::Pin::new(&mut this.input).poll_fill_buf(cx)
+    }
+
+    fn consume(mut self: std::pin::Pin<&mut Self>, amt: usize) {
+        std::pin::Pin::new(&mut self.input).consume(amt);
+    }
+}
+
+/// Runs `run` with these commands as input and an output that nobody reads (a pipe of
+/// `capacity` bytes, so that the tool's writes block once it is full) until the tool has read
+/// all of its input and `release` is done; then reads the output to the end. Returns the output
+/// text.
+pub async fn script_with_blocked_output<Fut>(
+    commands: &[Value],
+    capacity: usize,
+    run: impl FnOnce(SignalingInput, DuplexStream) -> Fut,
+    release: impl Future<Output = ()>,
+) -> String
+where
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let input: String = commands.iter().map(|c| format!("{c}\n")).collect();
+    let (eof_tx, eof_rx) = tokio::sync::oneshot::channel();
+    let input = SignalingInput {
+        input: Cursor::new(input.into_bytes()),
+        eof: Some(eof_tx),
+    };
+    let (writer, mut reader) = tokio::io::duplex(capacity);
+    let tool = tokio::spawn(run(input, writer));
+    tokio::time::timeout(Duration::from_secs(30), eof_rx)
+        .await
+        .expect("the tool did not read its input")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), release)
+        .await
+        .expect("the output was not released");
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(30), reader.read_to_string(&mut text))
+        .await
+        .expect("the output did not end")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), tool)
+        .await
+        .expect("the tool did not finish")
+        .unwrap()
+        .unwrap();
+    text
+}
+
+/// Checks the output of a tool whose output queue was bounded to `bound` bytes and whose output
+/// was blocked after `capacity` bytes: the text before the first `dropped` line fits in the
+/// bound, and lines were dropped. Returns the lines and the number of lines dropped.
+pub fn check_bounded_output(text: &str, capacity: usize, bound: usize) -> (Vec<Value>, u64) {
+    let first_drop = text
+        .find(r#"{"dropped":"#)
+        .or_else(|| text.find(r#""type":"dropped""#))
+        .unwrap_or_else(|| panic!("no line reports dropped lines:\n{text}"));
+    let before = text[..first_drop].rfind('\n').map_or(0, |n| n + 1);
+    // The writer holds the line it is writing when the pipe fills up.
+    let in_flight = text[..before]
+        .lines()
+        .map(|l| l.len() + 1)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        before <= capacity + in_flight + bound,
+        "{before} bytes came out before the first drop, more than the pipe ({capacity}), a line \
+         ({in_flight}) and the queue ({bound}) hold"
+    );
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let dropped = lines
+        .iter()
+        .filter(|l| l["type"] == "dropped")
+        .map(|l| l["dropped"].as_u64().unwrap())
+        .sum();
+    assert!(dropped > 0);
+    (lines, dropped)
+}
