@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use dust_connection::{
-    DeviceId, DustConnection, Fence, Notice, Store, WriteAck, WriteError, WriteOp, WriteRequest,
+    DeviceId, DustConnection, Fence, MemoryEngine, Notice, Store, WriteAck, WriteError, WriteOp,
+    WriteRequest,
 };
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -243,6 +244,17 @@ fn notice_line(notice: Notice) -> Option<Value> {
     })
 }
 
+/// The `state` line of a store: its local replica, by rendered path, and the last server seq
+/// applied to it.
+fn state_line(engine: &MemoryEngine, store: &str) -> Value {
+    json!({
+        "type": "state",
+        "store": store,
+        "last_seq": engine.seq(store),
+        "entries": engine.entries(store),
+    })
+}
+
 /// Runs the tool: connects, executes the commands read from `input` in order, writes events to
 /// `output`; at the end of the input waits (at most 30 s) for outstanding writes, disconnects.
 pub async fn run<R, W>(options: Options, input: R, output: W) -> Result<(), String>
@@ -250,7 +262,11 @@ where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = DustConnection::builder(&options.url).token(&options.token);
+    // The local replica, which the `state` command prints.
+    let engine = MemoryEngine::new();
+    let mut builder = DustConnection::builder(&options.url)
+        .token(&options.token)
+        .engine(engine.clone());
     for store in &options.stores {
         builder = builder.store(store);
     }
@@ -357,6 +373,18 @@ where
                 info["type"] = json!("info");
                 emit(info);
             }
+            Some("state") => match command.get("store") {
+                None => options
+                    .stores
+                    .iter()
+                    .for_each(|store| emit(state_line(&engine, store))),
+                Some(Value::String(store)) if options.stores.contains(store) => {
+                    emit(state_line(&engine, store));
+                }
+                Some(other) => emit(
+                    json!({"type": "error", "message": format!("unknown store {other}"), "line": line}),
+                ),
+            },
             Some("wait") => match command.get("ms").and_then(Value::as_u64) {
                 Some(ms) => {
                     let sleep = tokio::time::sleep(Duration::from_millis(ms));
