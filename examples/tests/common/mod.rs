@@ -166,3 +166,123 @@ pub fn check_bounded_output(text: &str, capacity: usize, bound: usize) -> (Vec<V
     assert!(dropped > 0);
     (lines, dropped)
 }
+
+/// A tool run driven like a terminal: commands are sent one at a time, and the test waits for
+/// the output lines it needs before it goes on (never for a guessed time).
+pub struct Interactive {
+    input: Option<DuplexStream>,
+    output: tokio::io::Lines<tokio::io::BufReader<DuplexStream>>,
+    tool: tokio::task::JoinHandle<Result<(), String>>,
+    /// Every line read so far.
+    pub lines: Vec<Value>,
+}
+
+impl Interactive {
+    /// Starts `run` on a pipe for input and a pipe for output.
+    pub fn start<Fut>(
+        run: impl FnOnce(tokio::io::BufReader<DuplexStream>, DuplexStream) -> Fut,
+    ) -> Self
+    where
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        use tokio::io::AsyncBufReadExt;
+        let (input, tool_input) = tokio::io::duplex(1 << 16);
+        let (tool_output, output) = tokio::io::duplex(1 << 20);
+        let tool = tokio::spawn(run(tokio::io::BufReader::new(tool_input), tool_output));
+        Self {
+            input: Some(input),
+            output: tokio::io::BufReader::new(output).lines(),
+            tool,
+            lines: Vec::new(),
+        }
+    }
+
+    /// Sends one command.
+    pub async fn send(&mut self, command: Value) {
+        use tokio::io::AsyncWriteExt;
+        let input = self.input.as_mut().unwrap();
+        input
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// Sends one line as it is.
+    pub async fn send_text(&mut self, text: &str) {
+        use tokio::io::AsyncWriteExt;
+        let input = self.input.as_mut().unwrap();
+        input
+            .write_all(format!("{text}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// Reads lines until one has every field of `wanted` (at most 10 s), and returns it.
+    pub async fn wait_for(&mut self, wanted: &Value) -> Value {
+        self.wait_for_nth(wanted, 1).await
+    }
+
+    /// Reads lines until `n` lines (counting those read before) have every field of `wanted`
+    /// (at most 10 s), and returns the last of them.
+    pub async fn wait_for_nth(&mut self, wanted: &Value, n: usize) -> Value {
+        let matches = |line: &Value| {
+            wanted
+                .as_object()
+                .unwrap()
+                .iter()
+                .all(|(k, v)| &line[k] == v)
+        };
+        let mut seen = self.lines.iter().filter(|l| matches(l)).count();
+        if seen >= n {
+            return self
+                .lines
+                .iter()
+                .filter(|l| matches(l))
+                .nth(n - 1)
+                .unwrap()
+                .clone();
+        }
+        let read = async {
+            loop {
+                let line = self.output.next_line().await.unwrap().unwrap_or_else(|| {
+                    panic!("the output ended before {wanted}: {:#?}", self.lines)
+                });
+                let line: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+                self.lines.push(line.clone());
+                if matches(&line) {
+                    seen += 1;
+                    if seen == n {
+                        return line;
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), read).await {
+            Ok(line) => line,
+            Err(_) => panic!("no line like {wanted} (#{n}) in {:#?}", self.lines),
+        }
+    }
+
+    /// Ends the input, reads the rest of the output, waits for the tool to end, and returns
+    /// every line.
+    pub async fn finish(mut self) -> Vec<Value> {
+        drop(self.input.take());
+        let rest = async {
+            while let Some(line) = self.output.next_line().await.unwrap() {
+                self.lines.push(
+                    serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}")),
+                );
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), rest)
+            .await
+            .expect("the output did not end");
+        tokio::time::timeout(Duration::from_secs(30), self.tool)
+            .await
+            .expect("the tool did not finish")
+            .unwrap()
+            .unwrap();
+        self.lines
+    }
+}
