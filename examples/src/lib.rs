@@ -159,7 +159,8 @@ impl JsonLines {
                         flushed
                     }
                 };
-                if written.is_err() {
+                if let Err(error) = written {
+                    tracing::warn!(%error, "the output failed: no more lines are written");
                     let mut state = shared.lock();
                     state.broken = true;
                     state.items.clear();

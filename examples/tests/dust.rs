@@ -4,13 +4,18 @@
 
 mod common;
 
-use common::{find, script};
+use common::{Interactive, find, script};
 use dust_conformance::ServerConfig;
 use dust_conformance::dust::{DustConfig, TokenConfig};
 use examples::dust::{Options, run};
 use serde_json::{Value, json};
 
 async fn dust(url: String, commands: &[Value]) -> Vec<Value> {
+    let options = options(url);
+    script(commands, |input, output| run(options, input, output)).await
+}
+
+fn options(url: String) -> Options {
     let args = [
         "--url",
         &url,
@@ -23,8 +28,7 @@ async fn dust(url: String, commands: &[Value]) -> Vec<Value> {
         "--device-id",
         "dev_tool",
     ];
-    let options = Options::parse(args.iter().map(|s| (*s).to_owned())).unwrap();
-    script(commands, |input, output| run(options, input, output)).await
+    Options::parse(args.iter().map(|s| (*s).to_owned())).unwrap()
 }
 
 #[tokio::test]
@@ -214,23 +218,36 @@ async fn state_prints_the_replica_as_the_server_holds_it() {
     )
     .await
     .unwrap();
-    let lines = dust(
-        server.url("/ws/sync"),
-        &[
-            json!({"cmd": "write", "id": 1, "store": "acme/app", "op": "set", "path": ["users", "ada"], "value": {"name": "Ada", "age": 36, "big": 9_007_199_254_740_993_u64}}),
-            json!({"cmd": "write", "id": 2, "store": "acme/app", "op": "merge", "path": ["users", "ada"], "value": {"age": 37, "x": 1.5}}),
-            json!({"cmd": "write", "id": 3, "store": "acme/app", "op": "increment", "path": ["n"], "value": 5}),
-            json!({"cmd": "write", "id": 4, "store": "acme/app", "op": "increment", "path": ["n"], "value": 2}),
-            json!({"cmd": "write", "id": 5, "store": "acme/app", "op": "add", "path": ["tags"], "value": "red"}),
-            json!({"cmd": "write", "id": 6, "store": "acme/app", "op": "set", "path": ["gone"], "value": "soon"}),
-            json!({"cmd": "write", "id": 7, "store": "acme/app", "op": "delete", "path": ["gone"]}),
-            json!({"cmd": "wait_acked"}),
-            json!({"cmd": "state", "store": "acme/app"}),
-            json!({"cmd": "state", "store": "acme/nope"}),
-            json!({"cmd": "state"}),
-        ],
-    )
-    .await;
+    let mut tool = Interactive::start({
+        let options = options(server.url("/ws/sync"));
+        |input, output| run(options, input, output)
+    });
+    for command in [
+        json!({"cmd": "write", "id": 1, "store": "acme/app", "op": "set", "path": ["users", "ada"], "value": {"name": "Ada", "age": 36, "big": 9_007_199_254_740_993_u64}}),
+        json!({"cmd": "write", "id": 2, "store": "acme/app", "op": "merge", "path": ["users", "ada"], "value": {"age": 37, "x": 1.5}}),
+        json!({"cmd": "write", "id": 3, "store": "acme/app", "op": "increment", "path": ["n"], "value": 5}),
+        json!({"cmd": "write", "id": 4, "store": "acme/app", "op": "increment", "path": ["n"], "value": 2}),
+        json!({"cmd": "write", "id": 5, "store": "acme/app", "op": "add", "path": ["tags"], "value": "red"}),
+        json!({"cmd": "write", "id": 6, "store": "acme/app", "op": "set", "path": ["gone"], "value": "soon"}),
+        json!({"cmd": "write", "id": 7, "store": "acme/app", "op": "delete", "path": ["gone"]}),
+    ] {
+        tool.send(command).await;
+    }
+    // An `event` line is printed once the replica has applied it: after the last one, the
+    // replica has every write.
+    let last = tool
+        .wait_for_nth(&json!({"type": "event", "store": "acme/app"}), 7)
+        .await;
+    assert_eq!(last["event"]["store_seq"], 7);
+    assert_eq!(last["event"]["op"], "delete");
+    for command in [
+        json!({"cmd": "state", "store": "acme/app"}),
+        json!({"cmd": "state", "store": "acme/nope"}),
+        json!({"cmd": "state"}),
+    ] {
+        tool.send(command).await;
+    }
+    let lines = tool.finish().await;
     let dust = server.dust().unwrap();
     let expected: serde_json::Map<String, Value> = dust
         .entries("acme/app")
