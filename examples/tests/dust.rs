@@ -230,16 +230,19 @@ async fn state_prints_the_replica_as_the_server_holds_it() {
         json!({"cmd": "write", "id": 5, "store": "acme/app", "op": "add", "path": ["tags"], "value": "red"}),
         json!({"cmd": "write", "id": 6, "store": "acme/app", "op": "set", "path": ["gone"], "value": "soon"}),
         json!({"cmd": "write", "id": 7, "store": "acme/app", "op": "delete", "path": ["gone"]}),
+        json!({"cmd": "write", "id": 8, "store": "acme/app", "op": "set", "path": ["nothing"], "value": null}),
+        json!({"cmd": "write", "id": 9, "store": "acme/app", "op": "merge", "path": ["users", "ada"], "value": {"address": {"city": "London"}}}),
+        json!({"cmd": "write", "id": 10, "store": "acme/app", "op": "lease", "path": ["jobs", "nightly"], "ttl_ms": 60000, "holder": "w1"}),
     ] {
         tool.send(command).await;
     }
     // An `event` line is printed once the replica has applied it: after the last one, the
     // replica has every write.
     let last = tool
-        .wait_for_nth(&json!({"type": "event", "store": "acme/app"}), 7)
+        .wait_for_nth(&json!({"type": "event", "store": "acme/app"}), 10)
         .await;
-    assert_eq!(last["event"]["store_seq"], 7);
-    assert_eq!(last["event"]["op"], "delete");
+    assert_eq!(last["event"]["store_seq"], 10);
+    assert_eq!(last["event"]["op"], "lease");
     for command in [
         json!({"cmd": "state", "store": "acme/app"}),
         json!({"cmd": "state", "store": "acme/nope"}),
@@ -258,6 +261,15 @@ async fn state_prints_the_replica_as_the_server_holds_it() {
         .collect();
     assert!(expected.contains_key("users/ada/name"), "{expected:?}");
     assert!(!expected.contains_key("gone"), "{expected:?}");
+    assert_eq!(
+        expected.get("nothing"),
+        Some(&Value::Null),
+        "a null set is an entry"
+    );
+    assert!(
+        expected["jobs/nightly"].is_object(),
+        "a lease is one entry: {expected:?}"
+    );
     let state = find(&lines, &json!({"type": "state", "store": "acme/app"}));
     assert!(
         same_json(&state["entries"], &Value::Object(expected.clone())),
@@ -267,7 +279,7 @@ async fn state_prints_the_replica_as_the_server_holds_it() {
     );
     let server_seq = dust.store_info("acme/app").await.unwrap().seq;
     assert_eq!(state["last_seq"], json!(server_seq));
-    assert_eq!(server_seq, 7);
+    assert_eq!(server_seq, 10);
     let error = find(&lines, &json!({"type": "error"}));
     assert!(
         error["message"].as_str().unwrap().contains("acme/nope"),
