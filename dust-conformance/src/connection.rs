@@ -99,6 +99,8 @@ enum Flow {
     Close(u16, String),
     /// End without a close frame.
     Drop,
+    /// End without a close frame, and end the channels at once (a restart).
+    Kill,
     /// The client is gone.
     Gone,
 }
@@ -197,15 +199,27 @@ pub(crate) async fn run_connection(ws: WsStream, setup: ConnSetup) {
         conn.writer.send_modify(|s| s.paused = true);
     }
     // Channels end with their connection and send nothing (Phoenix: `{:shutdown, :closed}`):
-    // the link refuses their frames from now on. Their `terminate` runs before the connection
-    // leaves the registry, so a connection gone from `Control` has no channel left behind.
+    // the link refuses their frames from now on.
     conn.link.close();
-    futures_util::future::join_all(
-        conn.channels
-            .drain()
-            .map(|(_, entry)| entry.handle.stop(TerminateReason::SocketClosed)),
-    )
-    .await;
+    if matches!(end, Flow::Kill) || *shared.shutdown.borrow() {
+        // A restart or the shutdown: everything ends at once. Their `terminate` runs before
+        // the connection leaves the registry.
+        futures_util::future::join_all(
+            conn.channels
+                .drain()
+                .map(|(_, entry)| entry.handle.stop(TerminateReason::SocketClosed)),
+        )
+        .await;
+    } else {
+        // As in Phoenix, where the transport's exit reaches each channel process behind the
+        // messages already in its mailbox: each channel handles what it had received (writes
+        // are committed and broadcast; replies are lost), then terminates, on its own.
+        let limit = lock(&shared.settings).drain_limit;
+        let deadline = limit.map(|limit| after(Instant::now(), limit));
+        for (_, entry) in conn.channels.drain() {
+            entry.handle.detach(&shared, deadline);
+        }
+    }
     lock(&shared.connections).remove(&id);
     shared.update_stats(|s| s.open_connections = s.open_connections.saturating_sub(1));
     match end {
@@ -223,7 +237,7 @@ pub(crate) async fn run_connection(ws: WsStream, setup: ConnSetup) {
             })
             .await;
         }
-        Flow::Drop => tracing::debug!("dropped"),
+        Flow::Drop | Flow::Kill => tracing::debug!("dropped"),
         Flow::Gone | Flow::Continue => tracing::debug!("client gone"),
     }
     writer.abort_and_wait().await;
@@ -254,6 +268,7 @@ impl Conn {
             }
             ConnEvent::CloseSocket { code, reason } => return Flow::Close(code, reason),
             ConnEvent::Drop => return Flow::Drop,
+            ConnEvent::Kill => return Flow::Kill,
             ConnEvent::Stall(on) => {
                 tracing::debug!(on, "stall");
                 self.stalled = on;

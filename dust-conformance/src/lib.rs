@@ -124,6 +124,11 @@
 //!   runs); [`Server::shutdown`] also waits for them. [`Control`] handles outlive it harmlessly.
 //! - **Ordering**: every frame of a connection goes through one FIFO queue, so a channel's reply
 //!   precedes its `phx_close`, and a configured delay keeps the order.
+//! - **Dead connections**: as on a real Phoenix server, the channels of a connection that
+//!   ends (client gone, dropped, closed) outlive it: each one still handles, in order, every
+//!   message it had received (writes are committed and broadcast; replies are lost), then
+//!   terminates ([`Control::drop_connection`], [`Control::set_drain_limit`],
+//!   [`ServerStats::draining_channels`]). A restart or the shutdown ends them at once.
 //! - **Blocking joins**: like Phoenix, a connection waits for a channel's `join` before it reads
 //!   its next frame; a join that never returns stalls its connection.
 //! - **Memory**: outbound queues are unbounded (a stalled connection queues what it is sent).

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tracing::Instrument;
 
+use crate::channel::TERMINATE_TIMEOUT;
 use crate::config::ServerConfig;
 use crate::connection::{CLOSE_WAIT, ConnSetup, run_connection};
 use crate::control::{ConnectionId, Control};
@@ -209,6 +210,7 @@ async fn accept_loop(
     // Connections still in their handshake when aborted were registered.
     lock(&shared.connections).clear();
     shared.update_stats(|s| s.open_connections = 0);
+    end_drains(&shared).await;
     tracing::info!("dust-conformance stopped");
 }
 
@@ -222,7 +224,7 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
 
 /// Drops every connection without a close frame and waits until their tasks are gone.
 async fn drop_connections(shared: &Shared, connections: &mut JoinSet<()>) {
-    shared.send_to_all(|_| ConnEvent::Drop);
+    shared.send_to_all(|_| ConnEvent::Kill);
     // Registered connections end at once; one still in its handshake is aborted.
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         while connections.join_next().await.is_some() {}
@@ -232,6 +234,21 @@ async fn drop_connections(shared: &Shared, connections: &mut JoinSet<()>) {
     while connections.join_next().await.is_some() {}
     lock(&shared.connections).clear();
     shared.update_stats(|s| s.open_connections = 0);
+    end_drains(shared).await;
+}
+
+/// Ends the channels still draining a dead connection's mailbox (a restart or the shutdown
+/// ends everything at once) and waits until they have terminated.
+async fn end_drains(shared: &Shared) {
+    shared.drain_cancel.send_modify(|epoch| *epoch += 1);
+    let mut stats = shared.stats.subscribe();
+    let drained = stats.wait_for(|s| s.draining_channels == 0);
+    if tokio::time::timeout(TERMINATE_TIMEOUT + Duration::from_secs(1), drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!("draining channels did not end in time");
+    }
 }
 
 /// An upgrade the handshake callback accepted.

@@ -55,8 +55,10 @@ pub(crate) enum ConnEvent {
     },
     /// Close the websocket with this code (after the queued frames).
     CloseSocket { code: u16, reason: String },
-    /// Drop the TCP connection without a close frame.
+    /// Drop the TCP connection without a close frame; its channels drain their mailbox.
     Drop,
+    /// Drop it and end its channels at once (a restart).
+    Kill,
     /// Stop (or resume) reading and writing.
     Stall(bool),
     /// Crash (`phx_error`) or close (`phx_close`) the channel joined on this topic.
@@ -143,6 +145,8 @@ pub(crate) struct Settings {
     pub(crate) refuse_joins: Option<Value>,
     /// The outbound delay of connections made from now on.
     pub(crate) default_delay: Duration,
+    /// How long the channels of a dead connection may drain their mailbox (`None`: all of it).
+    pub(crate) drain_limit: Option<Duration>,
 }
 
 type SubKey = (ConnectionId, u64);
@@ -184,6 +188,8 @@ pub(crate) struct Shared {
     subscriptions: Mutex<HashMap<String, HashMap<SubKey, Subscriber>>>,
     pub(crate) stats: watch::Sender<ServerStats>,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Bumped by a restart and the shutdown: draining channels end at once.
+    pub(crate) drain_cancel: watch::Sender<u64>,
     pub(crate) listener: mpsc::UnboundedSender<ListenerCmd>,
     /// The bound address (kept across restarts).
     pub(crate) local_addr: std::net::SocketAddr,
@@ -215,6 +221,7 @@ impl Shared {
             subscriptions: Mutex::default(),
             stats: watch::Sender::new(ServerStats::default()),
             shutdown: watch::Sender::new(false),
+            drain_cancel: watch::Sender::new(0),
             next_id: AtomicU64::new(1),
             next_instance: AtomicU64::new(1),
         }

@@ -287,6 +287,27 @@ impl DustControl {
         self.dust.arm_reply_fault(Some(ReplyFault::Delay(delay)));
     }
 
+    /// Makes every `write`/`put_file` of a store channel take `cost` to commit, as the real
+    /// server's database commit does (a few ms each). A channel commits its writes strictly
+    /// one at a time, in arrival order, so a backlog takes `cost` per write to work through,
+    /// also after its connection is gone (see [`Control::drop_connection`]). Runs on tokio's
+    /// clock (paused time too). `Duration::ZERO` (the default) commits at once.
+    pub fn set_write_cost(&self, cost: Duration) {
+        self.dust.set_write_cost(cost);
+    }
+
+    /// The write cost (see [`DustControl::set_write_cost`]).
+    pub fn write_cost(&self) -> Duration {
+        self.dust.write_cost()
+    }
+
+    /// Bounds how long the channels of a dead connection keep committing the writes they had
+    /// received (`None`, the default: all of them). See [`Control::set_drain_limit`], which
+    /// this is (the drain is generic Phoenix behaviour, for every channel).
+    pub fn set_drain_limit(&self, limit: Option<Duration>) {
+        self.control.set_drain_limit(limit);
+    }
+
     /// Disarms a reply fault that has not fired yet.
     pub fn clear_write_reply_fault(&self) {
         self.dust.arm_reply_fault(None);

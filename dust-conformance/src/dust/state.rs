@@ -110,6 +110,8 @@ pub(crate) struct DustShared {
     pub(crate) gate: tokio::sync::RwLock<()>,
     rate: Mutex<HashMap<String, (i64, u64)>>,
     reply_fault: Mutex<Option<ReplyFault>>,
+    /// How long each `write`/`put_file` takes to commit (the real server's database commit).
+    write_cost: Mutex<Duration>,
     devices: Mutex<BTreeMap<String, String>>,
     acks: Mutex<BTreeMap<(String, String), Value>>,
     /// Uploaded blobs: hash → size (the real server's `blobs` table).
@@ -231,6 +233,7 @@ impl DustShared {
             gate: tokio::sync::RwLock::new(()),
             rate: Mutex::default(),
             reply_fault: Mutex::default(),
+            write_cost: Mutex::default(),
             devices: Mutex::default(),
             acks: Mutex::default(),
             blobs: Mutex::new(blobs),
@@ -409,6 +412,14 @@ impl DustShared {
 
     pub(crate) fn take_reply_fault(&self) -> Option<ReplyFault> {
         lock(&self.reply_fault).take()
+    }
+
+    pub(crate) fn set_write_cost(&self, cost: Duration) {
+        *lock(&self.write_cost) = cost;
+    }
+
+    pub(crate) fn write_cost(&self) -> Duration {
+        *lock(&self.write_cost)
     }
 
     /// `ensure_device/1`.
