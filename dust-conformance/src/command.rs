@@ -42,6 +42,8 @@
 //! | `compact` | `store` | `snapshot_seq` (null when there was no op) |
 //! | `drop_next_write_reply` | | |
 //! | `delay_next_write_reply` | `ms` | |
+//! | `crash_next_write` | | |
+//! | `crash_writes_at` | `path` (absent or null: clear) | |
 //! | `write_cost` | `ms` (each write/put_file takes this long to commit; 0: at once) | |
 //! | `disconnect_device` | `device_id` | `count` |
 //! | `acks` | `store` | `acks`: `{device_id: seq}` |
@@ -210,6 +212,15 @@ pub enum Command {
     DelayNextWriteReply {
         /// The delay.
         ms: u64,
+    },
+    /// Crash the channel of the next write
+    /// ([`DustControl::crash_next_write`](crate::dust::DustControl::crash_next_write)).
+    CrashNextWrite,
+    /// Crash the channel of every write at or below a path
+    /// ([`DustControl::crash_writes_at`](crate::dust::DustControl::crash_writes_at)).
+    CrashWritesAt {
+        /// The rendered path (absent or null: clear).
+        path: Option<String>,
     },
     /// Set the commit cost of each write
     /// ([`DustControl::set_write_cost`](crate::dust::DustControl::set_write_cost)).
@@ -438,6 +449,14 @@ async fn execute_dust(control: &Control, command: Command) -> Result<Map<String,
         }
         Command::DelayNextWriteReply { ms } => {
             dust.delay_next_write_reply(Duration::from_millis(ms));
+            Map::new()
+        }
+        Command::CrashNextWrite => {
+            dust.crash_next_write();
+            Map::new()
+        }
+        Command::CrashWritesAt { path } => {
+            dust.crash_writes_at(path.as_deref());
             Map::new()
         }
         Command::WriteCost { ms } => {

@@ -337,3 +337,17 @@ async fn write_cost_and_drain_limit_commands_set_the_controls() {
     assert_eq!(run(r#"{"cmd": "drain_limit"}"#).await, json!({"ok": true}));
     assert_eq!(control.drain_limit(), None);
 }
+
+#[tokio::test]
+async fn crash_writes_at_flag() {
+    let p = ServerProcess::start(&["--token", "dust_tok_dev", "--crash-writes-at", "files"]).await;
+    let mut c = client(&p, "dust_tok_dev", "store:acme/app").await;
+    c.join_caught_up(json!(0)).await;
+    c.set("other", json!(1), "op1").await;
+    c.push("write", write("set", &["files", "a"], json!(1), "crash"))
+        .await;
+    assert_eq!(
+        c.c.recv_json().await,
+        json!([c.join_ref, c.join_ref, "store:acme/app", "phx_error", {}])
+    );
+}

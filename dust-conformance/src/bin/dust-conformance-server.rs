@@ -5,7 +5,7 @@
 //! dust-conformance-server [--listen ADDR] [--idle-timeout-ms MS] [--control-stdin]
 //!     [--token TOKEN[:SCOPES][@ACCESS]]... [--store ORG/NAME]... [--rate-limit N/min]
 //!     [--state FILE] [--plan free|pro|team] [--no-auto-create]
-//!     [--write-cost-ms N] [--drain-limit-ms N]
+//!     [--write-cost-ms N] [--drain-limit-ms N] [--crash-writes-at PATH]
 //! ```
 //!
 //! The first stdout line is `listening ws://HOST:PORT/socket` (the echo socket, with the
@@ -30,7 +30,7 @@ const USAGE: &str =
     "usage: dust-conformance-server [--listen ADDR] [--idle-timeout-ms MS] [--control-stdin]
            [--token TOKEN[:SCOPES][@ACCESS]]... [--store ORG/NAME]... [--rate-limit N/min]
            [--state FILE] [--plan free|pro|team] [--no-auto-create]
-           [--write-cost-ms N] [--drain-limit-ms N]
+           [--write-cost-ms N] [--drain-limit-ms N] [--crash-writes-at PATH]
 
 Serves the echo socket at /socket (echo:* and presence:* channels) and the Dust store
 socket at /ws/sync.
@@ -57,6 +57,8 @@ socket at /ws/sync.
   --drain-limit-ms N     the channels of a dead connection still handle what they had
                          received (writes committed and broadcast, replies lost), as on a
                          real Phoenix server; stop them after N ms. Default: no limit
+  --crash-writes-at PATH every write/put_file at the rendered PATH or below it crashes its
+                         store channel (phx_error, no reply, not applied)
 ";
 
 #[derive(Debug)]
@@ -68,6 +70,7 @@ struct Args {
     tokens: usize,
     write_cost: Duration,
     drain_limit: Option<Duration>,
+    crash_writes_at: Option<String>,
 }
 
 /// Parses a flag's milliseconds.
@@ -139,6 +142,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         tokens: 0,
         write_cost: Duration::ZERO,
         drain_limit: None,
+        crash_writes_at: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -193,6 +197,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             }
             "--no-auto-create" => args.dust = args.dust.auto_create(false),
             "--write-cost-ms" => args.write_cost = parse_ms("--write-cost-ms", &value()?)?,
+            "--crash-writes-at" => args.crash_writes_at = Some(value()?),
             "--drain-limit-ms" => {
                 args.drain_limit = Some(parse_ms("--drain-limit-ms", &value()?)?);
             }
@@ -255,6 +260,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     server.control().set_drain_limit(args.drain_limit);
     if let Some(dust) = server.dust() {
         dust.set_write_cost(args.write_cost);
+        dust.crash_writes_at(args.crash_writes_at.as_deref());
     }
 
     // Every stdout line goes through one writer task, so lines never interleave; `None` ends it.

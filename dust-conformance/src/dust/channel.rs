@@ -430,6 +430,10 @@ async fn commit_write(
     broadcaster: Broadcaster,
     kind: WriteKind,
 ) -> Outcome {
+    if dust.take_crash_next() {
+        tracing::info!("the write crashes its channel (fault)");
+        return Outcome::Crash;
+    }
     let _gate = dust.gate.read().await;
     let mut data = store.data.lock().await;
     let now = dust.now();
@@ -456,6 +460,10 @@ async fn commit_write(
             return Outcome::Crash;
         }
     };
+    if dust.crashes_at(&row.path) {
+        tracing::info!(path = row.path, "the write crashes its channel (fault)");
+        return Outcome::Crash;
+    }
     let record = super::persist::Record::Op {
         store: store.id.clone(),
         row: row.clone(),
