@@ -9,8 +9,8 @@
 //!
 //! | `cmd` | fields | answer fields |
 //! |---|---|---|
-//! | `connections` | | `connections`: `[{id, path, socket_id, params, protocol, topics, stalled, delay}]` |
-//! | `stats` | | `stats`: `{connects_accepted, connects_refused, open_connections, joins, joins_refused, heartbeats, restarts, draining_channels, drain_dropped}` |
+//! | `connections` | | `connections`: `[{id, path, socket_id, params, protocol, topics, stalled, delay, queued_bytes}]` |
+//! | `stats` | | `stats`: `{connects_accepted, connects_refused, open_connections, joins, joins_refused, heartbeats, restarts, draining_channels, slow_clients_dropped, connects_over_capacity, drain_dropped}` |
 //! | `wait` | `stat`, `at_least`, `timeout_ms` (default 5000) | `stats` (error on timeout) |
 //! | `drop` | `id` | |
 //! | `drop_all` | | `count` |

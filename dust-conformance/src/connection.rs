@@ -25,7 +25,9 @@ use crate::channel::{
 };
 use crate::control::ConnectionId;
 use crate::frame::{self, Incoming, Outgoing, Payload, Protocol, Wire};
-use crate::shared::{BoxedIo, ConnEvent, ConnLink, OutItem, Outbound, Shared, lock};
+use crate::shared::{
+    BoxedIo, ConnEvent, ConnLink, OutItem, OutQueue, OutTx, Outbound, Shared, lock,
+};
 use crate::socket::{Assigns, SocketConfig};
 
 /// How long a closing connection waits for the client's close frame before dropping it.
@@ -43,6 +45,8 @@ pub(crate) struct ConnSetup {
     pub(crate) delay: Duration,
     pub(crate) events_tx: mpsc::UnboundedSender<ConnEvent>,
     pub(crate) events_rx: mpsc::UnboundedReceiver<ConnEvent>,
+    /// The outbound queue's accounting (registered with the connection).
+    pub(crate) queue: Arc<OutQueue>,
 }
 
 /// A task aborted when its handle is dropped.
@@ -130,14 +134,18 @@ pub(crate) async fn run_connection(ws: WsStream, setup: ConnSetup) {
         delay,
         events_tx,
         mut events_rx,
+        queue,
     } = setup;
     let (sink, mut stream) = ws.split();
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (tx, out_rx) = mpsc::unbounded_channel();
+    let out_tx = OutTx::new(tx, queue.clone());
     let (writer_state, writer_rx) = watch::channel(WriterState {
         paused: false,
         delay,
     });
-    let mut writer = AbortOnDrop(Some(tokio::spawn(run_writer(sink, out_rx, writer_rx))));
+    let mut writer = AbortOnDrop(Some(tokio::spawn(run_writer(
+        sink, out_rx, queue, writer_rx,
+    ))));
     let mut conn = Conn {
         link: Arc::new(ConnLink {
             id,
@@ -226,10 +234,7 @@ pub(crate) async fn run_connection(ws: WsStream, setup: ConnSetup) {
         Flow::Close(code, reason) => {
             tracing::debug!(code, "closing");
             conn.writer.send_modify(|s| s.paused = false);
-            let _ = out_tx.send(Outbound {
-                at: Instant::now(),
-                item: OutItem::Close { code, reason },
-            });
+            out_tx.send_close(code, reason);
             // The writer sends the close after the queued frames; then the client answers it.
             let _ = tokio::time::timeout(CLOSE_WAIT, async {
                 writer.finished().await;
@@ -289,6 +294,12 @@ impl Conn {
             }
             ConnEvent::Delay(delay) => {
                 self.writer.send_modify(|s| s.delay = delay);
+            }
+            ConnEvent::SlowClient => {
+                // Its outbound queue crossed the bound: dropped, and counted.
+                tracing::warn!("outbound queue full: the connection is dropped as a slow client");
+                self.shared.update_stats(|s| s.slow_clients_dropped += 1);
+                return Flow::Drop;
             }
         }
         Flow::Continue
@@ -475,9 +486,11 @@ impl Conn {
 async fn run_writer(
     mut sink: SplitSink<WsStream, Message>,
     mut queue: mpsc::UnboundedReceiver<Outbound>,
+    accounting: Arc<OutQueue>,
     mut state: watch::Receiver<WriterState>,
 ) {
     while let Some(out) = queue.recv().await {
+        accounting.taken(&out);
         loop {
             let current = *state.borrow_and_update();
             let due = after(out.at, current.delay);

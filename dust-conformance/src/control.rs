@@ -58,6 +58,9 @@ pub struct ConnectionInfo {
     /// The delay added to each of its outbound frames.
     #[serde(serialize_with = "millis")]
     pub delay: Duration,
+    /// The bytes queued for it and not yet written (at most
+    /// [`ServerConfig::max_outbound_bytes`](crate::ServerConfig::max_outbound_bytes)).
+    pub queued_bytes: u64,
 }
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -85,6 +88,12 @@ pub struct ServerStats {
     /// Channels of dead connections still working through the messages they had received
     /// (see [`Control::set_drain_limit`]).
     pub draining_channels: u64,
+    /// Connections dropped because their outbound queue crossed its bound
+    /// ([`ServerConfig::max_outbound_bytes`](crate::ServerConfig::max_outbound_bytes)).
+    pub slow_clients_dropped: u64,
+    /// Upgrades refused with 503 because the server had
+    /// [`ServerConfig::max_connections`](crate::ServerConfig::max_connections) open.
+    pub connects_over_capacity: u64,
     /// Received messages a drain did not handle: cut short by its limit, a restart or the
     /// shutdown.
     pub drain_dropped: u64,
@@ -202,7 +211,9 @@ impl Control {
     }
 
     /// Stalls a connection: it stops reading (so heartbeats go unanswered) and stops writing
-    /// (frames queue up), without closing. Its idle timeout does not run meanwhile.
+    /// (frames queue up, up to [`ServerConfig::max_outbound_bytes`](crate::ServerConfig),
+    /// beyond which it is dropped as a slow client), without closing. Its idle timeout does
+    /// not run meanwhile.
     pub fn stall(&self, id: ConnectionId) -> Result<(), ControlError> {
         self.to(id, stall(true))
     }

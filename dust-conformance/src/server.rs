@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::Instrument;
 
 use crate::channel::TERMINATE_TIMEOUT;
@@ -20,7 +21,7 @@ use crate::connection::{CLOSE_WAIT, ConnSetup, run_connection};
 use crate::control::{ConnectionId, Control};
 use crate::error::StartError;
 use crate::frame::Protocol;
-use crate::shared::{BoxedIo, ConnEntry, ConnEvent, ListenerCmd, Shared, lock};
+use crate::shared::{BoxedIo, ConnEntry, ConnEvent, ListenerCmd, OutQueue, Shared, lock};
 use crate::socket::{Assigns, ConnectDecision, ConnectRequest, SocketConfig};
 
 /// How long a client may take to send its upgrade request.
@@ -37,6 +38,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
         idle_timeout,
         mut sockets,
         dust,
+        limits,
     } = config;
     // The Dust state is loaded before the port opens: a client never sees a half-loaded store.
     let dust = match dust {
@@ -64,6 +66,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
         listener_tx,
         local_addr,
         dust,
+        limits,
     ));
     let span = tracing::info_span!("dust_conformance", %local_addr);
     let task = tokio::spawn(accept_loop(listener, shared.clone(), listener_rx).instrument(span));
@@ -266,6 +269,10 @@ struct Accepted {
 async fn handle_stream(stream: BoxedIo, shared: Arc<Shared>) {
     let id = shared.next_connection_id();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let queue = Arc::new(OutQueue::new(
+        shared.limits.max_outbound_bytes,
+        events_tx.clone(),
+    ));
     let mut accepted = None;
     // The callback's signature is tungstenite's; its error type is an HTTP response.
     #[allow(clippy::result_large_err)]
@@ -275,20 +282,26 @@ async fn handle_stream(stream: BoxedIo, shared: Arc<Shared>) {
             Ok((response, ok)) => {
                 // Registered before the 101 goes out, so a client that sees itself connected
                 // also finds itself in `Control::connections`.
-                register(&shared, id, &ok, &events_tx);
+                register(&shared, id, &ok, &events_tx, &queue);
                 accepted = Some(ok);
                 Ok(response)
             }
             Err(status) => {
                 if status == StatusCode::FORBIDDEN {
                     shared.update_stats(|s| s.connects_refused += 1);
+                } else if status == StatusCode::SERVICE_UNAVAILABLE {
+                    shared.update_stats(|s| s.connects_over_capacity += 1);
                 }
                 tracing::debug!(%status, path = request.uri().path(), "upgrade refused");
                 Err(error_response(status))
             }
         }
     };
-    let handshake = tokio_tungstenite::accept_hdr_async(stream, callback);
+    let websocket = WebSocketConfig::default()
+        .read_buffer_size(shared.limits.read_buffer_size)
+        .write_buffer_size(0);
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(websocket));
     let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(error)) => {
@@ -317,6 +330,7 @@ async fn handle_stream(stream: BoxedIo, shared: Arc<Shared>) {
         delay: accepted.delay,
         events_tx,
         events_rx,
+        queue,
     };
     run_connection(ws, setup).instrument(span).await;
 }
@@ -326,6 +340,7 @@ fn register(
     id: ConnectionId,
     accepted: &Accepted,
     events: &mpsc::UnboundedSender<ConnEvent>,
+    queue: &Arc<OutQueue>,
 ) {
     lock(&shared.connections).insert(
         id,
@@ -338,6 +353,7 @@ fn register(
             stalled: false,
             delay: accepted.delay,
             events: events.clone(),
+            queue: queue.clone(),
         },
     );
     shared.update_stats(|s| {
@@ -372,6 +388,13 @@ fn upgrade(
     };
     if refuse {
         return Err(StatusCode::FORBIDDEN);
+    }
+    if lock(&shared.connections).len() >= shared.limits.max_connections {
+        tracing::warn!(
+            max = shared.limits.max_connections,
+            "connection refused: too many connections"
+        );
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
     }
     let params: BTreeMap<String, String> = request
         .uri()

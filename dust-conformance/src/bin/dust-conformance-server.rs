@@ -6,6 +6,7 @@
 //!     [--token TOKEN[:SCOPES][@ACCESS]]... [--store ORG/NAME]... [--rate-limit N/min]
 //!     [--state FILE] [--plan free|pro|team] [--no-auto-create]
 //!     [--write-cost-ms N] [--drain-limit-ms N] [--crash-writes-at PATH]
+//!     [--max-connections N] [--max-outbound-bytes N]
 //! ```
 //!
 //! The first stdout line is `listening ws://HOST:PORT/socket` (the echo socket, with the
@@ -31,6 +32,7 @@ const USAGE: &str =
            [--token TOKEN[:SCOPES][@ACCESS]]... [--store ORG/NAME]... [--rate-limit N/min]
            [--state FILE] [--plan free|pro|team] [--no-auto-create]
            [--write-cost-ms N] [--drain-limit-ms N] [--crash-writes-at PATH]
+           [--max-connections N] [--max-outbound-bytes N]
 
 Serves the echo socket at /socket (echo:* and presence:* channels) and the Dust store
 socket at /ws/sync.
@@ -59,6 +61,10 @@ socket at /ws/sync.
                          real Phoenix server; stop them after N ms. Default: no limit
   --crash-writes-at PATH every write/put_file at the rendered PATH or below it crashes its
                          store channel (phx_error, no reply, not applied)
+  --max-connections N    refuse upgrades with 503 while N connections are open
+                         (default 10000)
+  --max-outbound-bytes N drop a connection (a slow client) whose queued outbound frames
+                         would exceed N bytes (default 16777216)
 ";
 
 #[derive(Debug)]
@@ -71,6 +77,13 @@ struct Args {
     write_cost: Duration,
     drain_limit: Option<Duration>,
     crash_writes_at: Option<String>,
+    max_connections: Option<usize>,
+    max_outbound_bytes: Option<usize>,
+}
+
+/// Parses a flag's count.
+fn parse_count(flag: &str, value: &str) -> Result<usize, String> {
+    value.parse().map_err(|e| format!("{flag} {value}: {e}"))
 }
 
 /// Parses a flag's milliseconds.
@@ -143,6 +156,8 @@ fn parse_args() -> Result<Option<Args>, String> {
         write_cost: Duration::ZERO,
         drain_limit: None,
         crash_writes_at: None,
+        max_connections: None,
+        max_outbound_bytes: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -198,6 +213,12 @@ fn parse_args() -> Result<Option<Args>, String> {
             "--no-auto-create" => args.dust = args.dust.auto_create(false),
             "--write-cost-ms" => args.write_cost = parse_ms("--write-cost-ms", &value()?)?,
             "--crash-writes-at" => args.crash_writes_at = Some(value()?),
+            "--max-connections" => {
+                args.max_connections = Some(parse_count("--max-connections", &value()?)?);
+            }
+            "--max-outbound-bytes" => {
+                args.max_outbound_bytes = Some(parse_count("--max-outbound-bytes", &value()?)?);
+            }
             "--drain-limit-ms" => {
                 args.drain_limit = Some(parse_ms("--drain-limit-ms", &value()?)?);
             }
@@ -255,6 +276,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = ServerConfig::default().listen(args.listen).dust(args.dust);
     if let Some(timeout) = args.idle_timeout {
         config = config.idle_timeout(timeout);
+    }
+    if let Some(max) = args.max_connections {
+        config = config.max_connections(max);
+    }
+    if let Some(bytes) = args.max_outbound_bytes {
+        config = config.max_outbound_bytes(bytes);
     }
     let server = dust_conformance::start(config).await?;
     server.control().set_drain_limit(args.drain_limit);
