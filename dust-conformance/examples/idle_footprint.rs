@@ -10,6 +10,8 @@
 //! READ_BUFFER_BYTES defaults to the server's default (`DEFAULT_READ_BUFFER_SIZE`); pass
 //! 131072 for tungstenite's own default. Linux only (reads `/proc/self/statm`).
 
+#![allow(clippy::print_stdout)]
+
 use std::time::Duration;
 
 use dust_conformance::{DEFAULT_READ_BUFFER_SIZE, ServerConfig};
