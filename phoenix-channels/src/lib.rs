@@ -74,14 +74,18 @@
 //!   also stops answering heartbeats, so the connection is dropped and reopened after the
 //!   heartbeat timeout, which frees the buffer (pushes in flight fail with
 //!   [`PushError::Disconnected`]).
-//! - **Backpressure.** Each channel's consumer (its message stream or handler) may fall
-//!   `queue_capacity` messages behind (default 1024). When it is three quarters behind, the
-//!   socket stops reading (the server's TCP window fills) until it catches up, for at most one
-//!   second at a time: a consumer that keeps up loses nothing, even in bursts. One that stays
-//!   behind longer gets its overflow dropped and reported ([`Lagged`],
-//!   [`ChannelHandler::on_overflow`]), so that a slow consumer never stalls heartbeats or other
-//!   channels for more than a second, and memory stays bounded. Pushes waiting for a join are
-//!   bounded by `push_buffer` ([`PushError::BufferFull`]).
+//! - **Inbound backpressure.** Each channel's consumer (its message stream or handler) may
+//!   fall `queue_capacity` messages behind (default 1024); beyond that, messages are dropped
+//!   and every drop is reported, with its count ([`Lagged`],
+//!   [`ChannelHandler::on_overflow`]): received + reported dropped = sent. When a consumer is
+//!   three quarters behind, the socket stops reading (the server's TCP window fills) until it
+//!   drains to half, so that one that lags only in a burst loses nothing. Such pauses are
+//!   budgeted: at most one tenth of the time, at most 1 s (or a quarter of the heartbeat
+//!   timeout) at once. A consumer that stays slower than the inbound rate therefore never
+//!   holds reading back for long: heartbeat replies and other channels' messages are not
+//!   stuck behind a backlog, the connection stays up, and the consumer's overflow is dropped
+//!   and reported rather than lost with a reconnect. Pushes waiting for a join are bounded by
+//!   `push_buffer` ([`PushError::BufferFull`]).
 //! - **Drop.** The socket task ends when [`Socket::disconnect`] is called or when every
 //!   [`Socket`] and [`Channel`] handle is dropped. Dropping the last handle of a channel leaves
 //!   it.
