@@ -385,7 +385,9 @@ impl SocketBuilder {
     /// with [`PushError::OutgoingFull`](crate::PushError::OutgoingFull), and
     /// [`Channel::cast_payload`](crate::Channel::cast_payload) drops the cast and counts it
     /// ([`Socket::dropped_casts`]). A push is counted as its payload, topic and event plus 64
-    /// bytes; one bigger than the limit takes all of it, and goes alone.
+    /// bytes; one bigger than the limit takes all of it, and goes alone. Beyond this limit,
+    /// what the client holds for a connection is tungstenite's write buffer (128 KiB and one
+    /// frame) and the kernel's socket buffer.
     pub fn outgoing_limit(mut self, bytes: usize) -> Self {
         self.outgoing_limit = bytes;
         self
@@ -679,7 +681,7 @@ impl Socket {
     /// come, first served, so pushes keep their call order).
     pub(crate) fn reserve(&self, cost: usize, wait: bool) -> Room {
         let cost = u32::try_from(cost.clamp(1, self.shared.outgoing_limit)).unwrap_or(u32::MAX);
-        match self.shared.outgoing.clone().try_acquire_many_owned(cost) {
+        match self.shared.outgoing.try_acquire_many(cost) {
             Ok(permit) => {
                 permit.forget();
                 return Room::Now(cost as usize);

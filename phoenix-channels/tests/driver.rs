@@ -929,3 +929,37 @@ async fn a_slow_consumer_keeps_the_connection_and_every_drop_is_reported() {
     stop.send(()).unwrap();
     let _conn = server_task.await.unwrap();
 }
+
+/// `Duration::MAX` timeouts and intervals mean "never": the socket task goes on.
+#[tokio::test(start_paused = true)]
+async fn huge_timeouts_do_not_kill_the_socket_task() {
+    let (connector, mut server) = fake_server();
+    let socket = Socket::builder("ws://phoenix.test/socket")
+        .connector(connector)
+        .heartbeat(Duration::MAX)
+        .join_timeout(Duration::MAX)
+        .push_timeout(Duration::MAX)
+        .connect_timeout(Duration::MAX)
+        .healthy_after(Duration::MAX)
+        .connect()
+        .unwrap();
+    let (channel, _messages) = socket.channel("room:1").stream();
+    let mut conn = server.accept().await;
+    let joined = channel.join();
+    conn.accept_join("room:1", json!({})).await;
+    within("join", joined).await.unwrap();
+    let push = channel.push("p", json!({}));
+    let frame = conn.recv().await.unwrap();
+    conn.reply(&frame, "ok", json!({"n": 1})).await;
+    assert!(within("reply", push).await.unwrap().is_ok());
+    let waiting = channel.push_with(
+        "q",
+        Payload::empty(),
+        phoenix_channels::PushOptions::new().timeout(Duration::MAX),
+    );
+    let frame = conn.recv().await.unwrap();
+    tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
+    conn.reply(&frame, "ok", json!({})).await;
+    assert!(within("reply", waiting).await.unwrap().is_ok());
+    assert!(socket.status().is_connected());
+}
