@@ -99,14 +99,13 @@
 //!   most; the others are counted and reported in one line a minute later (or when the
 //!   connection ends).
 //!
-//!   What remains: tungstenite, which does the WebSocket handshake, logs the whole upgrade
-//!   request — the URL with its query and every header, including the auth token
-//!   subprotocol — with the `log` crate at **trace** level, under the target
-//!   `tungstenite::handshake::client`. Nothing else of it logs credentials. Such records only
-//!   reach your logs if you forward `log` records (e.g. `tracing-log`, which
-//!   `tracing_subscriber::fmt().init()` installs) with trace enabled for that target: filter
-//!   it out (`RUST_LOG=...,tungstenite=debug` or an `EnvFilter` directive) when credentials
-//!   travel in the connect params or the auth token.
+//!   tungstenite, which does the WebSocket handshake, logs the whole upgrade request (query
+//!   and headers) at trace level through the `log` crate. The connectors of this crate
+//!   ([`transport::WebSocketConnector`], [`transport::StreamConnector`]) hand it the request
+//!   with placeholders for every query value but `vsn`, every header value and the auth token,
+//!   and put the real values back into the bytes on their way to the connection: its log
+//!   shows the placeholders. A custom [`transport::Connector`] that calls tungstenite itself
+//!   does not get this.
 
 pub mod channel;
 pub mod driver;

@@ -7,6 +7,7 @@
 //! waiters. It never awaits user code, and every step is a non-blocking poll, so nothing can be
 //! lost to cancellation.
 
+mod masked;
 pub(crate) mod queue;
 pub mod transport;
 
