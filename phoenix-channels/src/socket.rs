@@ -396,7 +396,8 @@ impl SocketBuilder {
     /// How long a connection must stay up (or until a heartbeat is answered) before it counts
     /// as healthy and the reconnect schedule starts over from its first delay (default 10 s).
     /// Until then, a drop counts as one more consecutive failure, so a server that accepts
-    /// and then closes is redialled on the growing schedule.
+    /// and then closes is redialled on the growing schedule. Zero resets it on every open (as
+    /// phoenix.js does).
     pub fn healthy_after(mut self, after: Duration) -> Self {
         self.core.healthy_after = after;
         self

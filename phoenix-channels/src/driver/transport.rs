@@ -259,9 +259,9 @@ impl WebSocketConnector {
         #[cfg(not(any(feature = "rustls-ring", feature = "native-tls")))]
         {
             let _ = &mut self;
-            return Err(TlsConfigError::NoTls);
+            Err(TlsConfigError::NoTls)
         }
-        #[allow(unreachable_code)]
+        #[cfg(any(feature = "rustls-ring", feature = "native-tls"))]
         Ok(self)
     }
 }
