@@ -224,9 +224,15 @@ pub fn redact_url(url: &Url) -> String {
     shown.to_string()
 }
 
-/// An endpoint as given to the builder, for `Debug`: redacted like [`redact_url`], and not
-/// shown at all if it is not a URL (it could be anything).
-fn redact_endpoint(endpoint: &str) -> String {
+/// An endpoint as given to a builder, for logs and `Debug`: redacted like [`redact_url`], and
+/// not shown at all if it is not a URL (it could be anything).
+///
+/// ```
+/// use phoenix_channels::socket::redact_endpoint;
+/// assert_eq!(redact_endpoint("ws://h/socket?token=abc"), "ws://h/socket?token=REDACTED");
+/// assert_eq!(redact_endpoint("h/socket?token=abc"), "<not a URL, 18 bytes>");
+/// ```
+pub fn redact_endpoint(endpoint: &str) -> String {
     match Url::parse(endpoint) {
         Ok(url) => redact_url(&url),
         Err(_) => format!("<not a URL, {} bytes>", endpoint.len()),
