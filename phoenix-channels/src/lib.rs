@@ -59,8 +59,9 @@
 //!
 //! # Important notes
 //!
-//! - **Cancel safety.** `push` sends when it is called; dropping the returned future only drops
-//!   the reply. `join` and `leave` act when called too; dropping their futures only stops the
+//! - **Cancel safety.** `push` sends when it is called (unless the outgoing buffer is full,
+//!   see below: then it waits for room, and dropping it before that withdraws it); dropping
+//!   the returned future only drops the reply. `join` and `leave` act when called too; dropping their futures only stops the
 //!   wait. The socket task is a single non-blocking poll loop: no user code runs on it.
 //! - **Outgoing backpressure.** The bytes of pushes and casts not yet written to the
 //!   connection are bounded ([`SocketBuilder::outgoing_limit`], default 4 MiB): a server that
