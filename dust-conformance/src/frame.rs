@@ -191,6 +191,43 @@ pub(crate) fn decode_binary(protocol: Protocol, bytes: &[u8]) -> Result<Incoming
     }
 }
 
+/// Runs one client frame through the decoder, as the connection does, and, when it decodes,
+/// encodes the reply the server would echo (its join_ref, ref and topic): for the fuzz target
+/// and its corpus replay. `data[0]` picks the case (bit 0: binary frame, bit 1: V1), the rest
+/// is the frame. Returns whether it decoded. It must never panic, whatever the bytes.
+#[doc(hidden)]
+pub fn fuzz_decode(data: &[u8]) -> bool {
+    let Some((selector, frame)) = data.split_first() else {
+        return false;
+    };
+    let protocol = if selector & 2 == 0 {
+        Protocol::V2
+    } else {
+        Protocol::V1
+    };
+    let decoded = if selector & 1 == 1 {
+        decode_binary(protocol, frame)
+    } else {
+        match std::str::from_utf8(frame) {
+            Ok(text) => decode_text(protocol, text),
+            Err(_) => return false,
+        }
+    };
+    let Ok(incoming) = decoded else {
+        return false;
+    };
+    let reply = Outgoing::Reply {
+        join_ref: incoming.join_ref,
+        ref_: incoming.ref_,
+        topic: incoming.topic,
+        status: "ok".to_owned(),
+        response: incoming.payload,
+    };
+    // Encoding may refuse (e.g. a binary payload for V1), never panic.
+    let _ = encode(protocol, &reply);
+    true
+}
+
 fn decode_v2_array(value: Value) -> Result<Incoming, DecodeError> {
     let Value::Array(items) = value else {
         return Err(DecodeError::NotAnArray);

@@ -159,6 +159,6 @@ pub use config::{
 };
 pub use control::{ConnectionId, ConnectionInfo, Control, ControlError, RawFrame, ServerStats};
 pub use error::StartError;
-pub use frame::{EncodeError, Payload, Protocol};
+pub use frame::{EncodeError, Payload, Protocol, fuzz_decode};
 pub use server::{Server, start};
 pub use socket::{Assigns, ConnectDecision, ConnectRequest, SocketConfig};
