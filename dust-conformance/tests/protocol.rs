@@ -10,6 +10,7 @@ use common::{
 };
 use dust_conformance::{Protocol, ServerConfig};
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn heartbeat_is_answered_with_a_null_join_ref() {
@@ -439,4 +440,35 @@ async fn sockets_mount_at_normalized_paths() {
     Client::connect(&server.websocket_url("")).await;
     Client::connect(&server.websocket_url("/nested/path")).await;
     assert_eq!(refused_status(&server.websocket_url("/socket")).await, 404);
+}
+
+#[tokio::test]
+async fn huge_integer_refs_are_echoed_exactly_as_sent() {
+    const HUGE: &str = "123456789012345678901234567890";
+    const OTHER: &str = "98765432109876543210987654321";
+    let server = server().await;
+    let mut c = Client::v2(&server).await;
+    // The socket's own reply (heartbeat), the join reply, and a channel's reply.
+    c.send(&format!(r#"[null,{HUGE},"phoenix","heartbeat",{{}}]"#))
+        .await;
+    let text = |m: Message| m.into_text().expect("a text frame").to_string();
+    assert_eq!(
+        text(c.recv().await),
+        format!(r#"[null,{HUGE},"phoenix","phx_reply",{{"response":{{}},"status":"ok"}}]"#)
+    );
+    c.send(&format!(r#"[{HUGE},{HUGE},"echo:big","phx_join",{{}}]"#))
+        .await;
+    let joined = text(c.recv().await);
+    assert!(
+        joined.starts_with(&format!(r#"[{HUGE},{HUGE},"echo:big","phx_reply","#)),
+        "{joined}"
+    );
+    c.send(&format!(r#"[{HUGE},{OTHER},"echo:big","echo",{{"a":1}}]"#))
+        .await;
+    assert_eq!(
+        text(c.recv().await),
+        format!(
+            r#"[{HUGE},{OTHER},"echo:big","phx_reply",{{"response":{{"a":1}},"status":"ok"}}]"#
+        )
+    );
 }
