@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::control::ConnectionId;
-use crate::frame::{EncodeError, Outgoing, Payload, Protocol};
+use crate::frame::{EncodeError, Outgoing, Payload, Protocol, Ref};
 use crate::shared::{ConnEvent, ConnLink, Shared, Subscriber};
 use crate::socket::Assigns;
 
@@ -76,7 +76,7 @@ pub enum Handled {
 /// The ref of a client push, kept to reply later (Phoenix's `socket_ref/1` + `reply/2`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplyRef {
-    ref_: Value,
+    ref_: Ref,
 }
 
 /// Why a channel could not send.
@@ -188,10 +188,10 @@ pub(crate) enum ChannelMsg {
     In {
         event: String,
         payload: Payload,
-        ref_: Value,
+        ref_: Ref,
     },
     Leave {
-        ref_: Value,
+        ref_: Ref,
     },
     Info(Info),
 }
@@ -199,11 +199,11 @@ pub(crate) enum ChannelMsg {
 /// What a joined channel's context gives access to.
 pub struct ChannelContext {
     topic: String,
-    join_ref: Value,
+    join_ref: Ref,
     link: Arc<ConnLink>,
     shared: Arc<Shared>,
     inbox: mpsc::WeakUnboundedSender<ChannelMsg>,
-    current_ref: Option<Value>,
+    current_ref: Option<Ref>,
 }
 
 impl fmt::Debug for ChannelContext {
@@ -225,7 +225,7 @@ impl ChannelContext {
     /// The join_ref this channel's pushes and replies carry (the join's join_ref, or its ref
     /// when the client sent none).
     pub fn join_ref(&self) -> &Value {
-        &self.join_ref
+        self.join_ref.value()
     }
 
     /// The connection this channel belongs to.
@@ -262,7 +262,7 @@ impl ChannelContext {
     pub fn push(&self, event: &str, payload: impl Into<Payload>) -> Result<(), SendError> {
         self.link.send(&Outgoing::Message {
             join_ref: self.join_ref.clone(),
-            ref_: Value::Null,
+            ref_: Ref::null(),
             topic: self.topic.clone(),
             event: event.to_owned(),
             payload: payload.into(),
@@ -324,7 +324,7 @@ impl ChannelContext {
         });
     }
 
-    fn reply_message(&self, ref_: Value, reply: Reply) -> Outgoing {
+    fn reply_message(&self, ref_: Ref, reply: Reply) -> Outgoing {
         Outgoing::Reply {
             join_ref: self.join_ref.clone(),
             ref_,
@@ -395,8 +395,8 @@ pub(crate) struct ChannelSpawn {
     pub(crate) topic: String,
     pub(crate) instance: u64,
     /// The join message's join_ref (maybe null) and ref: the join reply carries them.
-    pub(crate) msg_join_ref: Value,
-    pub(crate) msg_ref: Value,
+    pub(crate) msg_join_ref: Ref,
+    pub(crate) msg_ref: Ref,
     pub(crate) params: Payload,
     pub(crate) link: Arc<ConnLink>,
     pub(crate) shared: Arc<Shared>,

@@ -24,7 +24,7 @@ use crate::channel::{
     ChannelHandle, ChannelMsg, ChannelSpawn, Exit, JoinOutcome, TerminateReason, spawn_channel,
 };
 use crate::control::ConnectionId;
-use crate::frame::{self, Incoming, Outgoing, Payload, Protocol, Wire};
+use crate::frame::{self, Incoming, Outgoing, Payload, Protocol, Ref, Wire};
 use crate::shared::{
     BoxedIo, ConnEvent, ConnLink, OutItem, OutQueue, OutTx, Outbound, Shared, lock,
 };
@@ -83,7 +83,7 @@ impl Drop for AbortOnDrop {
 struct ChannelEntry {
     /// The join message's join_ref (maybe null): `phx_close`/`phx_error` carry it, and client
     /// messages are checked against it.
-    join_ref: Value,
+    join_ref: Ref,
     instance: u64,
     /// Dropping it ends the channel as if its connection were gone.
     handle: ChannelHandle,
@@ -306,7 +306,7 @@ impl Conn {
     }
 
     /// A channel is gone: `phx_close` or `phx_error` with its join_ref as join_ref and ref.
-    fn channel_ended(&self, topic: String, join_ref: Value, exit: Exit) {
+    fn channel_ended(&self, topic: String, join_ref: Ref, exit: Exit) {
         if !self.channels.contains_key(&topic) {
             self.shared.update_connection(self.link.id, |c| {
                 c.topics.remove(&topic);
@@ -352,7 +352,7 @@ impl Conn {
     async fn dispatch(&mut self, msg: Incoming) {
         if msg.topic == "phoenix" && msg.event == "heartbeat" {
             self.shared.update_stats(|s| s.heartbeats += 1);
-            self.reply(Value::Null, msg.ref_, msg.topic, "ok", json!({}));
+            self.reply(Ref::null(), msg.ref_, msg.topic, "ok", json!({}));
             return;
         }
         let Some(entry) = self.channels.get(&msg.topic) else {
@@ -401,7 +401,7 @@ impl Conn {
     }
 
     /// Joins a topic. `replaced` is the join_ref of the channel a duplicate join shut down.
-    async fn join(&mut self, msg: Incoming, replaced: Option<Value>) {
+    async fn join(&mut self, msg: Incoming, replaced: Option<Ref>) {
         let topic = msg.topic.clone();
         self.join_inner(msg).await;
         if let Some(old) = replaced {
@@ -467,10 +467,10 @@ impl Conn {
     fn unmatched(&self, msg: Incoming) {
         tracing::debug!(topic = msg.topic, event = msg.event, "unmatched topic");
         let response = json!({"reason": "unmatched topic"});
-        self.reply(Value::Null, msg.ref_, msg.topic, "error", response);
+        self.reply(Ref::null(), msg.ref_, msg.topic, "error", response);
     }
 
-    fn reply(&self, join_ref: Value, ref_: Value, topic: String, status: &str, response: Value) {
+    fn reply(&self, join_ref: Ref, ref_: Ref, topic: String, status: &str, response: Value) {
         self.send(&Outgoing::Reply {
             join_ref,
             ref_,

@@ -3,10 +3,15 @@
 //!
 //! It is deliberately independent from the client crate's codec, so that a bug there cannot
 //! hide behind the same bug here. Refs are kept as JSON values so that the type a client sent
-//! (string, integer, null) is echoed back unchanged.
+//! (string, integer, null) is echoed back unchanged; a number a `Value` would not keep exactly
+//! (an integer beyond 64 bits, a float) is echoed as the text the client sent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde_json::{Map, Value, json};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
 
 /// The serializer a connection negotiated with its `vsn` query parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -124,16 +129,71 @@ pub enum EncodeError {
     /// A ref of a binary frame is not a string, a number, a boolean or null.
     #[error("{0} cannot be written as a string in a binary frame")]
     RefNotScalar(&'static str),
+    /// The JSON serializer failed (not expected: every key is a string).
+    #[error("cannot serialize the message: {0}")]
+    Json(String),
 }
 
 /// A decoded client message.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Incoming {
-    pub(crate) join_ref: Value,
-    pub(crate) ref_: Value,
+    pub(crate) join_ref: Ref,
+    pub(crate) ref_: Ref,
     pub(crate) topic: String,
     pub(crate) event: String,
     pub(crate) payload: Payload,
+}
+
+/// A join_ref or ref as the client sent it: its JSON value, and, for a number that a `Value`
+/// does not keep exactly (an integer beyond 64 bits, a float), its text, echoed as is.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Ref {
+    value: Value,
+    raw: Option<Arc<str>>,
+}
+
+impl Ref {
+    /// `null`.
+    pub(crate) fn null() -> Self {
+        Self::default()
+    }
+
+    /// The JSON value (a float approximation for a huge integer).
+    pub(crate) fn value(&self) -> &Value {
+        &self.value
+    }
+
+    pub(crate) fn is_null(&self) -> bool {
+        self.value.is_null()
+    }
+
+    /// A decoded ref, with its raw text when the value does not keep it exactly.
+    fn decoded(value: Value, raw: Option<&RawValue>) -> Self {
+        let raw = match (&value, raw) {
+            (Value::Number(n), Some(raw)) if n.is_f64() => Some(Arc::from(raw.get().trim())),
+            _ => None,
+        };
+        Self { value, raw }
+    }
+}
+
+impl From<Value> for Ref {
+    fn from(value: Value) -> Self {
+        Self { value, raw: None }
+    }
+}
+
+impl serde::Serialize for Ref {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self
+            .raw
+            .as_deref()
+            .map(|raw| RawValue::from_string(raw.to_owned()))
+        {
+            Some(Ok(raw)) => raw.serialize(serializer),
+            _ => self.value.serialize(serializer),
+        }
+    }
 }
 
 /// A server message before encoding.
@@ -141,16 +201,16 @@ pub(crate) struct Incoming {
 pub(crate) enum Outgoing {
     /// A message to one client: channel push, `phx_close`, `phx_error`.
     Message {
-        join_ref: Value,
-        ref_: Value,
+        join_ref: Ref,
+        ref_: Ref,
         topic: String,
         event: String,
         payload: Payload,
     },
     /// `phx_reply`.
     Reply {
-        join_ref: Value,
-        ref_: Value,
+        join_ref: Ref,
+        ref_: Ref,
         topic: String,
         status: String,
         response: Payload,
@@ -174,9 +234,14 @@ pub(crate) enum Wire {
 pub(crate) fn decode_text(protocol: Protocol, text: &str) -> Result<Incoming, DecodeError> {
     let value: Value = serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
     match protocol {
-        Protocol::V2 => decode_v2_array(value),
-        Protocol::V1 => decode_v1_object(value),
+        Protocol::V2 => decode_v2_array(value, text),
+        Protocol::V1 => decode_v1_object(value, text),
     }
+}
+
+/// Whether a ref's value needs its raw text to be echoed exactly.
+fn inexact(value: &Value) -> bool {
+    matches!(value, Value::Number(n) if n.is_f64())
 }
 
 /// Decodes a binary frame. V1 has no binary frames; like Phoenix's V1 serializer, it reads the
@@ -191,7 +256,44 @@ pub(crate) fn decode_binary(protocol: Protocol, bytes: &[u8]) -> Result<Incoming
     }
 }
 
-fn decode_v2_array(value: Value) -> Result<Incoming, DecodeError> {
+/// Runs one client frame through the decoder, as the connection does, and, when it decodes,
+/// encodes the reply the server would echo (its join_ref, ref and topic): for the fuzz target
+/// and its corpus replay. `data[0]` picks the case (bit 0: binary frame, bit 1: V1), the rest
+/// is the frame. Returns whether it decoded. It must never panic, whatever the bytes.
+#[doc(hidden)]
+pub fn fuzz_decode(data: &[u8]) -> bool {
+    let Some((selector, frame)) = data.split_first() else {
+        return false;
+    };
+    let protocol = if selector & 2 == 0 {
+        Protocol::V2
+    } else {
+        Protocol::V1
+    };
+    let decoded = if selector & 1 == 1 {
+        decode_binary(protocol, frame)
+    } else {
+        match std::str::from_utf8(frame) {
+            Ok(text) => decode_text(protocol, text),
+            Err(_) => return false,
+        }
+    };
+    let Ok(incoming) = decoded else {
+        return false;
+    };
+    let reply = Outgoing::Reply {
+        join_ref: incoming.join_ref,
+        ref_: incoming.ref_,
+        topic: incoming.topic,
+        status: "ok".to_owned(),
+        response: incoming.payload,
+    };
+    // Encoding may refuse (e.g. a binary payload for V1), never panic.
+    let _ = encode(protocol, &reply);
+    true
+}
+
+fn decode_v2_array(value: Value, text: &str) -> Result<Incoming, DecodeError> {
     let Value::Array(items) = value else {
         return Err(DecodeError::NotAnArray);
     };
@@ -206,16 +308,22 @@ fn decode_v2_array(value: Value) -> Result<Incoming, DecodeError> {
     let topic = string_field(next(), "topic")?;
     let event = string_field(next(), "event")?;
     let payload = next();
+    // Only for a number a `Value` does not keep exactly: the raw texts of the refs.
+    let raw: Vec<&RawValue> = if inexact(&join_ref) || inexact(&ref_) {
+        serde_json::from_str(text).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     Ok(Incoming {
-        join_ref,
-        ref_,
+        join_ref: Ref::decoded(join_ref, raw.first().copied()),
+        ref_: Ref::decoded(ref_, raw.get(1).copied()),
         topic,
         event,
         payload: Payload::Json(payload),
     })
 }
 
-fn decode_v1_object(value: Value) -> Result<Incoming, DecodeError> {
+fn decode_v1_object(value: Value, text: &str) -> Result<Incoming, DecodeError> {
     let Value::Object(mut map) = value else {
         return Err(DecodeError::NotAnObject);
     };
@@ -225,9 +333,14 @@ fn decode_v1_object(value: Value) -> Result<Incoming, DecodeError> {
     let payload = take("payload")?;
     let ref_ = take("ref")?;
     let join_ref = map.remove("join_ref").unwrap_or(Value::Null);
+    let raw: HashMap<String, &RawValue> = if inexact(&join_ref) || inexact(&ref_) {
+        serde_json::from_str(text).unwrap_or_default()
+    } else {
+        HashMap::new()
+    };
     Ok(Incoming {
-        join_ref,
-        ref_,
+        join_ref: Ref::decoded(join_ref, raw.get("join_ref").copied()),
+        ref_: Ref::decoded(ref_, raw.get("ref").copied()),
         topic,
         event,
         payload: Payload::Json(payload),
@@ -270,8 +383,8 @@ fn decode_v2_binary(bytes: &[u8]) -> Result<Incoming, DecodeError> {
     let topic = field(*topic_len, "topic")?;
     let event = field(*event_len, "event")?;
     Ok(Incoming {
-        join_ref: Value::String(join_ref),
-        ref_: Value::String(ref_),
+        join_ref: Value::String(join_ref).into(),
+        ref_: Value::String(ref_).into(),
         topic,
         event,
         payload: Payload::Binary(Bytes::copy_from_slice(rest)),
@@ -295,7 +408,7 @@ fn encode_v2(message: &Outgoing) -> Result<Wire, EncodeError> {
             event,
             payload,
         } => match payload {
-            Payload::Json(p) => Ok(text(&json!([join_ref, ref_, topic, event, p]))),
+            Payload::Json(p) => text(&(join_ref, ref_, topic, event, p)),
             Payload::Binary(data) => {
                 let join_ref = ref_string(join_ref, "join_ref")?;
                 let mut buf = BytesMut::new();
@@ -316,13 +429,13 @@ fn encode_v2(message: &Outgoing) -> Result<Wire, EncodeError> {
             status,
             response,
         } => match response {
-            Payload::Json(r) => Ok(text(&json!([
+            Payload::Json(r) => text(&(
                 join_ref,
                 ref_,
                 topic,
                 "phx_reply",
-                {"status": status, "response": r}
-            ]))),
+                json!({"status": status, "response": r}),
+            )),
             Payload::Binary(data) => {
                 let join_ref = ref_string(join_ref, "join_ref")?;
                 let ref_ = ref_string(ref_, "ref")?;
@@ -343,7 +456,7 @@ fn encode_v2(message: &Outgoing) -> Result<Wire, EncodeError> {
             event,
             payload,
         } => match payload {
-            Payload::Json(p) => Ok(text(&json!([null, null, topic, event, p]))),
+            Payload::Json(p) => text(&((), (), topic, event, p)),
             Payload::Binary(data) => {
                 let mut buf = BytesMut::new();
                 buf.put_u8(KIND_BROADCAST);
@@ -376,8 +489,11 @@ fn put_fields(
 }
 
 /// A ref as Elixir's `to_string/1` writes it into a binary frame (`nil` is empty).
-fn ref_string(value: &Value, name: &'static str) -> Result<String, EncodeError> {
-    match value {
+fn ref_string(value: &Ref, name: &'static str) -> Result<String, EncodeError> {
+    if let Some(raw) = &value.raw {
+        return Ok(raw.to_string());
+    }
+    match &value.value {
         Value::Null => Ok(String::new()),
         Value::String(s) => Ok(s.clone()),
         Value::Number(n) => Ok(n.to_string()),
@@ -386,8 +502,20 @@ fn ref_string(value: &Value, name: &'static str) -> Result<String, EncodeError> 
     }
 }
 
+/// A V1 frame (keys in the order the former map wrote them: sorted).
+#[derive(serde::Serialize)]
+struct V1Frame<'a> {
+    event: &'a str,
+    payload: &'a Value,
+    #[serde(rename = "ref")]
+    ref_: &'a Ref,
+    topic: &'a str,
+}
+
 fn encode_v1(message: &Outgoing) -> Result<Wire, EncodeError> {
     // V1 writes only topic, event, payload and ref; never join_ref.
+    let null = Ref::null();
+    let reply;
     let (topic, event, payload, ref_) = match message {
         Outgoing::Message {
             ref_,
@@ -395,45 +523,39 @@ fn encode_v1(message: &Outgoing) -> Result<Wire, EncodeError> {
             event,
             payload,
             ..
-        } => (topic, event.as_str(), json_only(payload)?.clone(), ref_),
+        } => (topic, event.as_str(), json_only(payload)?, ref_),
         Outgoing::Reply {
             ref_,
             topic,
             status,
             response,
             ..
-        } => (
-            topic,
-            "phx_reply",
-            json!({"status": status, "response": json_only(response)?}),
-            ref_,
-        ),
+        } => {
+            reply = json!({"status": status, "response": json_only(response)?});
+            (topic, "phx_reply", &reply, ref_)
+        }
         Outgoing::Broadcast {
             topic,
             event,
             payload,
-        } => (
-            topic,
-            event.as_str(),
-            json_only(payload)?.clone(),
-            &Value::Null,
-        ),
+        } => (topic, event.as_str(), json_only(payload)?, &null),
     };
-    let mut map = Map::new();
-    map.insert("topic".into(), Value::String(topic.clone()));
-    map.insert("event".into(), Value::String(event.to_owned()));
-    map.insert("payload".into(), payload);
-    map.insert("ref".into(), ref_.clone());
-    Ok(text(&Value::Object(map)))
+    text(&V1Frame {
+        event,
+        payload,
+        ref_,
+        topic,
+    })
 }
 
 fn json_only(payload: &Payload) -> Result<&Value, EncodeError> {
     payload.as_json().ok_or(EncodeError::BinaryOnV1)
 }
 
-fn text(value: &Value) -> Wire {
-    // Serializing a `Value` cannot fail: its map keys are strings.
-    Wire::Text(value.to_string())
+fn text(value: &impl serde::Serialize) -> Result<Wire, EncodeError> {
+    serde_json::to_string(value)
+        .map(Wire::Text)
+        .map_err(|e| EncodeError::Json(e.to_string()))
 }
 
 #[cfg(test)]
@@ -457,13 +579,64 @@ mod tests {
     #[test]
     fn v2_text_keeps_ref_types() {
         let m = decode_text(Protocol::V2, r#"[null, 7, "phoenix", "heartbeat", {}]"#).unwrap();
-        assert_eq!(m.join_ref, Value::Null);
-        assert_eq!(m.ref_, json!(7));
+        assert_eq!(*m.join_ref.value(), Value::Null);
+        assert_eq!(*m.ref_.value(), json!(7));
         assert_eq!(m.topic, "phoenix");
         assert_eq!(m.event, "heartbeat");
         let m = decode_text(Protocol::V2, r#"["2", "3", "t", "e", [1], "extra"]"#).unwrap();
-        assert_eq!(m.join_ref, json!("2"));
+        assert_eq!(*m.join_ref.value(), json!("2"));
         assert_eq!(m.payload, Payload::Json(json!([1])));
+    }
+
+    #[test]
+    fn huge_and_float_refs_are_echoed_as_sent() {
+        const HUGE: &str = "123456789012345678901234567890";
+        let text = format!(r#"[{HUGE}, 1e2, "t", "e", {{}}]"#);
+        let m = decode_text(Protocol::V2, &text).unwrap();
+        let reply = Outgoing::Reply {
+            join_ref: m.join_ref.clone(),
+            ref_: m.ref_.clone(),
+            topic: m.topic.clone(),
+            status: "ok".into(),
+            response: Payload::Json(json!({})),
+        };
+        let Wire::Text(v2) = encode(Protocol::V2, &reply).unwrap() else {
+            panic!("text expected")
+        };
+        assert!(
+            v2.starts_with(&format!(r#"[{HUGE},1e2,"t","phx_reply","#)),
+            "{v2}"
+        );
+        let v1_text = format!(r#"{{"topic":"t","event":"e","payload":{{}},"ref":{HUGE}}}"#);
+        let m = decode_text(Protocol::V1, &v1_text).unwrap();
+        let reply = Outgoing::Reply {
+            join_ref: m.join_ref,
+            ref_: m.ref_,
+            topic: m.topic,
+            status: "ok".into(),
+            response: Payload::Json(json!({})),
+        };
+        let Wire::Text(v1) = encode(Protocol::V1, &reply).unwrap() else {
+            panic!("text expected")
+        };
+        assert!(v1.contains(&format!(r#""ref":{HUGE}"#)), "{v1}");
+        // Refs a `Value` keeps exactly are written by it, as before.
+        let m = decode_text(
+            Protocol::V2,
+            r#"[ "1" , 18446744073709551615, "t", "e", {}]"#,
+        )
+        .unwrap();
+        let reply = Outgoing::Message {
+            join_ref: m.join_ref,
+            ref_: m.ref_,
+            topic: m.topic,
+            event: "e".into(),
+            payload: Payload::Json(json!(null)),
+        };
+        assert_eq!(
+            encode(Protocol::V2, &reply).unwrap(),
+            Wire::Text(r#"["1",18446744073709551615,"t","e",null]"#.into())
+        );
     }
 
     #[test]
@@ -488,8 +661,8 @@ mod tests {
             r#"{"topic":"t","event":"e","payload":{"a":1},"ref":"1"}"#,
         )
         .unwrap();
-        assert_eq!(m.join_ref, Value::Null);
-        assert_eq!(m.ref_, json!("1"));
+        assert_eq!(*m.join_ref.value(), Value::Null);
+        assert_eq!(*m.ref_.value(), json!("1"));
         assert_eq!(
             decode_text(Protocol::V1, r#"{"topic":"t","event":"e","payload":{}}"#),
             Err(DecodeError::MissingKey("ref"))
@@ -501,8 +674,8 @@ mod tests {
         let wire = encode(
             Protocol::V1,
             &Outgoing::Reply {
-                join_ref: json!("9"),
-                ref_: json!("1"),
+                join_ref: json!("9").into(),
+                ref_: json!("1").into(),
                 topic: "t".into(),
                 status: "ok".into(),
                 response: Payload::Json(json!({})),
@@ -529,8 +702,8 @@ mod tests {
         frame.extend_from_slice(b"211echo:1echo");
         frame.extend_from_slice(&[1, 2, 0xff]);
         let m = decode_binary(Protocol::V2, &frame).unwrap();
-        assert_eq!(m.join_ref, json!("2"));
-        assert_eq!(m.ref_, json!("11"));
+        assert_eq!(*m.join_ref.value(), json!("2"));
+        assert_eq!(*m.ref_.value(), json!("11"));
         assert_eq!(m.topic, "echo:1");
         assert_eq!(m.event, "echo");
         assert_eq!(
@@ -539,8 +712,8 @@ mod tests {
         );
 
         let reply = Outgoing::Reply {
-            join_ref: json!("2"),
-            ref_: json!("11"),
+            join_ref: json!("2").into(),
+            ref_: json!("11").into(),
             topic: "echo:1".into(),
             status: "ok".into(),
             response: m.payload,
@@ -572,8 +745,8 @@ mod tests {
     #[test]
     fn binary_push_and_broadcast_layouts() {
         let push = Outgoing::Message {
-            join_ref: json!(3),
-            ref_: Value::Null,
+            join_ref: json!(3).into(),
+            ref_: Value::Null.into(),
             topic: "t".into(),
             event: "ev".into(),
             payload: Payload::Binary(Bytes::from_static(b"hi")),

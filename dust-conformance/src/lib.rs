@@ -46,7 +46,7 @@
 //! objects), heartbeats, the idle close (1000), join / leave / duplicate join / "unmatched
 //! topic" / outdated join_ref handling, `phx_reply` / `phx_close` / `phx_error`, broadcasts
 //! across connections, and close 1011 on a malformed frame. Refs are echoed with the JSON type
-//! the client used.
+//! the client used, numbers exactly as written (an integer beyond 64 bits too, as Jason does).
 //!
 //! Its fidelity is checked from outside with the official phoenix.js client:
 //! `dust-conformance/crosscheck/run.sh` drives the `dust-conformance-server` binary through
@@ -159,6 +159,6 @@ pub use config::{
 };
 pub use control::{ConnectionId, ConnectionInfo, Control, ControlError, RawFrame, ServerStats};
 pub use error::StartError;
-pub use frame::{EncodeError, Payload, Protocol};
+pub use frame::{EncodeError, Payload, Protocol, fuzz_decode};
 pub use server::{Server, start};
 pub use socket::{Assigns, ConnectDecision, ConnectRequest, SocketConfig};

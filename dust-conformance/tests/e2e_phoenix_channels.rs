@@ -65,12 +65,13 @@ async fn wait_state(channel: &Channel, state: ChannelState) {
 }
 
 async fn wait_connections(control: &Control, n: usize) {
-    within("connections", async {
-        while control.connections().len() != n {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
+    let n = n as u64;
+    within(
+        "connections",
+        control.wait_for_stats(|s| s.open_connections == n),
+    )
     .await;
+    assert_eq!(control.connections().len() as u64, n);
 }
 
 fn value(payload: &Payload) -> Value {
@@ -225,12 +226,13 @@ async fn stop_closes_the_channel_without_rejoin() {
         PushError::ChannelClosed
     );
     assert_eq!(channel.state(), ChannelState::Closed);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        channel.state(),
-        ChannelState::Closed,
-        "no rejoin after phx_close"
-    );
+    let mut states = channel.state_watch();
+    let left_closed = tokio::time::timeout(
+        Duration::from_millis(200),
+        states.wait_for(|s| *s != ChannelState::Closed),
+    )
+    .await;
+    assert!(left_closed.is_err(), "no rejoin after phx_close");
     assert!(server.control().connections()[0].topics.is_empty());
 }
 
@@ -313,7 +315,11 @@ async fn a_dropped_connection_fails_in_flight_pushes_then_reconnects_and_rejoins
     let socket = socket(&server);
     let (channel, _m) = joined(&socket, "echo:1").await;
     let slow = channel.push("slow", json!({"ms": 2000}));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The channel handles its messages in order: once the next one is answered, the slow
+    // push is in flight on the server.
+    within("echo", channel.push("echo", json!({})))
+        .await
+        .unwrap();
     assert_eq!(control.drop_all(), 1);
     assert_eq!(
         within("slow", slow).await.unwrap_err(),
@@ -460,12 +466,8 @@ async fn leave_then_the_server_forgets_the_topic() {
     let (channel, _m) = joined(&socket, "echo:1").await;
     within("leave", channel.leave()).await;
     assert_eq!(channel.state(), ChannelState::Closed);
-    within("server forgets", async {
-        while !control.connections()[0].topics.is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    // The server forgets the topic before it replies to the leave, which `leave` awaited.
+    assert!(control.connections()[0].topics.is_empty());
     assert_eq!(
         within("push", channel.push("echo", json!({})))
             .await
