@@ -87,7 +87,9 @@ pub enum SendError {
     /// the channel would crash: return [`Handled::Crash`]).
     #[error(transparent)]
     Encode(#[from] EncodeError),
-    /// The connection is gone.
+    /// The connection is gone. A channel still handling the messages it received before its
+    /// connection died gets this for its pushes and replies: they are lost, as Phoenix's sends
+    /// to a dead transport are; it is no reason to crash.
     #[error("the connection is closed")]
     Disconnected,
 }
@@ -111,7 +113,9 @@ pub enum TerminateReason {
     /// [`Control::crash_channel`](crate::Control::crash_channel) crashed it (`phx_error`).
     Crashed,
     /// Its connection closed, was dropped, or the server is stopping (Phoenix:
-    /// `{:shutdown, :closed}`).
+    /// `{:shutdown, :closed}`). Unless the server is stopping or restarting, the channel first
+    /// handled every message it had received (see
+    /// [`Control::drop_connection`](crate::Control::drop_connection)).
     SocketClosed,
     /// The client joined the same topic again on the same connection, which replaced this
     /// channel (Phoenix: `{:shutdown, :duplicate_join}`).
@@ -169,8 +173,11 @@ pub trait Channel: Send + 'static {
 
     /// Called exactly once when a joined channel ends, whatever the reason (a refused or
     /// crashed join never made a channel: no call). A callback still running when the channel
-    /// is ended from outside (crash or close control, duplicate join, closed connection) is
-    /// cancelled first; messages still queued are dropped.
+    /// is ended from outside (crash or close control, duplicate join, restart, shutdown) is
+    /// cancelled first; messages still queued are dropped. When its connection ends, the
+    /// channel first handles, in order, every message it had received (its pushes and
+    /// replies are lost, its broadcasts go out), then this runs with
+    /// [`TerminateReason::SocketClosed`].
     ///
     /// By then the channel no longer receives its topic's broadcasts, so a
     /// [`ChannelContext::broadcast`] from here reaches the topic's other joiners only (as a

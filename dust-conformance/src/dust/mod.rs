@@ -77,7 +77,8 @@
 //! - **`put_file`** (`files:write`), **`ack_seq`** (recorded, reply `{}`), **`status`**.
 //!   Any other event crashes the channel (`phx_error`), as an unmatched `handle_in/3` does.
 //!
-//! Faults and inspection are on [`DustControl`]; durability with
+//! Faults and inspection are on [`DustControl`] (lost or late replies, crashing writes,
+//! disconnects, archive, reset, restart, the write cost); durability with
 //! [`DustConfig::state_file`].
 //!
 //! # Important notes
@@ -86,6 +87,11 @@
 //!   the next write commits, so every joiner sees a store's live events in seq order.
 //! - **Cancellation**: a write that has been planned completes even if its channel or
 //!   connection goes away; only its reply is lost.
+//! - **Dead connections**: as on the real server, a channel whose connection died still
+//!   commits, in order and one at a time ([`DustControl::set_write_cost`] each), every write
+//!   it had received, broadcasting each to the topic's joiners (the same device's new
+//!   connection included): a client's writes in flight at a cut are applied after the cut,
+//!   possibly after its new join's catch-up. [`DustControl::set_drain_limit`] bounds it.
 //! - **Durability**: with a state file, a write's reply is sent only after its journal line
 //!   is fsynced; a process killed at any moment restarts with every acknowledged write.
 
