@@ -699,117 +699,147 @@ impl Store {
         self.service.clone()
     }
 
-    /// Writes, waiting for room in the outbox if it is full.
-    pub async fn write(&self, request: WriteRequest) -> Result<WriteAck, WriteError> {
-        self.service.clone().oneshot(request).await
+    /// Writes, waiting for its turn and for room in the outbox if it is full.
+    ///
+    /// The write takes its place in the store's issue order when this is called, not when the
+    /// future is first polled: writes made one after the other are sent (and applied) in that
+    /// order, however their futures are polled. Dropping the future gives up the place (and
+    /// takes the write out of the outbox if it was not sent yet).
+    pub fn write(
+        &self,
+        mut request: WriteRequest,
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        request.order = self.outbox.order(true);
+        self.service.clone().oneshot(request)
     }
 
-    /// Writes without waiting for room: fails with [`WriteError::OutboxFull`] if the outbox is
-    /// full (or a layer is not ready).
-    pub async fn try_write(&self, request: WriteRequest) -> Result<WriteAck, WriteError> {
+    /// Writes without waiting for its turn or for room: fails with
+    /// [`WriteError::OutboxFull`] if the outbox is full, if earlier writes of this store are
+    /// still on their way to it, or if a layer is not ready.
+    pub fn try_write(
+        &self,
+        mut request: WriteRequest,
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        request.order = self.outbox.order(false);
         let mut service = self.service.clone();
-        match service.ready().now_or_never() {
-            Some(Ok(ready)) => ready.call(request).await,
-            Some(Err(error)) => Err(error),
-            None => Err(WriteError::OutboxFull),
+        async move {
+            match service.ready().now_or_never() {
+                Some(Ok(ready)) => ready.call(request).await,
+                Some(Err(error)) => Err(error),
+                None => Err(WriteError::OutboxFull),
+            }
         }
     }
 
     /// Sets `value` at `path`.
-    pub async fn set(
+    pub fn set(
         &self,
         path: impl IntoSegments,
         value: impl Into<Value>,
-    ) -> Result<WriteAck, WriteError> {
-        self.write(WriteRequest::set(path, value)).await
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        self.write(WriteRequest::set(path, value))
     }
 
     /// Deletes `path` and everything below it.
-    pub async fn delete(&self, path: impl IntoSegments) -> Result<WriteAck, WriteError> {
-        self.write(WriteRequest::delete(path)).await
+    pub fn delete(
+        &self,
+        path: impl IntoSegments,
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        self.write(WriteRequest::delete(path))
     }
 
     /// Merges the map `value` into `path`.
-    pub async fn merge(
+    pub fn merge(
         &self,
         path: impl IntoSegments,
         value: impl Into<Value>,
-    ) -> Result<WriteAck, WriteError> {
-        self.write(WriteRequest::merge(path, value)).await
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        self.write(WriteRequest::merge(path, value))
     }
 
     /// Adds `by` to the counter at `path`; the ack's `store_seq` is the op's seq.
-    pub async fn increment(
+    pub fn increment(
         &self,
         path: impl IntoSegments,
         by: impl Into<Value>,
-    ) -> Result<WriteAck, WriteError> {
-        self.write(WriteRequest::increment(path, by)).await
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        self.write(WriteRequest::increment(path, by))
     }
 
     /// Adds `member` to the set at `path`.
-    pub async fn add(
+    pub fn add(
         &self,
         path: impl IntoSegments,
         member: impl Into<Value>,
-    ) -> Result<WriteAck, WriteError> {
-        self.write(WriteRequest::add(path, member)).await
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        self.write(WriteRequest::add(path, member))
     }
 
     /// Removes `member` from the set at `path`.
-    pub async fn remove(
+    pub fn remove(
         &self,
         path: impl IntoSegments,
         member: impl Into<Value>,
-    ) -> Result<WriteAck, WriteError> {
-        self.write(WriteRequest::remove(path, member)).await
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        self.write(WriteRequest::remove(path, member))
     }
 
     /// Acquires a lease on `key` for `ttl`; the lease carries the token for renew, release and
     /// fences.
-    pub async fn lease(
+    pub fn lease(
         &self,
         key: impl IntoSegments,
         ttl: Duration,
         holder: Option<String>,
-    ) -> Result<Lease, WriteError> {
+    ) -> impl Future<Output = Result<Lease, WriteError>> + Send + 'static {
         let request = WriteRequest::lease(key, ttl.as_millis() as u64, holder);
         let key = crate::write::Path::new(request.op.path().to_vec()).ok();
-        let ack = self.write(request).await?;
-        key.and_then(|key| ack.lease(&key)).ok_or_else(|| {
-            WriteError::Rejected(crate::write::Rejection::unexpected(&Value::Object(
-                ack.reply().clone(),
-            )))
-        })
+        let write = self.write(request);
+        async move {
+            let ack = write.await?;
+            key.and_then(|key| ack.lease(&key)).ok_or_else(|| {
+                WriteError::Rejected(crate::write::Rejection::unexpected(&Value::Object(
+                    ack.reply().clone(),
+                )))
+            })
+        }
     }
 
     /// Renews a lease for `ttl`.
-    pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, WriteError> {
-        let ack = self
-            .write(WriteRequest::renew(lease, ttl.as_millis() as u64))
-            .await?;
-        ack.lease(&lease.key).ok_or_else(|| {
-            WriteError::Rejected(crate::write::Rejection::unexpected(&Value::Object(
-                ack.reply().clone(),
-            )))
-        })
+    pub fn renew(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Lease, WriteError>> + Send + 'static {
+        let write = self.write(WriteRequest::renew(lease, ttl.as_millis() as u64));
+        let key = lease.key.clone();
+        async move {
+            let ack = write.await?;
+            ack.lease(&key).ok_or_else(|| {
+                WriteError::Rejected(crate::write::Rejection::unexpected(&Value::Object(
+                    ack.reply().clone(),
+                )))
+            })
+        }
     }
 
     /// Releases a lease (`released() == Some(false)` in the ack when it was not held).
-    pub async fn release(&self, lease: &Lease) -> Result<WriteAck, WriteError> {
-        self.write(WriteRequest::release(lease)).await
+    pub fn release(
+        &self,
+        lease: &Lease,
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        self.write(WriteRequest::release(lease))
     }
 
     /// Stores `content` as a file at `path`.
-    pub async fn put_file(
+    pub fn put_file(
         &self,
         path: impl IntoSegments,
         content: impl Into<bytes::Bytes>,
         filename: Option<String>,
         content_type: Option<String>,
-    ) -> Result<WriteAck, WriteError> {
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
         self.write(WriteRequest::put_file(path, content).file_meta(filename, content_type))
-            .await
     }
 
     /// Asks a store whose join was refused for good to try again.

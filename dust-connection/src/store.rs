@@ -26,14 +26,14 @@ use phoenix_channels::{
     PushError, Ref, RejoinCause,
 };
 use serde_json::{Value, json};
-use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tower::{Service, ServiceExt as _};
 
 use crate::engine::{Capabilities, ServerEvent, Snapshot, StoreStatus, SyncEngine};
 use crate::error::WriteError;
 use crate::layer::SendWrite;
-use crate::layer::outbox::Submission;
+use crate::layer::outbox::{Permit, Submission};
 use crate::write::{ClientOpId, EncodedWrite, Rejection, WriteAck};
 
 /// What happened on a store, for observers ([`DustConnection::notices`](crate::DustConnection::notices)).
@@ -172,7 +172,7 @@ struct Entry {
     write: EncodedWrite,
     reply: Option<oneshot::Sender<Result<WriteAck, WriteError>>>,
     state: EntryState,
-    _permit: OwnedSemaphorePermit,
+    _permit: Permit,
 }
 
 type Outcome = (u64, u64, Result<WriteAck, WriteError>);
