@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use base64::Engine as _;
 use futures_util::FutureExt as _;
-use phoenix_channels::backoff::RejoinSchedule;
+use phoenix_channels::backoff::{RejoinPolicy, RejoinSchedule};
 use phoenix_channels::{
     ConnectParams, ProviderError, Socket, SocketBuilder, SocketDriver, SocketStatus,
 };
@@ -23,7 +23,8 @@ use crate::engine::{MemoryEngine, SyncEngine};
 use crate::error::{BuildError, WriteError};
 use crate::layer::{ChannelService, Outbox, TelemetryLayer, ValidateLayer};
 use crate::store::{
-    INPUT_CAPACITY, Notice, StoreHandler, Worker, WorkerParts, default_join_params,
+    INPUT_CAPACITY, Notice, SharedRejoinPolicy, StoreHandler, UnknownOutcome, Worker, WorkerConfig,
+    WorkerParts, default_join_params,
 };
 use crate::write::{IntoSegments, Lease, WriteAck, WriteRequest};
 
@@ -215,6 +216,13 @@ pub struct DustConnectionBuilder {
     outbox_capacity: usize,
     write_timeout: Duration,
     manual: bool,
+    max_in_flight: usize,
+    unknown_outcome_settle: Duration,
+    unknown_outcome: UnknownOutcome,
+    reorder_capacity: usize,
+    gap_timeout: Duration,
+    crash_limit: u32,
+    rejoin_policy: Option<Arc<dyn RejoinPolicy>>,
 }
 
 impl fmt::Debug for DustConnectionBuilder {
@@ -305,6 +313,62 @@ impl DustConnectionBuilder {
         self
     }
 
+    /// At most this many writes of a store are sent and unanswered at once; the others wait in
+    /// the outbox, in order (default 64). It also bounds how many writes can be in doubt when
+    /// a connection is lost.
+    pub fn max_in_flight(mut self, writes: usize) -> Self {
+        self.max_in_flight = writes;
+        self
+    }
+
+    /// After a lost connection, the old connection's channel process may still apply the
+    /// writes it received, and their events then arrive on the new join. After the new join's
+    /// catch-up, a store whose writes were in flight holds them, and every newer write, for
+    /// up to this long while their events may still arrive (default 3 s: the real server
+    /// drains a dead connection's writes within a few seconds, and the in-flight window keeps
+    /// that short). What is still unknown then is handled per [`unknown_outcome`](Self::unknown_outcome).
+    pub fn unknown_outcome_settle(mut self, settle: Duration) -> Self {
+        self.unknown_outcome_settle = settle;
+        self
+    }
+
+    /// What to do with writes whose outcome is still unknown after the settle time (default
+    /// [`UnknownOutcome::AtMostOnce`]: they fail with [`WriteError::Indeterminate`]).
+    pub fn unknown_outcome(mut self, policy: UnknownOutcome) -> Self {
+        self.unknown_outcome = policy;
+        self
+    }
+
+    /// How many events a store holds while a hole below them is open (live events that
+    /// overtook the catch-up, or a lost event), before it resynchronizes (default 10 000).
+    pub fn reorder_capacity(mut self, events: usize) -> Self {
+        self.reorder_capacity = events;
+        self
+    }
+
+    /// How long a hole in a store's live events may stay open before the store resynchronizes
+    /// (default 5 s).
+    pub fn gap_timeout(mut self, timeout: Duration) -> Self {
+        self.gap_timeout = timeout;
+        self
+    }
+
+    /// A write that is the first unapplied write at this many consecutive crashes of its
+    /// store's channel fails with [`WriteError::CrashesChannel`] (default 2), so the writes
+    /// after it go on.
+    pub fn crash_limit(mut self, crashes: u32) -> Self {
+        self.crash_limit = crashes;
+        self
+    }
+
+    /// The rejoin policy of every store's channel, which also governs the rejoin after the
+    /// server closes a store's channel (default: [`RejoinSchedule::default`], stopping on
+    /// [`PERMANENT_JOIN_ERRORS`]).
+    pub fn rejoin_policy(mut self, policy: impl RejoinPolicy + 'static) -> Self {
+        self.rejoin_policy = Some(Arc::new(policy));
+        self
+    }
+
     /// Builds without connecting (the seed's test mode): stores and writes work, writes wait,
     /// until [`DustConnection::connect`].
     pub fn manual(mut self) -> Self {
@@ -365,6 +429,18 @@ impl DustConnectionBuilder {
             device_id.as_str()
         );
 
+        let rejoin_policy: Arc<dyn RejoinPolicy> = self.rejoin_policy.unwrap_or_else(|| {
+            Arc::new(RejoinSchedule::default().stop_on_reasons(PERMANENT_JOIN_ERRORS))
+        });
+        let config = WorkerConfig {
+            max_in_flight: self.max_in_flight,
+            unknown_outcome_settle: self.unknown_outcome_settle,
+            unknown_outcome: self.unknown_outcome,
+            reorder_capacity: self.reorder_capacity,
+            gap_timeout: self.gap_timeout,
+            crash_limit: self.crash_limit,
+            rejoin_policy: rejoin_policy.clone(),
+        };
         let joined = Arc::new(Mutex::new(BTreeSet::new()));
         let (notices, _) = broadcast::channel(4096);
         let mut stores = BTreeMap::new();
@@ -373,7 +449,7 @@ impl DustConnectionBuilder {
             let channel = socket
                 .channel(format!("store:{name}"))
                 .params(default_join_params())
-                .rejoin_policy(RejoinSchedule::default().stop_on_reasons(PERMANENT_JOIN_ERRORS))
+                .rejoin_policy(SharedRejoinPolicy(rejoin_policy.clone()))
                 .handler(StoreHandler { inputs: inputs_tx });
             drop(channel.join());
             let (submissions_tx, submissions_rx) = mpsc::unbounded_channel();
@@ -388,6 +464,7 @@ impl DustConnectionBuilder {
                 submissions: submissions_rx,
                 joined_stores: joined.clone(),
                 notices: notices.clone(),
+                config: config.clone(),
             });
             runtime.spawn(worker.run());
 
@@ -554,6 +631,13 @@ impl DustConnection {
             outbox_capacity: 1024,
             write_timeout: Duration::from_secs(30),
             manual: false,
+            max_in_flight: 64,
+            unknown_outcome_settle: Duration::from_secs(3),
+            unknown_outcome: UnknownOutcome::AtMostOnce,
+            reorder_capacity: 10_000,
+            gap_timeout: Duration::from_secs(5),
+            crash_limit: 2,
+            rejoin_policy: None,
         }
     }
 
@@ -672,7 +756,8 @@ impl DustConnection {
 ///
 /// Every write returns the server's acknowledgement ([`WriteAck`]) or why it was not applied
 /// ([`WriteError`]). Writes go out in the order they are made, after the store has joined and
-/// caught up; a write is answered exactly once, and never applied twice by a resend.
+/// caught up; a write is answered exactly once, and never applied twice by a resend (unless
+/// [`UnknownOutcome::AtLeastOnce`](crate::UnknownOutcome::AtLeastOnce) is chosen).
 #[derive(Clone)]
 pub struct Store {
     name: Arc<str>,

@@ -27,6 +27,15 @@ pub enum WriteError {
     /// outcome could be learned). It was not resent.
     #[error("the outcome of the write is unknown: {0}")]
     Indeterminate(String),
+    /// The server processed the write and did not apply it (a later write sent on the same
+    /// connection was applied, and a channel handles its writes in order), but its reply, with
+    /// the reason, was lost. It was not resent: the server decided.
+    #[error("the server did not apply the write, and its reply was lost: {0}")]
+    NotApplied(String),
+    /// The write made the server's store channel crash (`phx_error`) this many consecutive
+    /// times without being applied; it is not sent again, and the writes after it go on.
+    #[error("the write crashed the server's store channel {0} times in a row; given up")]
+    CrashesChannel(u32),
     /// The connection was shut down before the write was sent.
     #[error("the connection is closed")]
     Closed,

@@ -131,3 +131,91 @@ async fn with_a_full_outbox_writes_polled_out_of_order_still_go_out_in_call_orde
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_applied_once_in_order(&server, STORE, &issued).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_catching_up_a_backlog_under_live_writes_ends_equal_to_the_server() {
+    let server = server().await;
+    let writer_engine = MemoryEngine::new();
+    let writer = connect(&server, &writer_engine).await;
+    let app = writer.store(STORE).unwrap();
+    // A backlog of 2,500 ops (900 keys) written while the second device is offline.
+    let backlog: Vec<_> = (0..2500)
+        .map(|i| app.set(["k".to_owned(), (i % 900).to_string()], json!(i)))
+        .collect();
+    for result in within("backlog", join_all(backlog)).await {
+        result.unwrap();
+    }
+    // The second device joins from 0 while the first keeps writing, one write at a time, so
+    // live events interleave with the catch-up batches.
+    let reader_engine = MemoryEngine::new();
+    let reader = builder(&server)
+        .engine(reader_engine.clone())
+        .connect()
+        .unwrap();
+    for i in 0..300 {
+        let key = (i * 7 % 900).to_string();
+        within("live write", app.set(["k", key.as_str()], json!(-i)))
+            .await
+            .unwrap();
+    }
+    let control = dust(&server);
+    let server_seq = control.store_info(STORE).await.unwrap().seq;
+    assert_eq!(server_seq, 2800);
+    wait_for("the reader reached the server's seq", || {
+        reader_engine.seq(STORE) == server_seq
+    })
+    .await;
+    let on_server: std::collections::BTreeMap<String, serde_json::Value> = control
+        .entries(STORE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.path, e.value))
+        .collect();
+    let on_reader = reader_engine.entries(STORE);
+    let wrong = on_server
+        .iter()
+        .filter(|(path, value)| on_reader.get(*path) != Some(value))
+        .count();
+    assert_eq!(wrong, 0, "{wrong} of {} keys differ", on_server.len());
+    assert_eq!(on_reader, on_server);
+    drop(reader);
+}
+
+/// A rejoin policy that records the attempts it is asked about.
+#[derive(Clone, Debug, Default)]
+struct Recording(std::sync::Arc<std::sync::Mutex<Vec<u32>>>);
+
+impl phoenix_channels::backoff::RejoinPolicy for Recording {
+    fn rejoin_delay(
+        &self,
+        attempt: u32,
+        _cause: &phoenix_channels::RejoinCause,
+    ) -> Option<std::time::Duration> {
+        self.0.lock().unwrap().push(attempt);
+        Some(std::time::Duration::from_millis(20))
+    }
+}
+
+#[tokio::test]
+async fn after_a_server_close_the_store_rejoins_on_the_configured_rejoin_policy() {
+    let server = server().await;
+    let engine = MemoryEngine::new();
+    let policy = Recording::default();
+    let connection = builder(&server)
+        .engine(engine.clone())
+        .rejoin_policy(policy.clone())
+        .connect()
+        .unwrap();
+    wait_joined(&connection, STORE).await;
+    assert_eq!(server.control().close_channel(&format!("store:{STORE}")), 1);
+    wait_for("left", || connection.info().joined_stores.is_empty()).await;
+    wait_joined(&connection, STORE).await;
+    assert_eq!(
+        *policy.0.lock().unwrap(),
+        vec![1],
+        "the policy decided the rejoin"
+    );
+    let app = connection.store(STORE).unwrap();
+    within("write", app.set(["k"], 1)).await.unwrap();
+}
