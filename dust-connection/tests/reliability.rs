@@ -219,3 +219,88 @@ async fn after_a_server_close_the_store_rejoins_on_the_configured_rejoin_policy(
     let app = connection.store(STORE).unwrap();
     within("write", app.set(["k"], 1)).await.unwrap();
 }
+
+/// Waits until the server's op log of the store holds `n` ops.
+async fn wait_for_ops(server: &dust_conformance::Server, n: usize) {
+    within("ops on the server", async {
+        while logged_ids(server, STORE).await.len() < n {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_write_whose_rejection_was_lost_before_a_later_write_landed_fails_as_not_applied() {
+    let server = server().await;
+    let engine = MemoryEngine::new();
+    let connection = builder(&server)
+        .engine(engine.clone())
+        // Long enough that only the events can answer the writes within the test's timeout.
+        .unknown_outcome_settle(std::time::Duration::from_secs(60))
+        .connect()
+        .unwrap();
+    wait_joined(&connection, STORE).await;
+    let app = connection.store(STORE).unwrap();
+    within("first", app.set(["x"], 1)).await.unwrap();
+    let control = server.control();
+    let id = control.connections()[0].id;
+    // What the server sends on this connection is held back: replies and events are lost in
+    // the cut below.
+    control
+        .set_delay(id, std::time::Duration::from_secs(30))
+        .unwrap();
+    // The conflict's rejection is lost too, so nothing of it ever reaches the client.
+    dust(&server).drop_next_write_reply();
+    let rejected = app.write(WriteRequest::set(["x"], 2).if_match(999));
+    let later = WriteRequest::set(["y"], 1);
+    let later_id = later.client_op_id.to_string();
+    let later = app.write(later);
+    let answers = tokio::spawn(async move { tokio::join!(rejected, later) });
+    wait_for_ops(&server, 2).await;
+    control.drop_all();
+    let (rejected, later) = within("answers", answers).await.unwrap();
+    assert!(later.unwrap().is_from_event());
+    assert!(
+        matches!(rejected, Err(WriteError::NotApplied(_))),
+        "{rejected:?}"
+    );
+    let logged = logged_ids(&server, STORE).await;
+    assert_eq!(logged.len(), 2);
+    assert_eq!(logged[1], later_id);
+}
+
+#[tokio::test]
+async fn at_most_max_in_flight_writes_are_out_at_once_and_a_cut_applies_each_once_in_order() {
+    let server = server().await;
+    let engine = MemoryEngine::new();
+    let connection = builder(&server)
+        .engine(engine.clone())
+        .max_in_flight(4)
+        .unknown_outcome_settle(std::time::Duration::from_secs(60))
+        .connect()
+        .unwrap();
+    wait_joined(&connection, STORE).await;
+    let app = connection.store(STORE).unwrap();
+    within("first", app.set(["x"], 0)).await.unwrap();
+    let control = server.control();
+    let id = control.connections()[0].id;
+    // Replies and events are held back: the window stays full.
+    control
+        .set_delay(id, std::time::Duration::from_secs(30))
+        .unwrap();
+    let writes: Vec<WriteRequest> = (0..20).map(|i| WriteRequest::increment(["n"], i)).collect();
+    let issued: Vec<String> = writes.iter().map(|w| w.client_op_id.to_string()).collect();
+    let futures: Vec<_> = writes.into_iter().map(|w| app.write(w)).collect();
+    let answers = tokio::spawn(join_all(futures));
+    wait_for_ops(&server, 1 + 4).await;
+    // Give a fifth write every chance to arrive: the server answers nothing meanwhile.
+    let probe = within("a ping", dust(&server).store_info(STORE))
+        .await
+        .unwrap();
+    assert_eq!(probe.seq, 5, "more than 4 writes were sent at once");
+    control.drop_all();
+    let results = within("answers", answers).await.unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_applied_once_in_order(&server, STORE, &issued).await;
+}
