@@ -82,9 +82,11 @@
 //!
 //! # Important notes
 //!
-//! - **Cancel safety**: a write is queued when `write` is first polled; dropping its future
-//!   before the write was sent removes it from the queue; a write already sent stays tracked
-//!   (and reaches the engine) until it is answered.
+//! - **Cancel safety**: a write takes its place in the issue order when `write` is called and
+//!   is queued when its future is first polled; dropping its future before the write was sent
+//!   gives up its place and removes it from the queue; a write already sent stays tracked
+//!   (and reaches the engine) until it is answered. A write future that is kept but never
+//!   polled holds up the writes made after it (they cannot go out before it): poll or drop it.
 //! - **Unknowable outcomes**: a write whose outcome is unknown when its store's log is
 //!   compacted into a snapshot, or when the connection is shut down, fails with
 //!   [`WriteError::Indeterminate`] rather than risk being applied twice.

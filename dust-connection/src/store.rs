@@ -841,12 +841,13 @@ where
                 *applied = Some(ack);
                 return;
             }
-            Some(EntryState::Orphan { epoch, send, .. }) => (*epoch, *send),
-            _ => return,
+            Some(EntryState::Orphan { epoch, send, .. }) => Some((*epoch, *send)),
+            // Resent after the settle time (at least once) and its late event came first.
+            Some(EntryState::Queued) => None,
+            None => return,
         };
         self.resolve(ticket, Ok(ack)).await;
-        if in_order {
-            let (epoch, send) = orphan;
+        if in_order && let Some((epoch, send)) = orphan {
             for (earlier, e, s) in self.orphans() {
                 if e == epoch && s < send {
                     let why = "a later write of the same connection was applied first, so the server processed this one and rejected it; its reply was lost";

@@ -426,3 +426,50 @@ impl Drop for OutboxFuture {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    fn admit(gate: &Arc<Gate>, ticket: u64) -> Option<Permit> {
+        gate.try_admit(ticket, Some(Waker::noop()), |permit| permit)
+    }
+
+    #[test]
+    fn tickets_are_admitted_in_order_and_skipped_when_abandoned() {
+        let gate = Gate::new(8);
+        let (a, b, c) = (gate.issue(), gate.issue(), gate.issue());
+        assert!(admit(&gate, b).is_none(), "b must wait for a");
+        assert!(admit(&gate, c).is_none());
+        gate.abandon(a);
+        let _b = admit(&gate, b).expect("a gave up its turn");
+        let _c = admit(&gate, c).expect("then c");
+    }
+
+    #[test]
+    fn capacity_is_held_until_the_permit_is_dropped() {
+        let gate = Gate::new(1);
+        let (a, b) = (gate.issue(), gate.issue());
+        let first = admit(&gate, a).unwrap();
+        assert!(admit(&gate, b).is_none(), "the only slot is taken");
+        drop(first);
+        assert!(admit(&gate, b).is_some());
+    }
+
+    #[test]
+    fn a_shared_order_is_claimed_once_and_only_by_its_own_gate() {
+        let gate = Gate::new(1);
+        let other = Gate::new(1);
+        let order = Order(Some(Arc::new(Ticket {
+            gate: gate.clone(),
+            number: gate.issue(),
+            wait: true,
+            claimed: AtomicBool::new(false),
+        })));
+        let copy = order.clone();
+        assert_eq!(order.claim(&other), None);
+        assert_eq!(order.claim(&gate), Some((1, true)));
+        assert_eq!(copy.claim(&gate), None);
+    }
+}
