@@ -283,6 +283,10 @@ pub(crate) struct Worker<S> {
     epoch: u64,
     /// How the joins that still have orphaned writes ended.
     ended: BTreeMap<u64, JoinEnd>,
+    /// When the writes of a lost connection stop being waited for: the settle time counts
+    /// from the first loss, not from each rejoin, so cuts that keep coming cannot hold the
+    /// store forever.
+    settle_deadline: Option<Instant>,
     /// The latest seq known to exist on the server (join reply, events, snapshots).
     known_seq: u64,
     /// The seq the engine has been handed every event up to, in order.
@@ -332,6 +336,7 @@ where
             sends: 0,
             epoch: 0,
             ended: BTreeMap::new(),
+            settle_deadline: None,
             known_seq: 0,
             applied_seq: 0,
             held_events: BTreeMap::new(),
@@ -639,6 +644,18 @@ where
                 }
             }
         }
+        self.start_settle_time();
+    }
+
+    /// Starts the settle time when a lost join left writes whose fate its channel process may
+    /// still decide.
+    fn start_settle_time(&mut self) {
+        let lost_orphans = self.entries.values().any(|e| {
+            matches!(e.state, EntryState::Orphan { epoch, .. } if self.ended.get(&epoch) == Some(&JoinEnd::Lost))
+        });
+        if lost_orphans && self.settle_deadline.is_none() {
+            self.settle_deadline = Some(Instant::now() + self.config.unknown_outcome_settle);
+        }
     }
 
     /// Fails every write: unsent ones with `unsent`, the others as indeterminate.
@@ -722,13 +739,17 @@ where
         self.ended.retain(|_, how| *how == JoinEnd::Lost);
         if self.orphans().is_empty() {
             self.ended.clear();
+            self.settle_deadline = None;
             self.phase = Phase::Live(join_ref);
             self.flush().await;
         } else {
-            self.phase = Phase::Settling {
-                join_ref,
-                until: Instant::now() + self.config.unknown_outcome_settle,
-            };
+            let until = *self
+                .settle_deadline
+                .get_or_insert_with(|| Instant::now() + self.config.unknown_outcome_settle);
+            self.phase = Phase::Settling { join_ref, until };
+            if until <= Instant::now() {
+                self.settle_timed_out().await;
+            }
         }
     }
 
@@ -739,6 +760,7 @@ where
         {
             let join_ref = join_ref.clone();
             self.ended.clear();
+            self.settle_deadline = None;
             self.phase = Phase::Live(join_ref);
             self.flush().await;
         }
@@ -764,6 +786,7 @@ where
             }
         }
         self.ended.clear();
+        self.settle_deadline = None;
         self.phase = Phase::Live(join_ref);
         self.flush().await;
     }
