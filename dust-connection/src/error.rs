@@ -42,8 +42,9 @@ pub enum WriteError {
     /// No store of that name was configured.
     #[error("no store `{0}` in this connection")]
     UnknownStore(String),
-    /// The push failed in transport (from the leaf service; the outbox turns this into a
-    /// resend or an answer, callers of the whole stack do not see it).
+    /// The push failed in transport (from the leaf service). The outbox turns a push that may
+    /// have been sent into a resend or another answer; callers of the whole stack see this only
+    /// for a write that can never be sent (it cannot be encoded, or the socket is shut down).
     #[error("transport: {0}")]
     Transport(PushError),
 }

@@ -572,9 +572,18 @@ where
         let (epoch, after_seq) = (*epoch, *after_seq);
         match result {
             Ok(ack) => self.resolve(ticket, Ok(ack)).await,
-            Err(WriteError::Transport(PushError::Unavailable)) => {
+            Err(WriteError::Transport(
+                PushError::Unavailable | PushError::NotJoined | PushError::BufferFull { .. },
+            )) => {
                 // Not sent: the join it was pinned to had ended. It goes out after the rejoin.
                 entry.state = EntryState::Queued;
+            }
+            Err(WriteError::Transport(
+                error @ (PushError::Encode(_) | PushError::Payload(_) | PushError::SocketClosed),
+            )) => {
+                // Never sent, and sending it again cannot work.
+                self.resolve(ticket, Err(WriteError::Transport(error)))
+                    .await;
             }
             Err(WriteError::Transport(error)) => match applied.take() {
                 Some(ack) => self.resolve(ticket, Ok(ack)).await,
