@@ -867,7 +867,7 @@ where
         else {
             return;
         };
-        let ack = WriteAck::from_event(&event.value, event.store_seq);
+        let ack = WriteAck::from_event(event);
         let orphan = match self.entries.get_mut(&ticket).map(|e| &mut e.state) {
             Some(EntryState::InFlight { applied, .. }) => {
                 *applied = Some(ack);
