@@ -270,7 +270,8 @@ impl Channel {
     ///
     /// The push is sent (or buffered, while the channel is joining) when this is called, not
     /// when the future is first polled, so pushes go out in call order; dropping the future only
-    /// discards the reply.
+    /// discards the reply. When the socket's outgoing buffer is full, it waits (in call order)
+    /// for room instead, with its timeout running; see [`push_with`](Self::push_with).
     pub fn push(&self, event: impl Into<Event>, payload: impl Serialize) -> Push {
         match Payload::json(&payload) {
             Ok(payload) => self.push_with_timeout(event, payload, self.inner.push_timeout),

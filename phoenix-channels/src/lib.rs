@@ -59,8 +59,9 @@
 //!
 //! # Important notes
 //!
-//! - **Cancel safety.** `push` sends when it is called; dropping the returned future only drops
-//!   the reply. `join` and `leave` act when called too; dropping their futures only stops the
+//! - **Cancel safety.** `push` sends when it is called (unless the outgoing buffer is full,
+//!   see below: then it waits for room, and dropping it before that withdraws it); dropping
+//!   the returned future only drops the reply. `join` and `leave` act when called too; dropping their futures only stops the
 //!   wait. The socket task is a single non-blocking poll loop: no user code runs on it.
 //! - **Outgoing backpressure.** The bytes of pushes and casts not yet written to the
 //!   connection are bounded ([`SocketBuilder::outgoing_limit`], default 4 MiB): a server that
@@ -74,14 +75,18 @@
 //!   also stops answering heartbeats, so the connection is dropped and reopened after the
 //!   heartbeat timeout, which frees the buffer (pushes in flight fail with
 //!   [`PushError::Disconnected`]).
-//! - **Backpressure.** Each channel's consumer (its message stream or handler) may fall
-//!   `queue_capacity` messages behind (default 1024). When it is three quarters behind, the
-//!   socket stops reading (the server's TCP window fills) until it catches up, for at most one
-//!   second at a time: a consumer that keeps up loses nothing, even in bursts. One that stays
-//!   behind longer gets its overflow dropped and reported ([`Lagged`],
-//!   [`ChannelHandler::on_overflow`]), so that a slow consumer never stalls heartbeats or other
-//!   channels for more than a second, and memory stays bounded. Pushes waiting for a join are
-//!   bounded by `push_buffer` ([`PushError::BufferFull`]).
+//! - **Inbound backpressure.** Each channel's consumer (its message stream or handler) may
+//!   fall `queue_capacity` messages behind (default 1024); beyond that, messages are dropped
+//!   and every drop is reported, with its count ([`Lagged`],
+//!   [`ChannelHandler::on_overflow`]): received + reported dropped = sent. When a consumer is
+//!   three quarters behind, the socket stops reading (the server's TCP window fills) until it
+//!   drains to half, so that one that lags only in a burst loses nothing. Such pauses are
+//!   budgeted: at most one tenth of the time, at most 1 s (or a quarter of the heartbeat
+//!   timeout) at once. A consumer that stays slower than the inbound rate therefore never
+//!   holds reading back for long: heartbeat replies and other channels' messages are not
+//!   stuck behind a backlog, the connection stays up, and the consumer's overflow is dropped
+//!   and reported rather than lost with a reconnect. Pushes waiting for a join are bounded by
+//!   `push_buffer` ([`PushError::BufferFull`]).
 //! - **Drop.** The socket task ends when [`Socket::disconnect`] is called or when every
 //!   [`Socket`] and [`Channel`] handle is dropped. Dropping the last handle of a channel leaves
 //!   it.
@@ -95,14 +100,13 @@
 //!   most; the others are counted and reported in one line a minute later (or when the
 //!   connection ends).
 //!
-//!   What remains: tungstenite, which does the WebSocket handshake, logs the whole upgrade
-//!   request — the URL with its query and every header, including the auth token
-//!   subprotocol — with the `log` crate at **trace** level, under the target
-//!   `tungstenite::handshake::client`. Nothing else of it logs credentials. Such records only
-//!   reach your logs if you forward `log` records (e.g. `tracing-log`, which
-//!   `tracing_subscriber::fmt().init()` installs) with trace enabled for that target: filter
-//!   it out (`RUST_LOG=...,tungstenite=debug` or an `EnvFilter` directive) when credentials
-//!   travel in the connect params or the auth token.
+//!   tungstenite, which does the WebSocket handshake, logs the whole upgrade request (query
+//!   and headers) at trace level through the `log` crate. The connectors of this crate
+//!   ([`transport::WebSocketConnector`], [`transport::StreamConnector`]) hand it the request
+//!   with placeholders for every query value but `vsn`, every header value and the auth token,
+//!   and put the real values back into the bytes on their way to the connection: its log
+//!   shows the placeholders. A custom [`transport::Connector`] that calls tungstenite itself
+//!   does not get this.
 
 pub mod channel;
 pub mod driver;

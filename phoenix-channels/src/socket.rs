@@ -224,9 +224,15 @@ pub fn redact_url(url: &Url) -> String {
     shown.to_string()
 }
 
-/// An endpoint as given to the builder, for `Debug`: redacted like [`redact_url`], and not
-/// shown at all if it is not a URL (it could be anything).
-fn redact_endpoint(endpoint: &str) -> String {
+/// An endpoint as given to a builder, for logs and `Debug`: redacted like [`redact_url`], and
+/// not shown at all if it is not a URL (it could be anything).
+///
+/// ```
+/// use phoenix_channels::socket::redact_endpoint;
+/// assert_eq!(redact_endpoint("ws://h/socket?token=abc"), "ws://h/socket?token=REDACTED");
+/// assert_eq!(redact_endpoint("h/socket?token=abc"), "<not a URL, 18 bytes>");
+/// ```
+pub fn redact_endpoint(endpoint: &str) -> String {
     match Url::parse(endpoint) {
         Ok(url) => redact_url(&url),
         Err(_) => format!("<not a URL, {} bytes>", endpoint.len()),
@@ -385,7 +391,9 @@ impl SocketBuilder {
     /// with [`PushError::OutgoingFull`](crate::PushError::OutgoingFull), and
     /// [`Channel::cast_payload`](crate::Channel::cast_payload) drops the cast and counts it
     /// ([`Socket::dropped_casts`]). A push is counted as its payload, topic and event plus 64
-    /// bytes; one bigger than the limit takes all of it, and goes alone.
+    /// bytes; one bigger than the limit takes all of it, and goes alone. Beyond this limit,
+    /// what the client holds for a connection is tungstenite's write buffer (128 KiB and one
+    /// frame) and the kernel's socket buffer.
     pub fn outgoing_limit(mut self, bytes: usize) -> Self {
         self.outgoing_limit = bytes;
         self
@@ -394,7 +402,8 @@ impl SocketBuilder {
     /// How long a connection must stay up (or until a heartbeat is answered) before it counts
     /// as healthy and the reconnect schedule starts over from its first delay (default 10 s).
     /// Until then, a drop counts as one more consecutive failure, so a server that accepts
-    /// and then closes is redialled on the growing schedule.
+    /// and then closes is redialled on the growing schedule. Zero resets it on every open (as
+    /// phoenix.js does).
     pub fn healthy_after(mut self, after: Duration) -> Self {
         self.core.healthy_after = after;
         self
@@ -679,7 +688,7 @@ impl Socket {
     /// come, first served, so pushes keep their call order).
     pub(crate) fn reserve(&self, cost: usize, wait: bool) -> Room {
         let cost = u32::try_from(cost.clamp(1, self.shared.outgoing_limit)).unwrap_or(u32::MAX);
-        match self.shared.outgoing.clone().try_acquire_many_owned(cost) {
+        match self.shared.outgoing.try_acquire_many(cost) {
             Ok(permit) => {
                 permit.forget();
                 return Room::Now(cost as usize);

@@ -829,3 +829,137 @@ async fn a_server_that_accepts_then_closes_is_redialled_on_the_growing_schedule(
         .collect();
     assert_eq!(gaps, [10, 50, 100, 150, 200, 250], "{gaps:?}");
 }
+
+/// A consumer slower than the inbound rate, for several heartbeat intervals: the connection
+/// stays up (heartbeats are answered in time), and every message is either received or
+/// reported dropped.
+#[tokio::test(start_paused = true)]
+async fn a_slow_consumer_keeps_the_connection_and_every_drop_is_reported() {
+    use futures_util::{FutureExt as _, SinkExt as _};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    const TOTAL: u64 = 8000;
+    let (connector, mut server) = fake_server();
+    let socket = Socket::builder("ws://phoenix.test/socket")
+        .connector(connector)
+        .heartbeat(Duration::from_secs(1))
+        .connect()
+        .unwrap();
+    let (channel, mut messages) = socket.channel("room:1").stream();
+    let mut conn = server.accept().await;
+    drop(channel.join());
+    conn.accept_join("room:1", json!({})).await;
+    let mut status = socket.status_watch();
+    let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let left_connected = left.clone();
+    tokio::spawn(async move {
+        while status.changed().await.is_ok() {
+            if !status.borrow().is_connected() {
+                left_connected.store(true, Ordering::SeqCst);
+            }
+        }
+    });
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let beats = Arc::new(AtomicU32::new(0));
+    let answered = beats.clone();
+    let server_task = tokio::spawn(async move {
+        let answer = |frame: WsMessage, replies: &mut Vec<String>| {
+            if let WsMessage::Text(text) = frame {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                if frame[3] == "heartbeat" {
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    replies.push(
+                        json!([null, frame[1], "phoenix", "phx_reply", {"status": "ok", "response": {}}])
+                            .to_string(),
+                    );
+                }
+            }
+        };
+        // 1000 messages a second for 8 s (eight heartbeat intervals).
+        let mut sent = 0;
+        while sent < TOTAL {
+            let mut replies = Vec::new();
+            while let Some(Some(Ok(frame))) = conn.ws.next().now_or_never() {
+                answer(frame, &mut replies);
+            }
+            for reply in replies {
+                conn.ws.feed(WsMessage::text(reply)).await.unwrap();
+            }
+            for _ in 0..10 {
+                let message = json!([null, null, "room:1", "m", {"n": sent}]);
+                conn.ws
+                    .feed(WsMessage::text(message.to_string()))
+                    .await
+                    .unwrap();
+                sent += 1;
+            }
+            conn.ws.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Then only answer heartbeats, until the consumer is done.
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return conn,
+                frame = conn.ws.next() => {
+                    let mut replies = Vec::new();
+                    answer(frame.unwrap().unwrap(), &mut replies);
+                    for reply in replies {
+                        conn.ws.send(WsMessage::text(reply)).await.unwrap();
+                    }
+                }
+            }
+        }
+    });
+    // The consumer takes 400 messages a second: slower than the 1000 coming in, but fast
+    // enough to drain a quarter of its queue (256) within a second.
+    let (mut received, mut dropped) = (0u64, 0u64);
+    while received + dropped < TOTAL {
+        match within("a message", messages.next()).await {
+            Some(Ok(_)) => received += 1,
+            Some(Err(lagged)) => dropped += lagged.0,
+            None => panic!("the stream ended after {received} + {dropped}"),
+        }
+        tokio::time::sleep(Duration::from_micros(2500)).await;
+    }
+    assert_eq!(received + dropped, TOTAL);
+    assert!(dropped > 0 && received > 1000, "{received} + {dropped}");
+    assert!(beats.load(Ordering::SeqCst) >= 8);
+    assert!(socket.status().is_connected());
+    assert!(!left.load(Ordering::SeqCst), "the socket reconnected");
+    assert!(server.try_accept(Duration::ZERO).await.is_none());
+    stop.send(()).unwrap();
+    let _conn = server_task.await.unwrap();
+}
+
+/// `Duration::MAX` timeouts and intervals mean "never": the socket task goes on.
+#[tokio::test(start_paused = true)]
+async fn huge_timeouts_do_not_kill_the_socket_task() {
+    let (connector, mut server) = fake_server();
+    let socket = Socket::builder("ws://phoenix.test/socket")
+        .connector(connector)
+        .heartbeat(Duration::MAX)
+        .join_timeout(Duration::MAX)
+        .push_timeout(Duration::MAX)
+        .connect_timeout(Duration::MAX)
+        .healthy_after(Duration::MAX)
+        .connect()
+        .unwrap();
+    let (channel, _messages) = socket.channel("room:1").stream();
+    let mut conn = server.accept().await;
+    let joined = channel.join();
+    conn.accept_join("room:1", json!({})).await;
+    within("join", joined).await.unwrap();
+    let push = channel.push("p", json!({}));
+    let frame = conn.recv().await.unwrap();
+    conn.reply(&frame, "ok", json!({"n": 1})).await;
+    assert!(within("reply", push).await.unwrap().is_ok());
+    let waiting = channel.push_with(
+        "q",
+        Payload::empty(),
+        phoenix_channels::PushOptions::new().timeout(Duration::MAX),
+    );
+    let frame = conn.recv().await.unwrap();
+    tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
+    conn.reply(&frame, "ok", json!({})).await;
+    assert!(within("reply", waiting).await.unwrap().is_ok());
+    assert!(socket.status().is_connected());
+}

@@ -2,6 +2,7 @@
 //! certificate is a typed, final error (no retry loop); with the certificate as a custom root,
 //! the socket connects.
 
+#![cfg(any(feature = "rustls-ring", feature = "native-tls"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;

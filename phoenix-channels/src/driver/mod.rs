@@ -7,6 +7,7 @@
 //! waiters. It never awaits user code, and every step is a non-blocking poll, so nothing can be
 //! lost to cancellation.
 
+mod masked;
 pub(crate) mod queue;
 pub mod transport;
 
@@ -48,11 +49,21 @@ const BUDGET: usize = 256;
 /// them, so a burst does not overflow their queues.
 const READ_BUDGET: usize = 128;
 
-/// How long reading may pause, per episode, while a channel's consumer is three quarters of
-/// its capacity behind. A consumer that keeps up only lags briefly, and the pause lets it catch
-/// up without losing messages; one that stays behind longer gets its overflow (reported), so
-/// that heartbeats and other channels are never held up for more than this.
+/// The longest pause of reading while a channel's consumer is three quarters of its capacity
+/// behind (and at most a quarter of the heartbeat timeout). A consumer that only lags in a
+/// burst catches up during a pause without losing messages.
 const MAX_READ_PAUSE: Duration = Duration::from_secs(1);
+
+/// Reading pauses for at most one part in this many of the time: pause time is earned at that
+/// rate while reading (up to [`MAX_READ_PAUSE`]) and spent while paused. A consumer slower
+/// than the inbound rate thus cannot hold reading back for long: the socket reads on at least
+/// nine tenths of the time, so that the server's frames (heartbeat replies among them) never
+/// pile up behind it; the consumer's overflow is dropped and reported ([`crate::Lagged`],
+/// [`crate::ChannelHandler::on_overflow`]).
+const PAUSE_SHARE: u32 = 10;
+
+/// The shortest pause worth starting.
+const MIN_READ_PAUSE: Duration = Duration::from_millis(10);
 
 /// Malformed frames logged at `warn` per [`MALFORMED_WINDOW`]; the rest are counted and
 /// summed up in one line when the window ends (or the connection does).
@@ -204,6 +215,13 @@ pub(crate) struct Driver {
     congested: Vec<ChannelId>,
     /// The end of the current read pause for them.
     pause_until: Option<Instant>,
+    /// When the current read pause started.
+    pause_started: Option<Instant>,
+    /// Pause time earned and not spent (see [`PAUSE_SHARE`]), as of `pause_earned_at`.
+    pause_earned: Duration,
+    pause_earned_at: Instant,
+    /// The most pause time that can be earned, and the longest pause.
+    max_pause: Duration,
     malformed: MalformedLog,
     span: tracing::Span,
 }
@@ -221,6 +239,7 @@ impl Driver {
         outgoing: Arc<Semaphore>,
         url: &str,
     ) -> Self {
+        let max_pause = MAX_READ_PAUSE.min(config.heartbeat_timeout / 4);
         let mut core = SocketCore::new(config);
         core.start(Instant::now().into_std());
         Self {
@@ -248,6 +267,10 @@ impl Driver {
             read_budget: READ_BUDGET,
             congested: Vec::new(),
             pause_until: None,
+            pause_started: None,
+            pause_earned: max_pause,
+            pause_earned_at: Instant::now(),
+            max_pause,
             malformed: MalformedLog::default(),
             span: tracing::info_span!("phoenix_socket", url = %url),
         }
@@ -697,13 +720,41 @@ impl Driver {
                 .get(id)
                 .is_some_and(|slot| slot.queue.wake_when_drained(cx.waker()))
         });
+        let now = Instant::now();
         if self.congested.is_empty() {
-            self.pause_until = None;
+            self.end_pause(now);
             return false;
         }
-        let now = Instant::now();
-        let until = *self.pause_until.get_or_insert(now + MAX_READ_PAUSE);
-        now < until
+        match self.pause_until {
+            Some(until) if now < until => true,
+            Some(_) => {
+                // Spent: read on (the overflow is dropped and reported) while more is earned.
+                self.end_pause(now);
+                false
+            }
+            None => {
+                let earned = now.saturating_duration_since(self.pause_earned_at) / PAUSE_SHARE;
+                self.pause_earned = (self.pause_earned + earned).min(self.max_pause);
+                self.pause_earned_at = now;
+                if self.pause_earned < MIN_READ_PAUSE.min(self.max_pause) {
+                    return false;
+                }
+                self.pause_started = Some(now);
+                self.pause_until = Some(now + self.pause_earned);
+                true
+            }
+        }
+    }
+
+    /// Ends the current read pause, if any, paying for its time.
+    fn end_pause(&mut self, now: Instant) {
+        self.pause_until = None;
+        if let Some(started) = self.pause_started.take() {
+            self.pause_earned = self
+                .pause_earned
+                .saturating_sub(now.saturating_duration_since(started));
+            self.pause_earned_at = now;
+        }
     }
 
     fn finished(&mut self) -> bool {

@@ -19,10 +19,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage, client::IntoClientRequest};
 use url::Url;
 
+use super::masked::{Secrets, Unmask};
 use crate::proto::frame::OutFrame;
 use crate::proto::socket::DisconnectReason;
 
@@ -257,29 +259,10 @@ impl WebSocketConnector {
         #[cfg(not(any(feature = "rustls-ring", feature = "native-tls")))]
         {
             let _ = &mut self;
-            return Err(TlsConfigError::NoTls);
+            Err(TlsConfigError::NoTls)
         }
-        #[allow(unreachable_code)]
+        #[cfg(any(feature = "rustls-ring", feature = "native-tls"))]
         Ok(self)
-    }
-
-    #[cfg(feature = "rustls-ring")]
-    fn tls(&self) -> Result<tokio_tungstenite::Connector, DisconnectReason> {
-        let config = match &self.rustls {
-            Some(config) => config.clone(),
-            None => default_rustls_config()?,
-        };
-        Ok(tokio_tungstenite::Connector::Rustls(config))
-    }
-
-    #[cfg(all(feature = "native-tls", not(feature = "rustls-ring")))]
-    fn tls(&self) -> Result<tokio_tungstenite::Connector, DisconnectReason> {
-        match &self.native {
-            Some(connector) => Ok(tokio_tungstenite::Connector::NativeTls(connector.clone())),
-            None => native_tls::TlsConnector::new()
-                .map(tokio_tungstenite::Connector::NativeTls)
-                .map_err(|e| DisconnectReason::Tls(format!("TLS configuration: {e}"))),
-        }
     }
 }
 
@@ -342,27 +325,92 @@ fn default_rustls_config() -> Result<Arc<rustls::ClientConfig>, DisconnectReason
         .map_err(|e| DisconnectReason::Tls(format!("TLS configuration: {e}")))
 }
 
+/// A byte stream: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+impl WebSocketConnector {
+    /// TLS over `tcp` to `host`.
+    #[cfg(feature = "rustls-ring")]
+    async fn tls(&self, host: &str, tcp: TcpStream) -> Result<Box<dyn Io>, DisconnectReason> {
+        let config = match &self.rustls {
+            Some(config) => config.clone(),
+            None => default_rustls_config()?,
+        };
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| DisconnectReason::Tls(format!("invalid server name `{host}`: {e}")))?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| {
+                if is_tls_error(&e) {
+                    DisconnectReason::Tls(e.to_string())
+                } else if e.kind() == io::ErrorKind::UnexpectedEof {
+                    DisconnectReason::Eof
+                } else {
+                    DisconnectReason::Io(e.to_string())
+                }
+            })?;
+        Ok(Box::new(stream))
+    }
+
+    /// TLS over `tcp` to `host`.
+    #[cfg(all(feature = "native-tls", not(feature = "rustls-ring")))]
+    async fn tls(&self, host: &str, tcp: TcpStream) -> Result<Box<dyn Io>, DisconnectReason> {
+        let connector = match &self.native {
+            Some(connector) => connector.clone(),
+            None => native_tls::TlsConnector::new()
+                .map_err(|e| DisconnectReason::Tls(format!("TLS configuration: {e}")))?,
+        };
+        let stream = tokio_native_tls::TlsConnector::from(connector)
+            .connect(host, tcp)
+            .await
+            .map_err(|e| DisconnectReason::Tls(e.to_string()))?;
+        Ok(Box::new(stream))
+    }
+
+    /// Without TLS support, `wss://` cannot be opened.
+    #[cfg(not(any(feature = "rustls-ring", feature = "native-tls")))]
+    async fn tls(&self, _host: &str, _tcp: TcpStream) -> Result<Box<dyn Io>, DisconnectReason> {
+        Err(ws_error(tungstenite::Error::Url(
+            tungstenite::error::UrlError::TlsFeatureNotEnabled,
+        )))
+    }
+}
+
 #[async_trait]
 impl Connector for WebSocketConnector {
     async fn connect(&self, request: &ConnectRequest) -> Result<BoxTransport, DisconnectReason> {
-        let http = http_request(request)?;
-        let wss = request.url.scheme() == "wss";
-        let config = Some(self.settings.to_config());
-        #[cfg(any(feature = "rustls-ring", feature = "native-tls"))]
-        let connected = {
-            let tls = if wss { Some(self.tls()?) } else { None };
-            tokio_tungstenite::connect_async_tls_with_config(http, config, true, tls).await
+        let (http, secrets) = http_request(request)?;
+        let url = &request.url;
+        let wss = url.scheme() == "wss";
+        let host = match url.host() {
+            Some(url::Host::Domain(domain)) => domain.to_owned(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err(DisconnectReason::Io("the URL has no host".into())),
         };
-        #[cfg(not(any(feature = "rustls-ring", feature = "native-tls")))]
-        let connected = {
-            if wss {
-                return Err(ws_error(tungstenite::Error::Url(
-                    tungstenite::error::UrlError::TlsFeatureNotEnabled,
-                )));
-            }
-            tokio_tungstenite::connect_async_with_config(http, config, true).await
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if wss { 443 } else { 80 });
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| DisconnectReason::Io(e.to_string()))?;
+        // Small frames go out at once (as tokio-tungstenite's own connect does).
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn Io> = if wss {
+            self.tls(&host, tcp).await?
+        } else {
+            Box::new(tcp)
         };
-        let (stream, _response) = connected.map_err(ws_error)?;
+        let (stream, _response) = tokio_tungstenite::client_async_with_config(
+            http,
+            Unmask::new(stream, secrets),
+            Some(self.settings.to_config()),
+        )
+        .await
+        .map_err(ws_error)?;
         Ok(Box::new(WsTransport(stream)))
     }
 }
@@ -423,10 +471,10 @@ where
         let stream = (self.open)(request.clone())
             .await
             .map_err(|e| DisconnectReason::Io(e.to_string()))?;
-        let http = http_request(request)?;
+        let (http, secrets) = http_request(request)?;
         let (stream, _response) = tokio_tungstenite::client_async_with_config(
             http,
-            stream,
+            Unmask::new(stream, secrets),
             Some(self.settings.to_config()),
         )
         .await
@@ -435,14 +483,39 @@ where
     }
 }
 
+/// The upgrade request as tungstenite gets it — with placeholders for the query values (but
+/// those of [`SHOWN_PARAMS`](crate::socket::SHOWN_PARAMS)), the header values and the token
+/// subprotocol, since tungstenite logs the whole request at trace level — and the secrets
+/// that [`Unmask`] puts back on the wire.
 fn http_request(
     request: &ConnectRequest,
-) -> Result<tungstenite::handshake::client::Request, DisconnectReason> {
+) -> Result<(tungstenite::handshake::client::Request, Secrets), DisconnectReason> {
     use tungstenite::http::{HeaderName, HeaderValue};
     let invalid =
         |what: &str, e: &dyn fmt::Display| DisconnectReason::Io(format!("invalid {what}: {e}"));
-    let mut http = request
-        .url
+    let mut secrets = Secrets::new();
+    let mut url = request.url.clone();
+    if let Some(query) = request.url.query() {
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, value)) => {
+                    let decoded: String = url::form_urlencoded::parse(pair.as_bytes())
+                        .next()
+                        .map(|(k, _)| k.into_owned())
+                        .unwrap_or_default();
+                    if crate::socket::SHOWN_PARAMS.contains(&decoded.as_str()) {
+                        pair.to_owned()
+                    } else {
+                        format!("{name}={}", secrets.mask(value))
+                    }
+                }
+                None => pair.to_owned(),
+            })
+            .collect();
+        url.set_query(Some(&masked.join("&")));
+    }
+    let mut http = url
         .as_str()
         .into_client_request()
         .map_err(|e| invalid("URL", &e))?;
@@ -450,15 +523,31 @@ fn http_request(
     for (name, value) in &request.headers {
         let name =
             HeaderName::from_bytes(name.as_bytes()).map_err(|e| invalid("header name", &e))?;
-        let value = HeaderValue::from_str(value).map_err(|e| invalid("header value", &e))?;
+        // Checked as it will be sent, then masked.
+        HeaderValue::from_str(value).map_err(|e| invalid("header value", &e))?;
+        let value =
+            HeaderValue::from_str(&secrets.mask(value)).map_err(|e| invalid("header value", &e))?;
         headers.append(name, value);
     }
     if !request.protocols.is_empty() {
-        let value = HeaderValue::from_str(&request.protocols.join(", "))
-            .map_err(|e| invalid("subprotocol", &e))?;
+        let joined = request.protocols.join(", ");
+        HeaderValue::from_str(&joined).map_err(|e| invalid("subprotocol", &e))?;
+        let masked: Vec<String> = request
+            .protocols
+            .iter()
+            .map(|p| {
+                if p == "phoenix" {
+                    p.clone()
+                } else {
+                    secrets.mask(p)
+                }
+            })
+            .collect();
+        let value =
+            HeaderValue::from_str(&masked.join(", ")).map_err(|e| invalid("subprotocol", &e))?;
         headers.insert("sec-websocket-protocol", value);
     }
-    Ok(http)
+    Ok((http, secrets))
 }
 
 /// Maps a tungstenite error to the reason a connection failed or ended.
