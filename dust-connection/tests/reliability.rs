@@ -9,9 +9,12 @@ use std::future::Future;
 use std::pin::Pin;
 
 use common::*;
-use dust_connection::{MemoryEngine, WriteAck, WriteError, WriteRequest};
+use std::time::Duration;
+
+use dust_connection::{MemoryEngine, UnknownOutcome, WriteAck, WriteError, WriteRequest};
 use futures_util::FutureExt as _;
 use futures_util::future::join_all;
+use phoenix_channels::backoff::RejoinSchedule;
 use serde_json::json;
 
 type WriteFuture<'a> = Pin<Box<dyn Future<Output = Result<WriteAck, WriteError>> + Send + 'a>>;
@@ -301,6 +304,161 @@ async fn at_most_max_in_flight_writes_are_out_at_once_and_a_cut_applies_each_onc
     assert_eq!(probe.seq, 5, "more than 4 writes were sent at once");
     control.drop_all();
     let results = within("answers", answers).await.unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_applied_once_in_order(&server, STORE, &issued).await;
+}
+
+/// Every write was answered; the server applied each at most once, in issue order; the ones
+/// answered `Ok` are in its log, the ones the server did not apply are not.
+async fn assert_at_most_once_in_issue_order(
+    server: &dust_conformance::Server,
+    issued: &[String],
+    results: &[Result<WriteAck, WriteError>],
+) {
+    assert_eq!(issued.len(), results.len());
+    let position: std::collections::HashMap<&str, usize> = issued
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let logged = logged_ids(server, STORE).await;
+    let ours: Vec<usize> = logged
+        .iter()
+        .filter_map(|id| position.get(id.as_str()).copied())
+        .collect();
+    let unique: std::collections::HashSet<usize> = ours.iter().copied().collect();
+    assert_eq!(unique.len(), ours.len(), "a write was applied twice");
+    assert!(
+        ours.windows(2).all(|pair| pair[0] < pair[1]),
+        "writes were applied out of issue order"
+    );
+    for (i, result) in results.iter().enumerate() {
+        let applied = unique.contains(&i);
+        match result {
+            Ok(_) => assert!(applied, "write {i} was acknowledged but is not in the log"),
+            Err(WriteError::Indeterminate(_)) => {}
+            Err(WriteError::NotApplied(_) | WriteError::CrashesChannel(_)) => {
+                assert!(
+                    !applied,
+                    "write {i} failed as not applied but is in the log"
+                )
+            }
+            Err(other) => panic!("write {i}: unexpected {other:?}"),
+        }
+    }
+}
+
+fn sets(n: usize) -> Vec<WriteRequest> {
+    (0..n)
+        .map(|i| WriteRequest::set(["k".to_owned(), i.to_string()], json!(i)))
+        .collect()
+}
+
+/// Issues the writes, cuts the connection each time the log reaches one of `cuts`, and
+/// returns the answers.
+async fn write_through_cuts(
+    server: &dust_conformance::Server,
+    app: &dust_connection::Store,
+    writes: &[WriteRequest],
+    cuts: &[usize],
+) -> Vec<Result<WriteAck, WriteError>> {
+    let futures: Vec<_> = writes.iter().cloned().map(|w| app.write(w)).collect();
+    let answers = tokio::spawn(join_all(futures));
+    for &n in cuts {
+        wait_for_ops(server, n).await;
+        server.control().drop_all();
+    }
+    within("answers", answers).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_in_flight_at_cuts_are_never_applied_twice_by_a_server_that_drains_dead_connections()
+{
+    let server = server().await;
+    dust(&server).set_write_cost(Duration::from_millis(1));
+    let engine = MemoryEngine::new();
+    let connection = builder(&server)
+        .engine(engine.clone())
+        .unknown_outcome_settle(Duration::from_millis(500))
+        .connect()
+        .unwrap();
+    wait_joined(&connection, STORE).await;
+    let app = connection.store(STORE).unwrap();
+    let writes = sets(700);
+    let issued: Vec<String> = writes.iter().map(|w| w.client_op_id.to_string()).collect();
+    let results = write_through_cuts(&server, &app, &writes, &[50, 200, 350, 500]).await;
+    assert_at_most_once_in_issue_order(&server, &issued, &results).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    // Only writes lost in transit at a cut can stay unknown: at most a window per cut.
+    assert!(ok >= 700 - 4 * 64, "only {ok} of 700 acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_resends_only_what_did_not_land_after_the_settle_time() {
+    let server = server().await;
+    dust(&server).set_write_cost(Duration::from_millis(1));
+    let engine = MemoryEngine::new();
+    let connection = builder(&server)
+        .engine(engine.clone())
+        .unknown_outcome(UnknownOutcome::AtLeastOnce)
+        .unknown_outcome_settle(Duration::from_millis(500))
+        .connect()
+        .unwrap();
+    wait_joined(&connection, STORE).await;
+    let app = connection.store(STORE).unwrap();
+    let writes = sets(500);
+    let issued: Vec<String> = writes.iter().map(|w| w.client_op_id.to_string()).collect();
+    let results = write_through_cuts(&server, &app, &writes, &[50, 200, 350]).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_applied_once_in_order(&server, STORE, &issued).await;
+}
+
+#[tokio::test]
+async fn a_write_that_crashes_the_channel_twice_fails_and_the_writes_after_it_go_on() {
+    let server = server().await;
+    let engine = MemoryEngine::new();
+    let connection = builder(&server)
+        .engine(engine.clone())
+        .rejoin_policy(RejoinSchedule::default().with_schedule_ms([20]))
+        .connect()
+        .unwrap();
+    wait_joined(&connection, STORE).await;
+    let app = connection.store(STORE).unwrap();
+    dust(&server).crash_writes_at(Some("files/b"));
+    let before = WriteRequest::set(["a"], 1);
+    let bad = WriteRequest::put_file(["files", "b"], "content");
+    let after = WriteRequest::set(["c"], 2);
+    let ids = vec![
+        before.client_op_id.to_string(),
+        after.client_op_id.to_string(),
+    ];
+    let (before, bad, after) = within("answers", async {
+        tokio::join!(app.write(before), app.write(bad), app.write(after))
+    })
+    .await;
+    assert!(before.is_ok(), "{before:?}");
+    assert_eq!(bad.unwrap_err(), WriteError::CrashesChannel(2));
+    assert!(after.is_ok(), "{after:?}");
+    let logged = logged_ids(&server, STORE).await;
+    assert_eq!(logged, ids);
+}
+
+#[tokio::test]
+async fn a_write_in_flight_at_a_channel_crash_is_resent_once_with_the_writes_after_it() {
+    let server = server().await;
+    let engine = MemoryEngine::new();
+    let connection = builder(&server)
+        .engine(engine.clone())
+        .rejoin_policy(RejoinSchedule::default().with_schedule_ms([20]))
+        .connect()
+        .unwrap();
+    wait_joined(&connection, STORE).await;
+    let app = connection.store(STORE).unwrap();
+    dust(&server).crash_next_write();
+    let writes = sets(30);
+    let issued: Vec<String> = writes.iter().map(|w| w.client_op_id.to_string()).collect();
+    let futures: Vec<_> = writes.into_iter().map(|w| app.write(w)).collect();
+    let results = within("answers", join_all(futures)).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_applied_once_in_order(&server, STORE, &issued).await;
 }
