@@ -462,3 +462,37 @@ async fn a_write_in_flight_at_a_channel_crash_is_resent_once_with_the_writes_aft
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_applied_once_in_order(&server, STORE, &issued).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_a_dead_connection_never_applied_fail_as_indeterminate_and_newer_writes_go_on_after_the_settle_time()
+ {
+    let server = server().await;
+    let control = server.control();
+    dust(&server).set_write_cost(Duration::from_millis(20));
+    // A dead connection's channel drops what it had not handled: those writes never land,
+    // and nothing can tell the client so.
+    control.set_drain_limit(Some(Duration::ZERO));
+    let engine = MemoryEngine::new();
+    let connection = builder(&server)
+        .engine(engine.clone())
+        .max_in_flight(8)
+        .unknown_outcome_settle(Duration::from_millis(300))
+        .connect()
+        .unwrap();
+    wait_joined(&connection, STORE).await;
+    let app = connection.store(STORE).unwrap();
+    let writes = sets(40);
+    let issued: Vec<String> = writes.iter().map(|w| w.client_op_id.to_string()).collect();
+    let results = write_through_cuts(&server, &app, &writes, &[3]).await;
+    assert_at_most_once_in_issue_order(&server, &issued, &results).await;
+    let indeterminate = results
+        .iter()
+        .filter(|r| matches!(r, Err(WriteError::Indeterminate(_))))
+        .count();
+    assert!(
+        (1..=8).contains(&indeterminate),
+        "{indeterminate} writes indeterminate: {results:?}"
+    );
+    let logged = logged_ids(&server, STORE).await.len();
+    assert_eq!(logged + indeterminate, 40, "every other write landed once");
+}
