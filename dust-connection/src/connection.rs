@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use base64::Engine as _;
 use futures_util::FutureExt as _;
-use phoenix_channels::backoff::RejoinSchedule;
+use phoenix_channels::backoff::{RejoinPolicy, RejoinSchedule};
 use phoenix_channels::{
     ConnectParams, ProviderError, Socket, SocketBuilder, SocketDriver, SocketStatus,
 };
@@ -23,7 +23,8 @@ use crate::engine::{MemoryEngine, SyncEngine};
 use crate::error::{BuildError, WriteError};
 use crate::layer::{ChannelService, Outbox, TelemetryLayer, ValidateLayer};
 use crate::store::{
-    INPUT_CAPACITY, Notice, StoreHandler, Worker, WorkerParts, default_join_params,
+    INPUT_CAPACITY, Notice, SharedRejoinPolicy, StoreHandler, UnknownOutcome, Worker, WorkerConfig,
+    WorkerParts, default_join_params,
 };
 use crate::write::{IntoSegments, Lease, WriteAck, WriteRequest};
 
@@ -275,6 +276,13 @@ pub struct DustConnectionBuilder {
     outbox_capacity: usize,
     write_timeout: Duration,
     manual: bool,
+    max_in_flight: usize,
+    unknown_outcome_settle: Duration,
+    unknown_outcome: UnknownOutcome,
+    reorder_capacity: usize,
+    gap_timeout: Duration,
+    crash_limit: u32,
+    rejoin_policy: Option<Arc<dyn RejoinPolicy>>,
 }
 
 impl fmt::Debug for DustConnectionBuilder {
@@ -365,6 +373,62 @@ impl DustConnectionBuilder {
         self
     }
 
+    /// At most this many writes of a store are sent and unanswered at once; the others wait in
+    /// the outbox, in order (default 64). It also bounds how many writes can be in doubt when
+    /// a connection is lost.
+    pub fn max_in_flight(mut self, writes: usize) -> Self {
+        self.max_in_flight = writes;
+        self
+    }
+
+    /// After a lost connection, the old connection's channel process may still apply the
+    /// writes it received, and their events then arrive on the new join. After the new join's
+    /// catch-up, a store whose writes were in flight holds them, and every newer write, for
+    /// up to this long while their events may still arrive (default 3 s: the real server
+    /// drains a dead connection's writes within a few seconds, and the in-flight window keeps
+    /// that short). What is still unknown then is handled per [`unknown_outcome`](Self::unknown_outcome).
+    pub fn unknown_outcome_settle(mut self, settle: Duration) -> Self {
+        self.unknown_outcome_settle = settle;
+        self
+    }
+
+    /// What to do with writes whose outcome is still unknown after the settle time (default
+    /// [`UnknownOutcome::AtMostOnce`]: they fail with [`WriteError::Indeterminate`]).
+    pub fn unknown_outcome(mut self, policy: UnknownOutcome) -> Self {
+        self.unknown_outcome = policy;
+        self
+    }
+
+    /// How many events a store holds while a hole below them is open (live events that
+    /// overtook the catch-up, or a lost event), before it resynchronizes (default 10 000).
+    pub fn reorder_capacity(mut self, events: usize) -> Self {
+        self.reorder_capacity = events;
+        self
+    }
+
+    /// How long a hole in a store's live events may stay open before the store resynchronizes
+    /// (default 5 s).
+    pub fn gap_timeout(mut self, timeout: Duration) -> Self {
+        self.gap_timeout = timeout;
+        self
+    }
+
+    /// A write that is the first unapplied write at this many consecutive crashes of its
+    /// store's channel fails with [`WriteError::CrashesChannel`] (default 2), so the writes
+    /// after it go on.
+    pub fn crash_limit(mut self, crashes: u32) -> Self {
+        self.crash_limit = crashes;
+        self
+    }
+
+    /// The rejoin policy of every store's channel, which also governs the rejoin after the
+    /// server closes a store's channel (default: [`RejoinSchedule::default`], stopping on
+    /// [`PERMANENT_JOIN_ERRORS`]).
+    pub fn rejoin_policy(mut self, policy: impl RejoinPolicy + 'static) -> Self {
+        self.rejoin_policy = Some(Arc::new(policy));
+        self
+    }
+
     /// Builds without connecting (the seed's test mode): stores and writes work, writes wait,
     /// until [`DustConnection::connect`].
     pub fn manual(mut self) -> Self {
@@ -421,6 +485,18 @@ impl DustConnectionBuilder {
         let (socket, driver) = builder.build()?;
         let url = shown_url(socket.url(), device_id.as_str());
 
+        let rejoin_policy: Arc<dyn RejoinPolicy> = self.rejoin_policy.unwrap_or_else(|| {
+            Arc::new(RejoinSchedule::default().stop_on_reasons(PERMANENT_JOIN_ERRORS))
+        });
+        let config = WorkerConfig {
+            max_in_flight: self.max_in_flight,
+            unknown_outcome_settle: self.unknown_outcome_settle,
+            unknown_outcome: self.unknown_outcome,
+            reorder_capacity: self.reorder_capacity,
+            gap_timeout: self.gap_timeout,
+            crash_limit: self.crash_limit,
+            rejoin_policy: rejoin_policy.clone(),
+        };
         let joined = Arc::new(Mutex::new(BTreeSet::new()));
         let (notices, _) = broadcast::channel(4096);
         let mut stores = BTreeMap::new();
@@ -429,7 +505,7 @@ impl DustConnectionBuilder {
             let channel = socket
                 .channel(format!("store:{name}"))
                 .params(default_join_params())
-                .rejoin_policy(RejoinSchedule::default().stop_on_reasons(PERMANENT_JOIN_ERRORS))
+                .rejoin_policy(SharedRejoinPolicy(rejoin_policy.clone()))
                 .handler(StoreHandler { inputs: inputs_tx });
             drop(channel.join());
             let (submissions_tx, submissions_rx) = mpsc::unbounded_channel();
@@ -444,6 +520,7 @@ impl DustConnectionBuilder {
                 submissions: submissions_rx,
                 joined_stores: joined.clone(),
                 notices: notices.clone(),
+                config: config.clone(),
             });
             runtime.spawn(worker.run());
 
@@ -610,6 +687,13 @@ impl DustConnection {
             outbox_capacity: 1024,
             write_timeout: Duration::from_secs(30),
             manual: false,
+            max_in_flight: 64,
+            unknown_outcome_settle: Duration::from_secs(3),
+            unknown_outcome: UnknownOutcome::AtMostOnce,
+            reorder_capacity: 10_000,
+            gap_timeout: Duration::from_secs(5),
+            crash_limit: 2,
+            rejoin_policy: None,
         }
     }
 
@@ -728,7 +812,8 @@ impl DustConnection {
 ///
 /// Every write returns the server's acknowledgement ([`WriteAck`]) or why it was not applied
 /// ([`WriteError`]). Writes go out in the order they are made, after the store has joined and
-/// caught up; a write is answered exactly once, and never applied twice by a resend.
+/// caught up; a write is answered exactly once, and never applied twice by a resend (unless
+/// [`UnknownOutcome::AtLeastOnce`](crate::UnknownOutcome::AtLeastOnce) is chosen).
 #[derive(Clone)]
 pub struct Store {
     name: Arc<str>,
@@ -755,117 +840,147 @@ impl Store {
         self.service.clone()
     }
 
-    /// Writes, waiting for room in the outbox if it is full.
-    pub async fn write(&self, request: WriteRequest) -> Result<WriteAck, WriteError> {
-        self.service.clone().oneshot(request).await
+    /// Writes, waiting for its turn and for room in the outbox if it is full.
+    ///
+    /// The write takes its place in the store's issue order when this is called, not when the
+    /// future is first polled: writes made one after the other are sent (and applied) in that
+    /// order, however their futures are polled. Dropping the future gives up the place (and
+    /// takes the write out of the outbox if it was not sent yet).
+    pub fn write(
+        &self,
+        mut request: WriteRequest,
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        request.order = self.outbox.order(true);
+        self.service.clone().oneshot(request)
     }
 
-    /// Writes without waiting for room: fails with [`WriteError::OutboxFull`] if the outbox is
-    /// full (or a layer is not ready).
-    pub async fn try_write(&self, request: WriteRequest) -> Result<WriteAck, WriteError> {
+    /// Writes without waiting for its turn or for room: fails with
+    /// [`WriteError::OutboxFull`] if the outbox is full, if earlier writes of this store are
+    /// still on their way to it, or if a layer is not ready.
+    pub fn try_write(
+        &self,
+        mut request: WriteRequest,
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        request.order = self.outbox.order(false);
         let mut service = self.service.clone();
-        match service.ready().now_or_never() {
-            Some(Ok(ready)) => ready.call(request).await,
-            Some(Err(error)) => Err(error),
-            None => Err(WriteError::OutboxFull),
+        async move {
+            match service.ready().now_or_never() {
+                Some(Ok(ready)) => ready.call(request).await,
+                Some(Err(error)) => Err(error),
+                None => Err(WriteError::OutboxFull),
+            }
         }
     }
 
     /// Sets `value` at `path`.
-    pub async fn set(
+    pub fn set(
         &self,
         path: impl IntoSegments,
         value: impl Into<Value>,
-    ) -> Result<WriteAck, WriteError> {
-        self.write(WriteRequest::set(path, value)).await
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        self.write(WriteRequest::set(path, value))
     }
 
     /// Deletes `path` and everything below it.
-    pub async fn delete(&self, path: impl IntoSegments) -> Result<WriteAck, WriteError> {
-        self.write(WriteRequest::delete(path)).await
+    pub fn delete(
+        &self,
+        path: impl IntoSegments,
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        self.write(WriteRequest::delete(path))
     }
 
     /// Merges the map `value` into `path`.
-    pub async fn merge(
+    pub fn merge(
         &self,
         path: impl IntoSegments,
         value: impl Into<Value>,
-    ) -> Result<WriteAck, WriteError> {
-        self.write(WriteRequest::merge(path, value)).await
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        self.write(WriteRequest::merge(path, value))
     }
 
     /// Adds `by` to the counter at `path`; the ack's `store_seq` is the op's seq.
-    pub async fn increment(
+    pub fn increment(
         &self,
         path: impl IntoSegments,
         by: impl Into<Value>,
-    ) -> Result<WriteAck, WriteError> {
-        self.write(WriteRequest::increment(path, by)).await
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        self.write(WriteRequest::increment(path, by))
     }
 
     /// Adds `member` to the set at `path`.
-    pub async fn add(
+    pub fn add(
         &self,
         path: impl IntoSegments,
         member: impl Into<Value>,
-    ) -> Result<WriteAck, WriteError> {
-        self.write(WriteRequest::add(path, member)).await
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        self.write(WriteRequest::add(path, member))
     }
 
     /// Removes `member` from the set at `path`.
-    pub async fn remove(
+    pub fn remove(
         &self,
         path: impl IntoSegments,
         member: impl Into<Value>,
-    ) -> Result<WriteAck, WriteError> {
-        self.write(WriteRequest::remove(path, member)).await
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        self.write(WriteRequest::remove(path, member))
     }
 
     /// Acquires a lease on `key` for `ttl`; the lease carries the token for renew, release and
     /// fences.
-    pub async fn lease(
+    pub fn lease(
         &self,
         key: impl IntoSegments,
         ttl: Duration,
         holder: Option<String>,
-    ) -> Result<Lease, WriteError> {
+    ) -> impl Future<Output = Result<Lease, WriteError>> + Send + 'static {
         let request = WriteRequest::lease(key, ttl.as_millis() as u64, holder);
         let key = crate::write::Path::new(request.op.path().to_vec()).ok();
-        let ack = self.write(request).await?;
-        key.and_then(|key| ack.lease(&key)).ok_or_else(|| {
-            WriteError::Rejected(crate::write::Rejection::unexpected(&Value::Object(
-                ack.reply().clone(),
-            )))
-        })
+        let write = self.write(request);
+        async move {
+            let ack = write.await?;
+            key.and_then(|key| ack.lease(&key)).ok_or_else(|| {
+                WriteError::Rejected(crate::write::Rejection::unexpected(&Value::Object(
+                    ack.reply().clone(),
+                )))
+            })
+        }
     }
 
     /// Renews a lease for `ttl`.
-    pub async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Lease, WriteError> {
-        let ack = self
-            .write(WriteRequest::renew(lease, ttl.as_millis() as u64))
-            .await?;
-        ack.lease(&lease.key).ok_or_else(|| {
-            WriteError::Rejected(crate::write::Rejection::unexpected(&Value::Object(
-                ack.reply().clone(),
-            )))
-        })
+    pub fn renew(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<Lease, WriteError>> + Send + 'static {
+        let write = self.write(WriteRequest::renew(lease, ttl.as_millis() as u64));
+        let key = lease.key.clone();
+        async move {
+            let ack = write.await?;
+            ack.lease(&key).ok_or_else(|| {
+                WriteError::Rejected(crate::write::Rejection::unexpected(&Value::Object(
+                    ack.reply().clone(),
+                )))
+            })
+        }
     }
 
     /// Releases a lease (`released() == Some(false)` in the ack when it was not held).
-    pub async fn release(&self, lease: &Lease) -> Result<WriteAck, WriteError> {
-        self.write(WriteRequest::release(lease)).await
+    pub fn release(
+        &self,
+        lease: &Lease,
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        self.write(WriteRequest::release(lease))
     }
 
     /// Stores `content` as a file at `path`.
-    pub async fn put_file(
+    pub fn put_file(
         &self,
         path: impl IntoSegments,
         content: impl Into<bytes::Bytes>,
         filename: Option<String>,
         content_type: Option<String>,
-    ) -> Result<WriteAck, WriteError> {
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
         self.write(WriteRequest::put_file(path, content).file_meta(filename, content_type))
-            .await
     }
 
     /// Asks a store whose join was refused for good to try again.

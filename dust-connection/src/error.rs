@@ -27,14 +27,24 @@ pub enum WriteError {
     /// outcome could be learned). It was not resent.
     #[error("the outcome of the write is unknown: {0}")]
     Indeterminate(String),
+    /// The server processed the write and did not apply it (a later write sent on the same
+    /// connection was applied, and a channel handles its writes in order), but its reply, with
+    /// the reason, was lost. It was not resent: the server decided.
+    #[error("the server did not apply the write, and its reply was lost: {0}")]
+    NotApplied(String),
+    /// The write made the server's store channel crash (`phx_error`) this many consecutive
+    /// times without being applied; it is not sent again, and the writes after it go on.
+    #[error("the write crashed the server's store channel {0} times in a row; given up")]
+    CrashesChannel(u32),
     /// The connection was shut down before the write was sent.
     #[error("the connection is closed")]
     Closed,
     /// No store of that name was configured.
     #[error("no store `{0}` in this connection")]
     UnknownStore(String),
-    /// The push failed in transport (from the leaf service; the outbox turns this into a
-    /// resend or an answer, callers of the whole stack do not see it).
+    /// The push failed in transport (from the leaf service). The outbox turns a push that may
+    /// have been sent into a resend or another answer; callers of the whole stack see this only
+    /// for a write that can never be sent (it cannot be encoded, or the socket is shut down).
     #[error("transport: {0}")]
     Transport(PushError),
 }

@@ -37,23 +37,56 @@
 //!
 //! - keeps one FIFO per store, bounded ([`DustConnectionBuilder::outbox_capacity`]): when it is
 //!   full, `write` waits and `try_write` fails with [`WriteError::OutboxFull`];
-//! - sends only while the store is joined and caught up, in issue order; writes made meanwhile
-//!   wait;
+//! - keeps **issue order**: a write takes its place when [`Store::write`] (or `set`, `put_file`,
+//!   ...) is *called*, not when its future is first polled, and writes enter the outbox, are
+//!   sent, and are applied in that order; a write dropped or failed before it is queued gives up
+//!   its place without holding up the next ones;
+//! - sends only while the store is joined and caught up, and at most
+//!   [`DustConnectionBuilder::max_in_flight`] writes at once (default 64): the others wait in
+//!   order; this also bounds how many writes can be in doubt after a cut;
 //! - pins every push to the join it was sent under, so no write goes out late after a rejoin;
-//! - after a rejoin, waits for `catch_up_complete`: a write that was in flight and whose
-//!   `client_op_id` shows up in the catch-up is answered from that event; the others are resent
-//!   with the same `client_op_id`, then the queued ones, in issue order;
 //! - answers a write whose reply was lost from its own `event`;
 //! - never retries a rejected write (add a layer for that, e.g. on `rate_limited`);
 //! - fails a store's queued writes with the join error when the join is refused for good
 //!   (`unauthorized`, `store_not_allowed`, `missing_scope`) and stops rejoining it until
 //!   [`Store::rejoin`].
 //!
+//! **After a join ends with writes unanswered**, the outbox learns their fate from the new
+//! join's events before it sends anything (a server channel process handles its writes in
+//! order and broadcasts each applied one before the next):
+//!
+//! - a write whose own event arrives was applied: it is answered from the event;
+//! - a write without an event while a *later* write of the same join has one was processed and
+//!   not applied (its rejection was lost): it fails with [`WriteError::NotApplied`];
+//! - if the old join's channel process ended (it crashed with `phx_error`, was closed, or was
+//!   left), the writes without an event after the catch-up did not land: they are resent,
+//!   first, in order. A write that is the first unapplied one at
+//!   [`DustConnectionBuilder::crash_limit`] consecutive crashes (default 2) fails with
+//!   [`WriteError::CrashesChannel`], and the writes after it go on;
+//! - if the connection was lost, the old channel process may keep applying what it received:
+//!   after the catch-up the store holds those writes, **and every newer one**, for up to
+//!   [`DustConnectionBuilder::unknown_outcome_settle`] (default 3 s) while their events may
+//!   arrive. The ones still unknown then follow [`UnknownOutcome`]: by default
+//!   ([`UnknownOutcome::AtMostOnce`]) they fail with [`WriteError::Indeterminate`] and are
+//!   never resent (at most once: such a write may have been applied, or lost);
+//!   [`UnknownOutcome::AtLeastOnce`] resends them instead (at least once: a write the old
+//!   process applies after the settle time is applied twice). Then the queue goes on, in
+//!   issue order.
+//!
+//! **The local replica** gets the store's events strictly in seq order with no hole, whatever
+//! engine is used: events below the next expected seq are duplicates and dropped, events above
+//! it wait in a bounded buffer ([`DustConnectionBuilder::reorder_capacity`]), a snapshot resets
+//! the expected seq, and a hole still open at `catch_up_complete`, for longer than
+//! [`DustConnectionBuilder::gap_timeout`], or with the buffer full makes the store leave and
+//! rejoin from the engine's seq ([`Notice::Resync`]).
+//!
 //! # Important notes
 //!
-//! - **Cancel safety**: a write is queued when `write` is first polled; dropping its future
-//!   before the write was sent removes it from the queue; a write already sent stays tracked
-//!   (and reaches the engine) until it is answered.
+//! - **Cancel safety**: a write takes its place in the issue order when `write` is called and
+//!   is queued when its future is first polled; dropping its future before the write was sent
+//!   gives up its place and removes it from the queue; a write already sent stays tracked
+//!   (and reaches the engine) until it is answered. A write future that is kept but never
+//!   polled holds up the writes made after it (they cannot go out before it): poll or drop it.
 //! - **Unknowable outcomes**: a write whose outcome is unknown when its store's log is
 //!   compacted into a snapshot, or when the connection is shut down, fails with
 //!   [`WriteError::Indeterminate`] rather than risk being applied twice.
@@ -76,7 +109,7 @@ pub use engine::{
     SyncEngine,
 };
 pub use error::{BuildError, WriteError};
-pub use store::Notice;
+pub use store::{Notice, UnknownOutcome};
 pub use write::{
     ClientOpId, EncodedWrite, Fence, FileContent, IntoSegments, Lease, Path, PathError,
     RejectReason, Rejection, WriteAck, WriteOp, WriteRequest,

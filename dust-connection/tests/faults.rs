@@ -175,7 +175,7 @@ async fn replies_lost_in_a_disconnect_are_answered_from_the_catch_up_not_resent(
 async fn writes_in_flight_that_never_reached_the_server_are_resent_once() {
     let server = server().await;
     let engine = MemoryEngine::new();
-    let (builder, sent) = counting_writes(builder(&server));
+    let (builder, sent) = counting_writes(builder_resending(&server));
     let connection = builder.engine(engine.clone()).connect().unwrap();
     wait_joined(&connection, STORE).await;
     let app = connection.store(STORE).unwrap();
@@ -233,7 +233,7 @@ async fn a_lost_reply_on_a_live_connection_is_answered_from_the_write_s_own_even
 async fn a_server_restart_loses_nothing_and_applies_nothing_twice() {
     let server = server().await;
     let engine = MemoryEngine::new();
-    let connection = connect(&server, &engine).await;
+    let connection = connect_resending(&server, &engine).await;
     let app = connection.store(STORE).unwrap();
     let writes = increments(60);
     let all = tokio::spawn({
@@ -253,7 +253,7 @@ async fn a_server_restart_loses_nothing_and_applies_nothing_twice() {
 async fn repeated_drops_under_load_still_apply_everything_once_in_order() {
     let server = server().await;
     let engine = MemoryEngine::new();
-    let (builder, sent) = counting_writes(builder(&server));
+    let (builder, sent) = counting_writes(builder_resending(&server));
     let connection = builder.engine(engine.clone()).connect().unwrap();
     wait_joined(&connection, STORE).await;
     let app = connection.store(STORE).unwrap();
@@ -442,7 +442,7 @@ async fn a_server_reset_is_noticed_and_the_store_resyncs_from_zero() {
 async fn disconnecting_the_device_reconnects_it() {
     let server = server().await;
     let engine = MemoryEngine::new();
-    let connection = connect(&server, &engine).await;
+    let connection = connect_resending(&server, &engine).await;
     let device = connection.device_id().to_string();
     let before = server.control().stats();
     assert_eq!(dust(&server).disconnect_device(&device), 1);

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::op::{ClientOpId, FileContent, WriteOp, WriteRequest};
 use super::path::{Path, PathError};
 use super::reply::{RejectReason, Rejection};
+use crate::layer::outbox::Order;
 
 /// A write checked and encoded for the wire, ready for the outbox.
 #[derive(Clone, Debug)]
@@ -28,6 +29,8 @@ pub struct EncodedWrite {
     pub op: &'static str,
     /// The path.
     pub path: Path,
+    /// Its place in the store's issue order, taken when the write was made.
+    pub(crate) order: Order,
 }
 
 fn invalid(reason: RejectReason, message: impl Into<String>) -> Rejection {
@@ -66,13 +69,22 @@ fn segments_value(path: &Path) -> Value {
 
 /// Checks a write the way the server would, and encodes it. Fails, before anything is queued,
 /// with the rejection the server would have sent.
-pub async fn encode(request: WriteRequest) -> Result<EncodedWrite, Rejection> {
+pub async fn encode(mut request: WriteRequest) -> Result<EncodedWrite, Rejection> {
+    // The write's place in its store's issue order goes along (a failed write gives it up).
+    let order = std::mem::take(&mut request.order);
+    let mut encoded = encode_checked(request).await?;
+    encoded.order = order;
+    Ok(encoded)
+}
+
+async fn encode_checked(request: WriteRequest) -> Result<EncodedWrite, Rejection> {
     let WriteRequest {
         op,
         if_match,
         if_absent,
         fence,
         client_op_id,
+        order: _,
     } = request;
     let name = op.name();
     let path = Path::new(op.path().to_vec()).map_err(|e| path_invalid(e, "path"))?;
@@ -247,6 +259,7 @@ fn finish(
         client_op_id,
         op,
         path,
+        order: Order::default(),
     })
 }
 

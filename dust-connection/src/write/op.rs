@@ -236,6 +236,9 @@ pub struct WriteRequest {
     pub fence: Option<Fence>,
     /// The idempotency key, kept across resends.
     pub client_op_id: ClientOpId,
+    /// Its place in the store's issue order, taken by `Store::write` when it is called (not
+    /// part of equality).
+    pub(crate) order: crate::layer::outbox::Order,
 }
 
 impl WriteRequest {
@@ -247,6 +250,7 @@ impl WriteRequest {
             if_absent: false,
             fence: None,
             client_op_id: ClientOpId::generate(),
+            order: crate::layer::outbox::Order::default(),
         }
     }
 

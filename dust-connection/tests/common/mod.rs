@@ -112,6 +112,25 @@ pub async fn assert_applied_once_in_order(server: &Server, store: &str, issued: 
     assert_eq!(ours, issued_refs, "writes were applied out of order");
 }
 
+/// A builder whose writes of unknown outcome after a lost connection are resent once the
+/// settle time is over (`UnknownOutcome::AtLeastOnce`), for tests that cut connections with
+/// writes in flight and expect every write to be answered `Ok`.
+pub fn builder_resending(server: &Server) -> DustConnectionBuilder {
+    builder(server)
+        .unknown_outcome(dust_connection::UnknownOutcome::AtLeastOnce)
+        .unknown_outcome_settle(Duration::from_millis(500))
+}
+
+/// [`connect`] with [`builder_resending`].
+pub async fn connect_resending(server: &Server, engine: &MemoryEngine) -> DustConnection {
+    let connection = builder_resending(server)
+        .engine(engine.clone())
+        .connect()
+        .unwrap();
+    wait_joined(&connection, STORE).await;
+    connection
+}
+
 /// Waits until `condition` holds, re-checking it on every change of the engine (no polling).
 pub async fn wait_engine(engine: &MemoryEngine, what: &str, mut condition: impl FnMut() -> bool) {
     let mut changes = engine.subscribe();
