@@ -13,7 +13,6 @@ use std::time::Duration;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -26,7 +25,7 @@ use crate::channel::{
 };
 use crate::control::ConnectionId;
 use crate::frame::{self, Incoming, Outgoing, Payload, Protocol, Wire};
-use crate::shared::{ConnEvent, ConnLink, OutItem, Outbound, Shared, lock};
+use crate::shared::{BoxedIo, ConnEvent, ConnLink, OutItem, Outbound, Shared, lock};
 use crate::socket::{Assigns, SocketConfig};
 
 /// How long a closing connection waits for the client's close frame before dropping it.
@@ -114,7 +113,7 @@ struct Conn {
     writer: watch::Sender<WriterState>,
 }
 
-type WsStream = WebSocketStream<TcpStream>;
+type WsStream = WebSocketStream<BoxedIo>;
 
 /// Runs a connection until it closes. The connection is already in the registry.
 pub(crate) async fn run_connection(ws: WsStream, setup: ConnSetup) {

@@ -334,6 +334,49 @@ impl Control {
             .map_err(|reason| ControlError::Rebind { addr, reason })
     }
 
+    /// Serves a byte stream exactly like an accepted TCP connection: the HTTP upgrade
+    /// (`GET {socket path}/websocket?...`), the socket routing, the connect params and the
+    /// connection loop, with every fault and timer of a TCP connection. For in-memory
+    /// networks (e.g. a simulation under paused tokio time); the stream's other end speaks
+    /// the client side (e.g. `tokio_tungstenite::client_async`).
+    ///
+    /// While a [`Control::restart`] keeps the server down, the stream is dropped at once (its
+    /// peer sees it closed, as a refused TCP connect). Fails with [`ControlError::Stopped`]
+    /// once the server has stopped (the stream is dropped).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use dust_conformance::ServerConfig;
+    /// use futures_util::{SinkExt, StreamExt};
+    /// use tokio_tungstenite::tungstenite::Message;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = dust_conformance::start(ServerConfig::default()).await?;
+    /// let (client, server_side) = tokio::io::duplex(64 * 1024);
+    /// server.control().serve_stream(server_side)?;
+    /// let url = "ws://in-memory/socket/websocket?vsn=2.0.0";
+    /// let (mut ws, _) = tokio_tungstenite::client_async(url, client).await?;
+    /// ws.send(Message::text(r#"["1","1","echo:demo","phx_join",{}]"#)).await?;
+    /// let reply = tokio::time::timeout(Duration::from_secs(5), ws.next()).await?;
+    /// assert!(reply.ok_or("closed")??.to_text()?.contains(r#""status":"ok""#));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn serve_stream<S>(&self, stream: S) -> Result<(), ControlError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        if *self.shared.shutdown.borrow() {
+            return Err(ControlError::Stopped);
+        }
+        self.shared
+            .listener
+            .send(ListenerCmd::Serve(Box::new(stream)))
+            .map_err(|_| ControlError::Stopped)
+    }
+
     /// The Dust store emulation's handle, when the server mounts one
     /// ([`ServerConfig::dust`](crate::ServerConfig::dust)).
     pub fn dust(&self) -> Option<crate::dust::DustControl> {

@@ -19,7 +19,7 @@ use crate::connection::{CLOSE_WAIT, ConnSetup, run_connection};
 use crate::control::{ConnectionId, Control};
 use crate::error::StartError;
 use crate::frame::Protocol;
-use crate::shared::{ConnEntry, ConnEvent, ListenerCmd, Shared, lock};
+use crate::shared::{BoxedIo, ConnEntry, ConnEvent, ListenerCmd, Shared, lock};
 use crate::socket::{Assigns, ConnectDecision, ConnectRequest, SocketConfig};
 
 /// How long a client may take to send its upgrade request.
@@ -174,11 +174,21 @@ async fn accept_loop(
                     };
                     let _ = done.send(result);
                 }
+                ListenerCmd::Serve(stream) => {
+                    if listener.is_some() {
+                        let span = tracing::debug_span!("connection", peer = "stream");
+                        connections.spawn(handle_stream(stream, shared.clone()).instrument(span));
+                    } else {
+                        // Suspended (a restart's downtime): refused, as a TCP connect would be.
+                        tracing::debug!("stream refused: the server is restarting");
+                    }
+                }
             },
             accepted = accept(listener.as_ref()) => match accepted {
                 Ok((stream, peer)) => {
                     let span = tracing::debug_span!("connection", %peer);
-                    connections.spawn(handle_tcp(stream, shared.clone()).instrument(span));
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(handle_stream(Box::new(stream), shared.clone()).instrument(span));
                 }
                 Err(error) => {
                     // E.g. too many open files: back off a little instead of spinning.
@@ -235,8 +245,8 @@ struct Accepted {
     delay: Duration,
 }
 
-async fn handle_tcp(stream: TcpStream, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
+/// Serves one accepted byte stream: the HTTP upgrade, then the connection loop.
+async fn handle_stream(stream: BoxedIo, shared: Arc<Shared>) {
     let id = shared.next_connection_id();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let mut accepted = None;

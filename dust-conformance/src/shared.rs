@@ -148,13 +148,32 @@ pub(crate) struct Settings {
 type SubKey = (ConnectionId, u64);
 
 /// Requests to the accept loop.
-#[derive(Debug)]
 pub(crate) enum ListenerCmd {
     /// Close the listener and drop every connection; answer when they are gone.
     Suspend(oneshot::Sender<()>),
     /// Bind the same address again; answer with the outcome.
     Resume(oneshot::Sender<Result<(), String>>),
+    /// Serve a byte stream as an accepted connection (dropped while suspended).
+    Serve(BoxedIo),
 }
+
+impl std::fmt::Debug for ListenerCmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Suspend(_) => "Suspend",
+            Self::Resume(_) => "Resume",
+            Self::Serve(_) => "Serve",
+        })
+    }
+}
+
+/// A byte stream the server can serve: a TCP connection or any other transport.
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A boxed [`Io`]: the connection code is written once for every transport.
+pub(crate) type BoxedIo = Box<dyn Io>;
 
 #[derive(Debug)]
 pub(crate) struct Shared {

@@ -51,8 +51,8 @@ pub fn sync_url(server: &Server, token: &str, device: &str) -> String {
 }
 
 /// A raw client joined (or joining) one store topic.
-pub struct StoreClient {
-    pub c: Client,
+pub struct StoreClient<S = super::Tcp> {
+    pub c: Client<S>,
     pub topic: String,
     pub join_ref: String,
     next_ref: u64,
@@ -68,19 +68,30 @@ impl StoreClient {
         }
     }
 
+    /// Connects as `dust_tok_dev` / `dev_a`.
+    pub async fn dev(server: &Server, topic: &str) -> StoreClient {
+        StoreClient::connect(server, "dust_tok_dev", "dev_a", topic).await
+    }
+}
+
+impl StoreClient<tokio::io::DuplexStream> {
+    /// Connects over an in-memory stream ([`dust_conformance::Control::serve_stream`]).
+    pub async fn over_stream(server: &Server, token: &str, device: &str, topic: &str) -> Self {
+        let path =
+            format!("/ws/sync/websocket?vsn=2.0.0&token={token}&device_id={device}&capver=3");
+        StoreClient::from_client(Client::over_stream(&server.control(), &path).await, topic)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> StoreClient<S> {
     /// Wraps a connected client.
-    pub fn from_client(c: Client, topic: &str) -> StoreClient {
+    pub fn from_client(c: Client<S>, topic: &str) -> Self {
         StoreClient {
             c,
             topic: topic.to_owned(),
             join_ref: String::new(),
             next_ref: 0,
         }
-    }
-
-    /// Connects as `dust_tok_dev` / `dev_a`.
-    pub async fn dev(server: &Server, topic: &str) -> StoreClient {
-        StoreClient::connect(server, "dust_tok_dev", "dev_a", topic).await
     }
 
     pub fn next_ref(&mut self) -> String {

@@ -37,8 +37,26 @@ pub async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output 
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
-pub struct Client {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+/// The byte stream of a TCP client.
+pub type Tcp = MaybeTlsStream<TcpStream>;
+
+pub struct Client<S = Tcp> {
+    pub ws: WebSocketStream<S>,
+}
+
+impl Client<tokio::io::DuplexStream> {
+    /// Connects over an in-memory stream served by [`dust_conformance::Control::serve_stream`];
+    /// `path_and_query` is e.g. `/socket/websocket?vsn=2.0.0`.
+    pub async fn over_stream(control: &dust_conformance::Control, path_and_query: &str) -> Self {
+        let (client, server_side) = tokio::io::duplex(64 * 1024);
+        control.serve_stream(server_side).expect("serve_stream");
+        let url = format!("ws://in-memory{path_and_query}");
+        let (ws, response) = within("connect", tokio_tungstenite::client_async(url, client))
+            .await
+            .unwrap_or_else(|e| panic!("connect {path_and_query}: {e}"));
+        assert_eq!(response.status(), 101);
+        Client { ws }
+    }
 }
 
 impl Client {
@@ -54,7 +72,9 @@ impl Client {
         assert_eq!(response.status(), 101);
         Client { ws }
     }
+}
 
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Client<S> {
     pub async fn send(&mut self, text: &str) {
         within("send", self.ws.send(Message::text(text.to_owned())))
             .await
