@@ -130,15 +130,13 @@ pub async fn run(seed: u64) -> Result<Summary, String> {
     let dust = server
         .dust()
         .ok_or_else(|| "the emulation has no dust socket".to_owned())?;
-    // Until the emulation serves in-memory streams, the server's end is bridged to its
-    // loopback listener.
-    let addr = server.local_addr();
-    let net = Net::new(move |mut stream| {
-        tokio::spawn(async move {
-            if let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await {
-                let _ = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
-            }
-        });
+    let net = Net::new({
+        let control = control.clone();
+        move |stream| {
+            // Fails only once the server has stopped; the stream is dropped then, and the
+            // client sees its connection closed.
+            let _ = control.serve_stream(stream);
+        }
     });
 
     let journal: Journal = Arc::default();
