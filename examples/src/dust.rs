@@ -31,16 +31,19 @@ pub struct Options {
     pub device_id: Option<String>,
     /// The heartbeat interval.
     pub heartbeat: Option<Duration>,
+    /// A PEM file of root certificates to trust for `wss://` (`--ca-file`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The usage text.
-pub const USAGE: &str = "usage: dust --url ws://HOST:PORT/ws/sync --token T --store S [--store S2]... [--device-id D] [--heartbeat-ms N]";
+pub const USAGE: &str = "usage: dust --url ws://HOST:PORT/ws/sync --token T --store S [--store S2]... [--device-id D] [--heartbeat-ms N] [--ca-file PATH]";
 
 impl Options {
     /// Parses the command-line arguments (without the program name).
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
         let (mut url, mut token, mut stores, mut device_id, mut heartbeat) =
             (None, None, Vec::new(), None, None);
+        let mut ca_file = None;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -49,6 +52,7 @@ impl Options {
                 "--token" => token = Some(value("--token")?),
                 "--store" => stores.push(value("--store")?),
                 "--device-id" => device_id = Some(value("--device-id")?),
+                "--ca-file" => ca_file = Some(value("--ca-file")?.into()),
                 "--heartbeat-ms" => {
                     let ms = value("--heartbeat-ms")?;
                     let ms: u64 = ms.parse().ok().filter(|ms| *ms > 0).ok_or_else(|| {
@@ -71,6 +75,7 @@ impl Options {
             stores,
             device_id,
             heartbeat,
+            ca_file,
         })
     }
 }
@@ -250,6 +255,10 @@ where
     }
     if let Some(heartbeat) = options.heartbeat {
         builder = builder.socket(move |s| s.heartbeat(heartbeat));
+    }
+    if let Some(path) = &options.ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+        builder = builder.socket(move |s| s.root_certificates_pem(pem));
     }
     // Built in manual mode so that no notice is missed: subscribe, then connect.
     let connection = builder.manual().connect().map_err(|e| e.to_string())?;
@@ -447,6 +456,9 @@ mod tests {
         ))
         .unwrap();
         assert_eq!((o.stores.len(), o.device_id.as_deref()), (2, Some("d")));
+        assert_eq!(o.ca_file, None);
+        let o = Options::parse(args("--url u --token t --store a --ca-file ca.pem")).unwrap();
+        assert_eq!(o.ca_file, Some("ca.pem".into()));
         assert!(Options::parse(args("--url u --token t")).is_err());
         assert!(Options::parse(args("--url u --store s")).is_err());
     }

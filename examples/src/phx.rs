@@ -30,11 +30,12 @@ pub struct Options {
     pub heartbeat: Option<Duration>,
     /// Push and join timeout (`--timeout-ms`).
     pub timeout: Option<Duration>,
+    /// A PEM file of root certificates to trust for `wss://` (`--ca-file`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The usage text.
-pub const USAGE: &str =
-    "usage: phx --url ws://HOST:PORT/socket [--param k=v]... [--heartbeat-ms N] [--timeout-ms N]";
+pub const USAGE: &str = "usage: phx --url ws://HOST:PORT/socket [--param k=v]... [--heartbeat-ms N] [--timeout-ms N] [--ca-file PATH]";
 
 impl Options {
     /// Parses the command-line arguments (without the program name).
@@ -43,6 +44,7 @@ impl Options {
         let mut params = Vec::new();
         let mut heartbeat = None;
         let mut timeout = None;
+        let mut ca_file = None;
         let mut args = args.into_iter();
         let millis = |flag: &str, value: Option<String>| -> Result<Duration, String> {
             let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -67,6 +69,7 @@ impl Options {
                 }
                 "--heartbeat-ms" => heartbeat = Some(millis("--heartbeat-ms", args.next())?),
                 "--timeout-ms" => timeout = Some(millis("--timeout-ms", args.next())?),
+                "--ca-file" => ca_file = Some(args.next().ok_or("--ca-file needs a path")?.into()),
                 "-h" | "--help" => return Err(USAGE.to_owned()),
                 other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
             }
@@ -77,6 +80,7 @@ impl Options {
             params,
             heartbeat,
             timeout,
+            ca_file,
         })
     }
 }
@@ -327,6 +331,10 @@ where
     if let Some(timeout) = options.timeout {
         builder = builder.push_timeout(timeout).join_timeout(timeout);
     }
+    if let Some(path) = &options.ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+        builder = builder.root_certificates_pem(pem);
+    }
     let socket = builder.connect().map_err(|e| e.to_string())?;
 
     let (out, writer) = JsonLines::spawn(output);
@@ -397,6 +405,10 @@ mod tests {
         );
         assert_eq!(options.heartbeat, Some(Duration::from_millis(500)));
         assert_eq!(options.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(
+            Options::parse(args("--url u --ca-file /etc/ca.pem")).map(|o| o.ca_file),
+            Ok(Some("/etc/ca.pem".into()))
+        );
         assert!(
             Options::parse(args("--param a=1"))
                 .unwrap_err()

@@ -19,7 +19,7 @@ use crate::proto::backoff::RejoinPolicy;
 use crate::proto::channel::{ChannelId, ChannelOptions, ChannelState, CloseCause, JoinParams};
 use crate::proto::message::{Event, Message, Payload, Ref, Reply, Topic};
 use crate::proto::push::PushRequest;
-use crate::socket::Socket;
+use crate::socket::{Room, RoomWait, Socket};
 
 /// Configures a channel before it is created; from [`Socket::channel`].
 ///
@@ -295,46 +295,142 @@ impl Channel {
 
     /// Pushes a prepared payload with options: a timeout, and optionally a pin to one join of
     /// the channel (sent only while the channel is joined under that join, never buffered).
+    ///
+    /// When the socket's outgoing buffer is full ([`SocketBuilder::outgoing_limit`]), the push
+    /// waits for room, in call order, before it is sent; its timeout runs meanwhile, and
+    /// dropping the future then withdraws it. [`try_push_with`](Self::try_push_with) fails
+    /// at once instead.
+    ///
+    /// [`SocketBuilder::outgoing_limit`]: crate::SocketBuilder::outgoing_limit
     pub fn push_with(
         &self,
         event: impl Into<Event>,
         payload: Payload,
         options: PushOptions,
     ) -> Push {
-        let (tx, rx) = oneshot::channel();
+        let (request, timeout) = self.request(event.into(), payload, &options);
+        let cost = self.cost(&request);
+        match self.inner.socket.reserve(cost, true) {
+            Room::Now(cost) => self.send_push(request, cost),
+            Room::Later(wait, cost) => Push(PushState::Room(Box::new(WaitingForRoom {
+                wait,
+                cost,
+                channel: self.clone(),
+                request: Some(request),
+                deadline: Box::pin(tokio::time::sleep(timeout)),
+            }))),
+            Room::Full => Push::failed(self.full()),
+            Room::Closed => Push::failed(PushError::SocketClosed),
+        }
+    }
+
+    /// [`push`](Self::push) that fails at once with [`PushError::OutgoingFull`] when the
+    /// socket's outgoing buffer is full, instead of waiting for room.
+    pub fn try_push(
+        &self,
+        event: impl Into<Event>,
+        payload: impl Serialize,
+    ) -> Result<Push, PushError> {
+        let payload = Payload::json(&payload).map_err(|e| PushError::Payload(e.to_string()))?;
+        self.try_push_with(event, payload, PushOptions::new())
+    }
+
+    /// [`push_with`](Self::push_with) that fails at once with [`PushError::OutgoingFull`]
+    /// when the socket's outgoing buffer is full, instead of waiting for room.
+    pub fn try_push_with(
+        &self,
+        event: impl Into<Event>,
+        payload: Payload,
+        options: PushOptions,
+    ) -> Result<Push, PushError> {
+        let (request, _) = self.request(event.into(), payload, &options);
+        match self.inner.socket.reserve(self.cost(&request), false) {
+            Room::Now(cost) => Ok(self.send_push(request, cost)),
+            Room::Closed => Err(PushError::SocketClosed),
+            Room::Full | Room::Later(..) => Err(self.full()),
+        }
+    }
+
+    fn request(
+        &self,
+        event: Event,
+        payload: Payload,
+        options: &PushOptions,
+    ) -> (PushRequest, Duration) {
+        let timeout = options.timeout.unwrap_or(self.inner.push_timeout);
         let request = PushRequest {
-            pinned: options.pinned,
-            ..PushRequest::new(
-                event.into(),
-                payload,
-                options.timeout.unwrap_or(self.inner.push_timeout),
-            )
+            pinned: options.pinned.clone(),
+            ..PushRequest::new(event, payload, timeout)
         };
+        (request, timeout)
+    }
+
+    /// What a push counts against the outgoing limit: its frame's size, over-estimated.
+    fn cost(&self, request: &PushRequest) -> usize {
+        request.payload.as_bytes().len() + request.event.len() + self.inner.topic.len() + 64
+    }
+
+    fn full(&self) -> PushError {
+        PushError::OutgoingFull {
+            limit: self.inner.socket.outgoing_limit(),
+        }
+    }
+
+    /// Sends a push whose room is reserved.
+    fn send_push(&self, request: PushRequest, cost: usize) -> Push {
+        let (tx, rx) = oneshot::channel();
         self.inner.socket.send(Command::Push {
             id: self.inner.id,
             request,
             reply: Some(tx),
+            cost,
         });
         Push(PushState::Waiting(rx))
     }
 
     /// Sends `event` without waiting for a reply, for events the server never answers. Sent
     /// after the join if the channel is joining; dropped (with a debug log) if the channel is
-    /// closed. Fails at once only if the payload cannot be serialized.
+    /// closed. Fails at once if the payload cannot be serialized, or with
+    /// [`PushError::OutgoingFull`] if the socket's outgoing buffer is full (nothing is sent).
     pub fn cast(&self, event: impl Into<Event>, payload: impl Serialize) -> Result<(), PushError> {
         let payload = Payload::json(&payload).map_err(|e| PushError::Payload(e.to_string()))?;
-        self.cast_payload(event, payload);
-        Ok(())
+        self.try_cast_payload(event, payload)
     }
 
-    /// [`cast`](Self::cast) with a prepared payload (JSON or binary).
+    /// [`cast`](Self::cast) with a prepared payload (JSON or binary). It cannot wait and
+    /// returns nothing: when the socket's outgoing buffer is full, the cast is dropped and
+    /// counted in [`Socket::dropped_casts`](crate::Socket::dropped_casts) (and logged at debug
+    /// level). Use [`try_cast_payload`](Self::try_cast_payload) to be told.
     pub fn cast_payload(&self, event: impl Into<Event>, payload: Payload) {
+        if let Err(error) = self.try_cast_payload(event, payload) {
+            if matches!(error, PushError::OutgoingFull { .. }) {
+                self.inner.socket.count_dropped_cast();
+            }
+            tracing::debug!(topic = %self.inner.topic, %error, "cast dropped");
+        }
+    }
+
+    /// [`cast`](Self::cast) with a prepared payload: fails with [`PushError::OutgoingFull`]
+    /// (nothing is sent) when the socket's outgoing buffer is full.
+    pub fn try_cast_payload(
+        &self,
+        event: impl Into<Event>,
+        payload: Payload,
+    ) -> Result<(), PushError> {
         let request = PushRequest::new(event.into(), payload, self.inner.push_timeout);
-        self.inner.socket.send(Command::Push {
-            id: self.inner.id,
-            request,
-            reply: None,
-        });
+        match self.inner.socket.reserve(self.cost(&request), false) {
+            Room::Now(cost) => {
+                self.inner.socket.send(Command::Push {
+                    id: self.inner.id,
+                    request,
+                    reply: None,
+                    cost,
+                });
+                Ok(())
+            }
+            Room::Closed => Err(PushError::SocketClosed),
+            Room::Full | Room::Later(..) => Err(self.full()),
+        }
     }
 }
 
@@ -374,10 +470,30 @@ impl PushOptions {
     }
 }
 
-#[derive(Debug)]
 enum PushState {
     Failed(Option<PushError>),
+    /// Waiting for room in the outgoing buffer.
+    Room(Box<WaitingForRoom>),
     Waiting(oneshot::Receiver<Result<Reply, PushError>>),
+}
+
+impl fmt::Debug for PushState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Failed(error) => f.debug_tuple("Failed").field(error).finish(),
+            Self::Room(_) => f.write_str("WaitingForRoom"),
+            Self::Waiting(_) => f.write_str("WaitingForReply"),
+        }
+    }
+}
+
+/// A push waiting for room in the outgoing buffer, and for at most its timeout.
+struct WaitingForRoom {
+    wait: RoomWait,
+    cost: usize,
+    channel: Channel,
+    request: Option<PushRequest>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 /// The reply of a push: resolves to the server's [`Reply`] (whatever its status) or a
@@ -396,13 +512,31 @@ impl Future for Push {
     type Output = Result<Reply, PushError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.0 {
-            PushState::Failed(error) => {
-                Poll::Ready(Err(error.take().unwrap_or(PushError::SocketClosed)))
-            }
-            PushState::Waiting(rx) => Pin::new(rx)
-                .poll(cx)
-                .map(|r| r.unwrap_or(Err(PushError::SocketClosed))),
+        loop {
+            return match &mut self.0 {
+                PushState::Failed(error) => {
+                    Poll::Ready(Err(error.take().unwrap_or(PushError::SocketClosed)))
+                }
+                PushState::Room(room) => match room.wait.as_mut().poll(cx) {
+                    Poll::Ready(Ok(permit)) => {
+                        permit.forget();
+                        let Some(request) = room.request.take() else {
+                            return Poll::Ready(Err(PushError::SocketClosed));
+                        };
+                        let sent = room.channel.send_push(request, room.cost);
+                        self.0 = sent.0;
+                        continue;
+                    }
+                    Poll::Ready(Err(_)) => Poll::Ready(Err(PushError::SocketClosed)),
+                    Poll::Pending => match room.deadline.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Err(PushError::Timeout)),
+                        Poll::Pending => Poll::Pending,
+                    },
+                },
+                PushState::Waiting(rx) => Pin::new(rx)
+                    .poll(cx)
+                    .map(|r| r.unwrap_or(Err(PushError::SocketClosed))),
+            };
         }
     }
 }

@@ -16,7 +16,7 @@ pub use crate::proto::push::PushError;
 #[non_exhaustive]
 pub enum JoinError {
     /// The server answered the join with an error; its response.
-    #[error("join rejected: {}", RejoinCause::Rejected(.0.clone()).reason().unwrap_or_else(|| format!("{:?}", .0)))]
+    #[error("{}", RejoinCause::Rejected(.0.clone()))]
     Rejected(Payload),
     /// No answer within the join timeout.
     #[error("join timed out")]
@@ -63,6 +63,9 @@ pub enum BuildError {
     /// A setting is out of range.
     #[error("invalid setting: {0}")]
     InvalidConfig(&'static str),
+    /// The custom TLS root certificates could not be used.
+    #[error("TLS roots: {0}")]
+    Tls(#[from] crate::transport::TlsConfigError),
 }
 
 /// The socket stopped for good (disconnected by the user, or its reconnect policy gave up).
@@ -85,3 +88,23 @@ impl fmt::Display for SocketClosed {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0} messages were dropped because the consumer fell behind")]
 pub struct Lagged(pub u64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejection_shows_its_reason_but_never_its_payload() {
+        let secret = Payload::json(&serde_json::json!({"token": "s3cret"})).unwrap();
+        let shown = JoinError::Rejected(secret.clone()).to_string();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("join rejected"), "{shown}");
+        let shown = CloseCause::RejoinStopped(RejoinCause::Rejected(secret)).to_string();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let reason = Payload::json(&serde_json::json!({"reason": "unauthorized"})).unwrap();
+        assert_eq!(
+            JoinError::Rejected(reason).to_string(),
+            "join rejected: unauthorized"
+        );
+    }
+}

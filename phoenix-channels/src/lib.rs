@@ -38,8 +38,12 @@
 //!
 //! - **Reconnects** on the phoenix.js schedule (10, 50, 100, 150, 200, 250, 500, 1000, 2000, then
 //!   5000 ms; optional jitter), and stops with a clear reason when retrying cannot help (an HTTP
-//!   4xx answer to the upgrade, such as 403): see [`backoff::ReconnectSchedule`]. The connect
-//!   params can come from an async provider called on every attempt.
+//!   4xx answer to the upgrade, such as 403, or a TLS certificate it does not trust): see
+//!   [`backoff::ReconnectSchedule`]. The schedule starts over only once a connection has
+//!   proven healthy — up for 10 s ([`SocketBuilder::healthy_after`]) or a heartbeat answered
+//!   — so a server that accepts and then drops the connection is redialled on the growing
+//!   schedule, not every 10 ms. The connect params can come from an async provider called on
+//!   every attempt.
 //! - **Rejoins** every joined channel after a reconnect, and after a failed join or a crash on
 //!   the schedule 1000, 2000, 5000, then 10000 ms, with a policy that can stop on chosen reasons
 //!   ([`backoff::RejoinSchedule`]). Every join uses a new join ref; messages of an outdated join
@@ -58,6 +62,18 @@
 //! - **Cancel safety.** `push` sends when it is called; dropping the returned future only drops
 //!   the reply. `join` and `leave` act when called too; dropping their futures only stops the
 //!   wait. The socket task is a single non-blocking poll loop: no user code runs on it.
+//! - **Outgoing backpressure.** The bytes of pushes and casts not yet written to the
+//!   connection are bounded ([`SocketBuilder::outgoing_limit`], default 4 MiB): a server that
+//!   reads slowly or not at all never grows the client. At the limit,
+//!   [`Channel::push`] (and `push_with`, ...) waits for room, in call order, with its timeout
+//!   running (dropping it withdraws the push); [`Channel::try_push`],
+//!   [`Channel::try_push_with`], [`Channel::try_cast_payload`] and [`Channel::cast`] fail at
+//!   once with [`PushError::OutgoingFull`]; [`Channel::cast_payload`], which can neither wait
+//!   nor return an error, drops the cast and counts it ([`Socket::dropped_casts`]).
+//!   [`Socket::outgoing_queued`] tells how full the buffer is. A server that stops reading
+//!   also stops answering heartbeats, so the connection is dropped and reopened after the
+//!   heartbeat timeout, which frees the buffer (pushes in flight fail with
+//!   [`PushError::Disconnected`]).
 //! - **Backpressure.** Each channel's consumer (its message stream or handler) may fall
 //!   `queue_capacity` messages behind (default 1024). When it is three quarters behind, the
 //!   socket stops reading (the server's TCP window fills) until it catches up, for at most one
@@ -71,8 +87,22 @@
 //!   it.
 //! - **TLS.** `wss://` works with the default `rustls-ring` feature (rustls, `ring`, webpki
 //!   roots); `native-tls` is the alternative.
-//! - **Logs.** `tracing`, with one span per socket and per channel; tokens in URLs are redacted
-//!   and payloads are never logged above debug level.
+//! - **Logs.** `tracing`, with one span per socket and per channel. In this crate's logs and
+//!   `Debug` output, a URL's user name, password and every query value except `vsn`
+//!   ([`socket::SHOWN_PARAMS`]) are redacted, headers and auth tokens are never shown, and
+//!   payloads never appear above debug level (a rejected join shows its `reason`, not its
+//!   response). Malformed frames from the server are logged at warn five times a minute at
+//!   most; the others are counted and reported in one line a minute later (or when the
+//!   connection ends).
+//!
+//!   What remains: tungstenite, which does the WebSocket handshake, logs the whole upgrade
+//!   request — the URL with its query and every header, including the auth token
+//!   subprotocol — with the `log` crate at **trace** level, under the target
+//!   `tungstenite::handshake::client`. Nothing else of it logs credentials. Such records only
+//!   reach your logs if you forward `log` records (e.g. `tracing-log`, which
+//!   `tracing_subscriber::fmt().init()` installs) with trace enabled for that target: filter
+//!   it out (`RUST_LOG=...,tungstenite=debug` or an `EnvFilter` directive) when credentials
+//!   travel in the connect params or the auth token.
 
 pub mod channel;
 pub mod driver;

@@ -2,13 +2,15 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 use url::Url;
 
 use crate::channel::ChannelBuilder;
@@ -179,30 +181,76 @@ fn websocket_url(endpoint: &str) -> Result<Url, BuildError> {
     Ok(url)
 }
 
-/// The URL with the values of credential-looking params replaced, for logs and `Debug`.
+/// Query params whose values are shown in logs and `Debug` output; every other param's value
+/// is redacted, since any name (`token`, `sig`, `jwt`, `session`, ...) may carry a credential.
+pub const SHOWN_PARAMS: [&str; 1] = ["vsn"];
+
+/// What stands for a hidden value in logs and `Debug` output.
+const REDACTED: &str = "REDACTED";
+
+/// The URL for logs and `Debug`: user name and password replaced, and every query value but
+/// those of [`SHOWN_PARAMS`] replaced.
+///
+/// ```
+/// use phoenix_channels::socket::redact_url;
+/// let url = url::Url::parse("wss://ada:pw@h/socket/websocket?sig=abc&vsn=2.0.0").unwrap();
+/// assert_eq!(redact_url(&url), "wss://REDACTED:REDACTED@h/socket/websocket?sig=REDACTED&vsn=2.0.0");
+/// ```
 pub fn redact_url(url: &Url) -> String {
-    const SECRET: [&str; 5] = ["token", "secret", "password", "auth", "key"];
-    if url.query().is_none() {
-        return url.to_string();
-    }
     let mut shown = url.clone();
-    let pairs: Vec<(String, String)> = url
-        .query_pairs()
-        .map(|(k, v)| {
-            let lower = k.to_ascii_lowercase();
-            let secret = SECRET.iter().any(|s| lower.contains(s));
-            (
-                k.into_owned(),
-                if secret {
-                    "REDACTED".to_owned()
-                } else {
+    if !url.username().is_empty() {
+        let _ = shown.set_username(REDACTED);
+    }
+    if url.password().is_some() {
+        let _ = shown.set_password(Some(REDACTED));
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let value = if SHOWN_PARAMS.contains(&k.as_ref()) {
                     v.into_owned()
-                },
-            )
-        })
-        .collect();
-    shown.query_pairs_mut().clear().extend_pairs(pairs);
+                } else {
+                    REDACTED.to_owned()
+                };
+                (k.into_owned(), value)
+            })
+            .collect();
+        shown.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    if url.fragment().is_some() {
+        shown.set_fragment(Some(REDACTED));
+    }
     shown.to_string()
+}
+
+/// An endpoint as given to the builder, for `Debug`: redacted like [`redact_url`], and not
+/// shown at all if it is not a URL (it could be anything).
+fn redact_endpoint(endpoint: &str) -> String {
+    match Url::parse(endpoint) {
+        Ok(url) => redact_url(&url),
+        Err(_) => format!("<not a URL, {} bytes>", endpoint.len()),
+    }
+}
+
+/// The default [`SocketBuilder::outgoing_limit`]: 4 MiB.
+pub const DEFAULT_OUTGOING_LIMIT: usize = 4 << 20;
+
+/// Waits for room in the outgoing buffer.
+pub(crate) type RoomWait = Pin<
+    Box<dyn Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send + Sync>,
+>;
+
+/// The outcome of [`Socket::reserve`].
+pub(crate) enum Room {
+    /// Reserved: this many bytes.
+    Now(usize),
+    /// Queued for room: this many bytes once the wait ends.
+    Later(RoomWait, usize),
+    /// No room, and not waiting.
+    Full,
+    /// The socket task is gone.
+    Closed,
 }
 
 /// Defaults that channels take from their socket.
@@ -222,12 +270,15 @@ pub struct SocketBuilder {
     defaults: ChannelDefaults,
     connect_timeout: Duration,
     connector: Arc<dyn Connector>,
+    outgoing_limit: usize,
+    /// A setting that failed, reported by `build`.
+    invalid: Option<BuildError>,
 }
 
 impl fmt::Debug for SocketBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SocketBuilder")
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &redact_endpoint(&self.endpoint))
             .field("fixed", &self.fixed)
             .field("core", &self.core)
             .finish_non_exhaustive()
@@ -247,6 +298,8 @@ impl SocketBuilder {
             },
             connect_timeout: Duration::from_secs(10),
             connector: Arc::new(WebSocketConnector::default()),
+            outgoing_limit: DEFAULT_OUTGOING_LIMIT,
+            invalid: None,
         }
     }
 
@@ -324,6 +377,29 @@ impl SocketBuilder {
         self
     }
 
+    /// How many bytes of pushes and casts may wait to be written to the connection (default
+    /// 4 MiB, at most 4 GiB): those sent by the handles and not yet taken by the socket task,
+    /// and the frames the task holds for a connection that does not take them (a server that
+    /// reads slowly or not at all). At the limit, [`Channel::push`](crate::Channel::push)
+    /// waits for room, the `try_` methods and [`Channel::cast`](crate::Channel::cast) fail
+    /// with [`PushError::OutgoingFull`](crate::PushError::OutgoingFull), and
+    /// [`Channel::cast_payload`](crate::Channel::cast_payload) drops the cast and counts it
+    /// ([`Socket::dropped_casts`]). A push is counted as its payload, topic and event plus 64
+    /// bytes; one bigger than the limit takes all of it, and goes alone.
+    pub fn outgoing_limit(mut self, bytes: usize) -> Self {
+        self.outgoing_limit = bytes;
+        self
+    }
+
+    /// How long a connection must stay up (or until a heartbeat is answered) before it counts
+    /// as healthy and the reconnect schedule starts over from its first delay (default 10 s).
+    /// Until then, a drop counts as one more consecutive failure, so a server that accepts
+    /// and then closes is redialled on the growing schedule.
+    pub fn healthy_after(mut self, after: Duration) -> Self {
+        self.core.healthy_after = after;
+        self
+    }
+
     /// Default capacity of a channel's buffer of pushes waiting for the join (default 1024).
     pub fn push_buffer(mut self, capacity: usize) -> Self {
         self.core.push_buffer_capacity = capacity;
@@ -333,6 +409,20 @@ impl SocketBuilder {
     /// Default number of messages that may wait for a channel's consumer (default 1024).
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.defaults.queue_capacity = capacity;
+        self
+    }
+
+    /// Trusts the root certificates in `pem` (one or more `CERTIFICATE` blocks) for `wss://`,
+    /// besides the default roots, with whichever TLS feature is on (`rustls-ring` or
+    /// `native-tls`): for a server with a private CA or a self-signed certificate. This sets
+    /// the connector to a [`WebSocketConnector`] with these roots (replacing one set before);
+    /// unusable PEM makes [`build`](Self::build) and [`connect`](Self::connect) fail with
+    /// [`BuildError::Tls`].
+    pub fn root_certificates_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        match WebSocketConnector::new().with_root_certificates_pem(pem.as_ref()) {
+            Ok(connector) => self.connector = Arc::new(connector),
+            Err(e) => self.invalid = Some(BuildError::Tls(e)),
+        }
         self
     }
 
@@ -389,9 +479,17 @@ impl SocketBuilder {
         self,
         runtime: tokio::runtime::Handle,
     ) -> Result<(Socket, SocketDriver), BuildError> {
+        if let Some(invalid) = self.invalid {
+            return Err(invalid);
+        }
         if self.core.heartbeat_interval.is_zero() || self.core.heartbeat_timeout.is_zero() {
             return Err(BuildError::InvalidConfig(
                 "heartbeat interval and timeout must be positive",
+            ));
+        }
+        if self.outgoing_limit == 0 || u32::try_from(self.outgoing_limit).is_err() {
+            return Err(BuildError::InvalidConfig(
+                "the outgoing limit must be between 1 byte and 4 GiB",
             ));
         }
         if self.core.join_timeout.is_zero() || self.connect_timeout.is_zero() {
@@ -405,6 +503,7 @@ impl SocketBuilder {
         // The driver starts connecting as soon as it runs.
         let (status_tx, status_rx) = watch::channel(SocketStatus::Connecting { attempt: 1 });
         let (tap_tx, _) = broadcast::channel(1024);
+        let outgoing = Arc::new(Semaphore::new(self.outgoing_limit));
         let setup = ConnectSetup {
             url,
             fixed: self.fixed,
@@ -418,6 +517,7 @@ impl SocketBuilder {
             cmd_rx,
             status_tx,
             tap_tx.clone(),
+            outgoing.clone(),
             &shown,
         );
         let shared = Arc::new(Shared {
@@ -428,6 +528,9 @@ impl SocketBuilder {
             runtime,
             url: shown,
             defaults: self.defaults,
+            outgoing,
+            outgoing_limit: self.outgoing_limit,
+            dropped_casts: AtomicU64::new(0),
         });
         Ok((Socket { shared }, SocketDriver::new(driver)))
     }
@@ -441,6 +544,10 @@ struct Shared {
     runtime: tokio::runtime::Handle,
     url: String,
     defaults: ChannelDefaults,
+    /// Bytes of room for pushes and casts (see [`SocketBuilder::outgoing_limit`]).
+    outgoing: Arc<Semaphore>,
+    outgoing_limit: usize,
+    dropped_casts: AtomicU64,
 }
 
 /// A Phoenix socket: a cheap `Clone` handle to the task that owns the connection.
@@ -545,6 +652,57 @@ impl Socket {
         let _ = self.shared.commands.send(command);
     }
 
+    /// How many bytes of pushes and casts wait to be written to the connection (at most the
+    /// [`outgoing_limit`](SocketBuilder::outgoing_limit)).
+    pub fn outgoing_queued(&self) -> usize {
+        self.shared
+            .outgoing_limit
+            .saturating_sub(self.shared.outgoing.available_permits())
+    }
+
+    /// How many casts [`Channel::cast_payload`](crate::Channel::cast_payload) dropped because
+    /// the outgoing buffer was full.
+    pub fn dropped_casts(&self) -> u64 {
+        self.shared.dropped_casts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_dropped_cast(&self) {
+        self.shared.dropped_casts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn outgoing_limit(&self) -> usize {
+        self.shared.outgoing_limit
+    }
+
+    /// Reserves `cost` bytes of the outgoing buffer (at most all of it). With `wait`, a
+    /// reservation that cannot be made now joins the queue of those waiting for room (first
+    /// come, first served, so pushes keep their call order).
+    pub(crate) fn reserve(&self, cost: usize, wait: bool) -> Room {
+        let cost = u32::try_from(cost.clamp(1, self.shared.outgoing_limit)).unwrap_or(u32::MAX);
+        match self.shared.outgoing.clone().try_acquire_many_owned(cost) {
+            Ok(permit) => {
+                permit.forget();
+                return Room::Now(cost as usize);
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => return Room::Closed,
+            Err(tokio::sync::TryAcquireError::NoPermits) if !wait => return Room::Full,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        }
+        let mut acquire: RoomWait = Box::pin(self.shared.outgoing.clone().acquire_many_owned(cost));
+        // Polled once now, to take its place in the queue.
+        match acquire
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+        {
+            Poll::Ready(Ok(permit)) => {
+                permit.forget();
+                Room::Now(cost as usize)
+            }
+            Poll::Ready(Err(_)) => Room::Closed,
+            Poll::Pending => Room::Later(acquire, cost as usize),
+        }
+    }
+
     pub(crate) fn weak_commands(&self) -> mpsc::WeakUnboundedSender<Command> {
         self.shared.commands.downgrade()
     }
@@ -615,8 +773,41 @@ mod tests {
         );
         assert_eq!(
             redact_url(&request.url),
-            "ws://h/socket/websocket?a=1&token=REDACTED&vsn=2.0.0"
+            "ws://h/socket/websocket?a=REDACTED&token=REDACTED&vsn=2.0.0"
         );
+    }
+
+    #[test]
+    fn every_query_value_but_the_allowed_ones_and_every_password_are_redacted() {
+        let url = Url::parse(
+            "ws://user:pa55@h:4000/socket/websocket?sig=s1&jwt=j2&session=s3&Token=t4&x=y5&vsn=2.0.0#f6",
+        )
+        .unwrap();
+        let shown = redact_url(&url);
+        for secret in ["user", "pa55", "s1", "j2", "s3", "t4", "y5", "f6"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert_eq!(
+            shown,
+            "ws://REDACTED:REDACTED@h:4000/socket/websocket?sig=REDACTED&jwt=REDACTED&session=REDACTED&Token=REDACTED&x=REDACTED&vsn=2.0.0#REDACTED"
+        );
+        assert_eq!(
+            redact_url(&Url::parse("ws://h/socket").unwrap()),
+            "ws://h/socket"
+        );
+    }
+
+    #[test]
+    fn builder_debug_never_shows_the_endpoint_credentials() {
+        let builder = Socket::builder("wss://ada:s3cret@h/socket?sig=abc123&vsn=2.0.0")
+            .param("token", "t0ken")
+            .auth_token("b3arer");
+        let shown = format!("{builder:?}");
+        for secret in ["ada", "s3cret", "abc123", "t0ken", "b3arer"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        let shown = format!("{:?}", Socket::builder("ws//token=s3cret"));
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[tokio::test]

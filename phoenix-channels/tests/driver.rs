@@ -741,3 +741,91 @@ async fn a_consumer_that_keeps_up_loses_nothing_even_in_a_burst() {
     }
     drop(within("burst", burst).await.unwrap());
 }
+
+/// A `tracing` writer that keeps every line.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_frames_are_logged_a_few_times_then_counted() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (connector, mut server) = fake_server();
+    let socket = socket_with(connector);
+    let (channel, _messages) = socket.channel("room:1").stream();
+    let mut conn = server.accept().await;
+    drop(channel.join());
+    conn.accept_join("room:1", json!({})).await;
+    for _ in 0..1000 {
+        conn.send_text("garbage").await;
+    }
+    // A reply proves that every frame before it was read.
+    let push = channel.push("ping", json!({}));
+    let frame = conn.recv_skipping_heartbeats().await.unwrap();
+    conn.reply(&frame, "ok", json!({})).await;
+    within("reply", push).await.unwrap();
+    let malformed = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| l.contains("malformed"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let lines = malformed(&captured.lines());
+    assert_eq!(lines.len(), 6, "five frames and a notice: {lines:#?}");
+    // A minute later, the next one brings the count of those not logged.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    conn.send_text("garbage").await;
+    let push = channel.push("ping", json!({}));
+    let frame = conn.recv_skipping_heartbeats().await.unwrap();
+    conn.reply(&frame, "ok", json!({})).await;
+    within("reply", push).await.unwrap();
+    let lines = malformed(&captured.lines());
+    assert_eq!(lines.len(), 8, "{lines:#?}");
+    assert!(lines[6].contains("dropped=995"), "{}", lines[6]);
+    assert!(socket.status().is_connected());
+}
+
+/// A server that accepts the upgrade and closes at once is redialled on the growing schedule,
+/// not every 10 ms: the schedule starts over only after a healthy connection.
+#[tokio::test(start_paused = true)]
+async fn a_server_that_accepts_then_closes_is_redialled_on_the_growing_schedule() {
+    let (connector, mut server) = fake_server();
+    let _socket = socket_with(connector);
+    let mut accepted = Vec::new();
+    for _ in 0..7 {
+        let mut conn = server.accept().await;
+        accepted.push(tokio::time::Instant::now());
+        conn.close(1011).await;
+    }
+    let gaps: Vec<u128> = accepted
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    assert_eq!(gaps, [10, 50, 100, 150, 200, 250], "{gaps:?}");
+}

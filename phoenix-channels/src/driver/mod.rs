@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures_util::SinkExt as _;
 use rustc_hash::FxHashMap;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::JoinError;
@@ -54,6 +54,52 @@ const READ_BUDGET: usize = 128;
 /// that heartbeats and other channels are never held up for more than this.
 const MAX_READ_PAUSE: Duration = Duration::from_secs(1);
 
+/// Malformed frames logged at `warn` per [`MALFORMED_WINDOW`]; the rest are counted and
+/// summed up in one line when the window ends (or the connection does).
+const MALFORMED_LOGGED: u32 = 5;
+
+/// The window of [`MALFORMED_LOGGED`].
+const MALFORMED_WINDOW: Duration = Duration::from_secs(60);
+
+/// Rate-limits the warnings about malformed frames: a server spewing garbage must not flood
+/// the logs (nor cost a formatted line per frame).
+#[derive(Debug, Default)]
+struct MalformedLog {
+    window_start: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl MalformedLog {
+    fn frame(&mut self, now: Instant, error: &crate::proto::frame::DecodeError) {
+        if self
+            .window_start
+            .is_none_or(|start| now.saturating_duration_since(start) >= MALFORMED_WINDOW)
+        {
+            self.summary();
+            self.window_start = Some(now);
+            self.logged = 0;
+        }
+        if self.logged < MALFORMED_LOGGED {
+            self.logged += 1;
+            tracing::warn!(%error, "dropping a malformed frame from the server");
+            if self.logged == MALFORMED_LOGGED {
+                tracing::warn!("further malformed frames are counted and reported once a minute");
+            }
+        } else {
+            self.suppressed += 1;
+        }
+    }
+
+    /// Reports the frames counted but not logged, if any.
+    fn summary(&mut self) {
+        let dropped = std::mem::take(&mut self.suppressed);
+        if dropped > 0 {
+            tracing::warn!(dropped, "dropped more malformed frames from the server");
+        }
+    }
+}
+
 /// A request from a handle to the socket task.
 pub(crate) enum Command {
     AddChannel {
@@ -79,6 +125,8 @@ pub(crate) enum Command {
         id: ChannelId,
         request: PushRequest,
         reply: Option<PushReply>,
+        /// The bytes of the outgoing buffer it holds.
+        cost: usize,
     },
     Remove {
         id: ChannelId,
@@ -132,6 +180,14 @@ pub(crate) struct Driver {
     transport: Option<BoxTransport>,
     /// Frames for the current transport, not yet accepted by it.
     outbox: VecDeque<OutFrame>,
+    /// Their bytes.
+    outbox_bytes: usize,
+    /// Room in the outgoing buffer, shared with the handles, which reserve it for each push
+    /// and cast (see [`SocketBuilder::outgoing_limit`](crate::SocketBuilder::outgoing_limit)).
+    outgoing: Arc<Semaphore>,
+    /// The bytes of it that pushes taken from the handles hold: given back as the outbox
+    /// drains, so that the handles wait while the connection does not take what is queued.
+    held: usize,
     needs_flush: bool,
     timer: Pin<Box<Sleep>>,
     timer_at: Option<Instant>,
@@ -148,6 +204,7 @@ pub(crate) struct Driver {
     congested: Vec<ChannelId>,
     /// The end of the current read pause for them.
     pause_until: Option<Instant>,
+    malformed: MalformedLog,
     span: tracing::Span,
 }
 
@@ -161,6 +218,7 @@ impl Driver {
         commands: mpsc::UnboundedReceiver<Command>,
         status: watch::Sender<SocketStatus>,
         tap: broadcast::Sender<Inbound>,
+        outgoing: Arc<Semaphore>,
         url: &str,
     ) -> Self {
         let mut core = SocketCore::new(config);
@@ -175,6 +233,9 @@ impl Driver {
             connecting: None,
             transport: None,
             outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            outgoing,
+            held: 0,
             needs_flush: false,
             timer: Box::pin(tokio::time::sleep_until(Instant::now())),
             timer_at: None,
@@ -187,6 +248,7 @@ impl Driver {
             read_budget: READ_BUDGET,
             congested: Vec::new(),
             pause_until: None,
+            malformed: MalformedLog::default(),
             span: tracing::info_span!("phoenix_socket", url = %url),
         }
     }
@@ -258,7 +320,15 @@ impl Driver {
                 }
                 self.core.leave(now, id);
             }
-            Command::Push { id, request, reply } => self.core.push(now, id, request, reply),
+            Command::Push {
+                id,
+                request,
+                reply,
+                cost,
+            } => {
+                self.held += cost;
+                self.core.push(now, id, request, reply);
+            }
             Command::Remove { id } => {
                 if let Some(slot) = self.slots.get_mut(&id) {
                     slot.removed = true;
@@ -294,8 +364,9 @@ impl Driver {
     /// The transport ended by itself: forget it and the frames meant for it.
     fn transport_lost(&mut self, reason: DisconnectReason) {
         tracing::debug!(%reason, "connection lost");
+        self.malformed.summary();
         self.transport = None;
-        self.outbox.clear();
+        self.clear_outbox();
         self.needs_flush = false;
         self.core.handle_disconnected(Self::now(), reason);
     }
@@ -303,8 +374,11 @@ impl Driver {
     /// Hands the transport to a task that flushes what is queued, sends a close frame and
     /// waits a moment for the peer, so that closing never blocks the socket task.
     fn close_transport(&mut self, code: u16, reason: &'static str) {
+        self.malformed.summary();
         self.connecting = None;
         let frames: Vec<OutFrame> = self.outbox.drain(..).collect();
+        self.outbox_bytes = 0;
+        self.release_room();
         self.needs_flush = false;
         if let Some(mut transport) = self.transport.take() {
             tokio::spawn(async move {
@@ -333,6 +407,7 @@ impl Driver {
             match output {
                 Output::Transmit(frame) => {
                     if self.transport.is_some() {
+                        self.outbox_bytes += frame.as_bytes().len();
                         self.outbox.push_back(frame);
                     }
                 }
@@ -376,9 +451,7 @@ impl Driver {
                         self.core.set_tap(false);
                     }
                 }
-                Output::Malformed(error) => {
-                    tracing::warn!(%error, "dropping a malformed frame from the server");
-                }
+                Output::Malformed(error) => self.malformed.frame(Instant::now(), &error),
             }
         }
         started
@@ -485,6 +558,7 @@ impl Driver {
             match transport.as_mut().poll_ready(cx) {
                 Poll::Ready(Ok(())) => {
                     if let Some(frame) = self.outbox.pop_front() {
+                        self.outbox_bytes -= frame.as_bytes().len();
                         transport.as_mut().start_send(Outgoing::Frame(frame))?;
                         self.needs_flush = true;
                     }
@@ -501,6 +575,22 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    fn clear_outbox(&mut self) {
+        self.outbox.clear();
+        self.outbox_bytes = 0;
+        self.release_room();
+    }
+
+    /// Gives back the room held beyond what the outbox holds: the handles' pushes have been
+    /// written to the transport (or dropped with the connection, or buffered for a join,
+    /// which bounds them by count).
+    fn release_room(&mut self) {
+        if self.held > self.outbox_bytes {
+            self.outgoing.add_permits(self.held - self.outbox_bytes);
+            self.held = self.outbox_bytes;
+        }
     }
 
     /// One round of work; returns whether anything happened.
@@ -592,6 +682,7 @@ impl Driver {
             self.dispatch();
             progress = true;
         }
+        self.release_room();
         progress
     }
 
@@ -624,7 +715,16 @@ impl Driver {
         }
         // Closing the queues ends the channels' handler tasks and message streams.
         self.slots.clear();
+        // Pushes waiting for room fail: nothing will take them.
+        self.outgoing.close();
         true
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // A driver dropped before it finished (its runtime shut down): nothing will make room.
+        self.outgoing.close();
     }
 }
 

@@ -11,6 +11,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+#[cfg(feature = "rustls-ring")]
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
@@ -81,7 +82,8 @@ impl<T> Transport for T where
 pub type BoxTransport = Box<dyn Transport>;
 
 /// What a connector needs to open the WebSocket of one connect attempt. Its `Debug` output
-/// redacts credential-looking params and shows header names only.
+/// redacts the URL's credentials and query values (see
+/// [`redact_url`](crate::socket::redact_url)) and shows header names only.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ConnectRequest {
@@ -132,9 +134,10 @@ pub trait Connector: Send + Sync + fmt::Debug + 'static {
 #[derive(Clone, Copy, Debug)]
 #[non_exhaustive]
 pub struct WebSocketSettings {
-    /// The largest message accepted from the server (default 64 MiB).
-    pub max_message_size: usize,
-    /// The largest frame accepted from the server (default 16 MiB).
+    /// The largest frame, and the largest message, accepted from the server (default 16 MiB):
+    /// one limit, given to tungstenite as both its frame and its message size limit, so that
+    /// neither a single frame nor a message in fragments can take more. A bigger frame ends
+    /// the connection with [`DisconnectReason::Io`] (and the reconnect policy decides).
     pub max_frame_size: usize,
     /// How much one read from the connection may take, in bytes (default 64 KiB, at least
     /// 4 KiB; tungstenite's own default is 128 KiB).
@@ -147,14 +150,16 @@ pub struct WebSocketSettings {
     pub read_buffer_size: usize,
 }
 
+/// The default [`WebSocketSettings::max_frame_size`]: 16 MiB.
+pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
+
 /// The smallest [`WebSocketSettings::read_buffer_size`] used.
 const MIN_READ_BUFFER: usize = 4 << 10;
 
 impl Default for WebSocketSettings {
     fn default() -> Self {
         Self {
-            max_message_size: 64 << 20,
-            max_frame_size: 16 << 20,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             read_buffer_size: 64 << 10,
         }
     }
@@ -164,22 +169,44 @@ impl WebSocketSettings {
     fn to_config(self) -> tungstenite::protocol::WebSocketConfig {
         tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_size.max(MIN_READ_BUFFER))
-            .max_message_size(Some(self.max_message_size))
+            .max_message_size(Some(self.max_frame_size))
             .max_frame_size(Some(self.max_frame_size))
     }
+}
+
+/// Why custom root certificates could not be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsConfigError {
+    /// The PEM text holds no `CERTIFICATE` block.
+    #[error("no certificate found in the PEM text")]
+    NoCertificates,
+    /// A certificate could not be read or used.
+    #[error("invalid certificate: {0}")]
+    InvalidCertificate(String),
+    /// The TLS library could not be set up with them.
+    #[error("TLS setup: {0}")]
+    Setup(String),
+    /// The crate was built without TLS (neither `rustls-ring` nor `native-tls`).
+    #[error("no TLS support: enable the `rustls-ring` (default) or `native-tls` feature")]
+    NoTls,
 }
 
 /// The default connector: TCP (with `TCP_NODELAY`), TLS for `wss://`, and the WebSocket
 /// handshake, by tokio-tungstenite.
 ///
 /// `wss://` works out of the box with the default `rustls-ring` feature; with the `native-tls`
-/// feature instead, the platform's TLS library is used. Without either, a `wss://` connect fails
-/// with a clear error.
+/// feature instead, the platform's TLS library is used (with both, rustls). Without either, a
+/// `wss://` connect fails with a clear error. A certificate the client does not trust ends
+/// the attempt with [`DisconnectReason::Tls`]; trust more roots with
+/// [`with_root_certificates_pem`](Self::with_root_certificates_pem).
 #[derive(Clone, Debug, Default)]
 pub struct WebSocketConnector {
     settings: WebSocketSettings,
     #[cfg(feature = "rustls-ring")]
     rustls: Option<Arc<rustls::ClientConfig>>,
+    #[cfg(feature = "native-tls")]
+    native: Option<native_tls::TlsConnector>,
 }
 
 impl WebSocketConnector {
@@ -201,19 +228,108 @@ impl WebSocketConnector {
         self
     }
 
+    /// Also trusts the root certificates in `pem` (one or more `CERTIFICATE` blocks) for
+    /// `wss://`, besides the default roots (webpki's with rustls, the platform's with
+    /// native-tls): for a server with a private or self-signed certificate.
+    pub fn with_root_certificates_pem(mut self, pem: &[u8]) -> Result<Self, TlsConfigError> {
+        let blocks = pem_certificates(pem);
+        if blocks.is_empty() {
+            return Err(TlsConfigError::NoCertificates);
+        }
+        #[cfg(feature = "rustls-ring")]
+        {
+            self.rustls = Some(rustls_config_with(&blocks)?);
+        }
+        #[cfg(feature = "native-tls")]
+        {
+            let mut builder = native_tls::TlsConnector::builder();
+            for block in &blocks {
+                let certificate = native_tls::Certificate::from_pem(block.as_bytes())
+                    .map_err(|e| TlsConfigError::InvalidCertificate(e.to_string()))?;
+                builder.add_root_certificate(certificate);
+            }
+            self.native = Some(
+                builder
+                    .build()
+                    .map_err(|e| TlsConfigError::Setup(e.to_string()))?,
+            );
+        }
+        #[cfg(not(any(feature = "rustls-ring", feature = "native-tls")))]
+        {
+            let _ = &mut self;
+            return Err(TlsConfigError::NoTls);
+        }
+        #[allow(unreachable_code)]
+        Ok(self)
+    }
+
     #[cfg(feature = "rustls-ring")]
-    fn tls(&self) -> Result<Option<tokio_tungstenite::Connector>, DisconnectReason> {
+    fn tls(&self) -> Result<tokio_tungstenite::Connector, DisconnectReason> {
         let config = match &self.rustls {
             Some(config) => config.clone(),
             None => default_rustls_config()?,
         };
-        Ok(Some(tokio_tungstenite::Connector::Rustls(config)))
+        Ok(tokio_tungstenite::Connector::Rustls(config))
     }
 
-    #[cfg(not(feature = "rustls-ring"))]
-    fn tls(&self) -> Result<Option<tokio_tungstenite::Connector>, DisconnectReason> {
-        Ok(None)
+    #[cfg(all(feature = "native-tls", not(feature = "rustls-ring")))]
+    fn tls(&self) -> Result<tokio_tungstenite::Connector, DisconnectReason> {
+        match &self.native {
+            Some(connector) => Ok(tokio_tungstenite::Connector::NativeTls(connector.clone())),
+            None => native_tls::TlsConnector::new()
+                .map(tokio_tungstenite::Connector::NativeTls)
+                .map_err(|e| DisconnectReason::Tls(format!("TLS configuration: {e}"))),
+        }
     }
+}
+
+/// The `CERTIFICATE` blocks of PEM text, each with its armour.
+fn pem_certificates(pem: &[u8]) -> Vec<String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let text = String::from_utf8_lossy(pem);
+    let mut blocks = Vec::new();
+    let mut rest = text.as_ref();
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(len) = rest[start..].find(END) else {
+            break;
+        };
+        let end = start + len + END.len();
+        blocks.push(rest[start..end].to_owned());
+        rest = &rest[end..];
+    }
+    blocks
+}
+
+#[cfg(feature = "rustls-ring")]
+fn rustls_roots() -> rustls::RootCertStore {
+    rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
+
+#[cfg(feature = "rustls-ring")]
+fn rustls_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(feature = "rustls-ring")]
+fn rustls_config_with(blocks: &[String]) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls_roots();
+    for block in blocks {
+        let der = CertificateDer::from_pem_slice(block.as_bytes())
+            .map_err(|e| TlsConfigError::InvalidCertificate(e.to_string()))?;
+        roots
+            .add(der)
+            .map_err(|e| TlsConfigError::InvalidCertificate(e.to_string()))?;
+    }
+    rustls_config(roots).map_err(TlsConfigError::Setup)
 }
 
 #[cfg(feature = "rustls-ring")]
@@ -221,37 +337,32 @@ fn default_rustls_config() -> Result<Arc<rustls::ClientConfig>, DisconnectReason
     use std::sync::OnceLock;
     static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
     CONFIG
-        .get_or_init(|| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
-                .map_err(|e| e.to_string())
-        })
+        .get_or_init(|| rustls_config(rustls_roots()))
         .clone()
-        .map_err(|e| DisconnectReason::Io(format!("TLS configuration: {e}")))
+        .map_err(|e| DisconnectReason::Tls(format!("TLS configuration: {e}")))
 }
 
 #[async_trait]
 impl Connector for WebSocketConnector {
     async fn connect(&self, request: &ConnectRequest) -> Result<BoxTransport, DisconnectReason> {
         let http = http_request(request)?;
-        let tls = if request.url.scheme() == "wss" {
-            self.tls()?
-        } else {
-            None
+        let wss = request.url.scheme() == "wss";
+        let config = Some(self.settings.to_config());
+        #[cfg(any(feature = "rustls-ring", feature = "native-tls"))]
+        let connected = {
+            let tls = if wss { Some(self.tls()?) } else { None };
+            tokio_tungstenite::connect_async_tls_with_config(http, config, true, tls).await
         };
-        let (stream, _response) = tokio_tungstenite::connect_async_tls_with_config(
-            http,
-            Some(self.settings.to_config()),
-            true,
-            tls,
-        )
-        .await
-        .map_err(ws_error)?;
+        #[cfg(not(any(feature = "rustls-ring", feature = "native-tls")))]
+        let connected = {
+            if wss {
+                return Err(ws_error(tungstenite::Error::Url(
+                    tungstenite::error::UrlError::TlsFeatureNotEnabled,
+                )));
+            }
+            tokio_tungstenite::connect_async_with_config(http, config, true).await
+        };
+        let (stream, _response) = connected.map_err(ws_error)?;
         Ok(Box::new(WsTransport(stream)))
     }
 }
@@ -361,6 +472,8 @@ fn ws_error(error: tungstenite::Error) -> DisconnectReason {
         E::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
             DisconnectReason::Eof
         }
+        E::Tls(e) => DisconnectReason::Tls(e.to_string()),
+        E::Io(e) if is_tls_error(&e) => DisconnectReason::Tls(e.to_string()),
         E::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => DisconnectReason::Eof,
         E::Io(e) => DisconnectReason::Io(e.to_string()),
         E::Url(tungstenite::error::UrlError::TlsFeatureNotEnabled) => DisconnectReason::Io(
@@ -368,6 +481,20 @@ fn ws_error(error: tungstenite::Error) -> DisconnectReason {
         ),
         other => DisconnectReason::Io(other.to_string()),
     }
+}
+
+/// Whether an I/O error is rustls' report of a failed handshake (an untrusted certificate, no
+/// common protocol version, ...).
+fn is_tls_error(error: &io::Error) -> bool {
+    #[cfg(feature = "rustls-ring")]
+    if error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<rustls::Error>())
+    {
+        return true;
+    }
+    let _ = error;
+    false
 }
 
 /// A tokio-tungstenite stream seen as a [`Transport`].
@@ -463,8 +590,18 @@ mod tests {
     fn settings_reach_tungstenite_with_a_small_read_buffer_by_default() {
         let config = WebSocketSettings::default().to_config();
         assert_eq!(config.read_buffer_size, 64 << 10);
-        assert_eq!(config.max_message_size, Some(64 << 20));
+        // One limit for a frame and for a message.
+        assert_eq!(config.max_message_size, Some(16 << 20));
         assert_eq!(config.max_frame_size, Some(16 << 20));
+        let big = WebSocketSettings {
+            max_frame_size: 100 << 20,
+            ..WebSocketSettings::default()
+        }
+        .to_config();
+        assert_eq!(
+            (big.max_frame_size, big.max_message_size),
+            (Some(100 << 20), Some(100 << 20))
+        );
         let tiny = WebSocketSettings {
             read_buffer_size: 0,
             ..WebSocketSettings::default()

@@ -117,6 +117,8 @@ impl Delays {
 ///
 /// - the server refused the upgrade with an HTTP client error (4xx, except 408 and 429), such as
 ///   403 for bad credentials;
+/// - the TLS handshake failed ([`DisconnectReason::Tls`]): a certificate the client does not
+///   trust stays untrusted ([`stop_on_tls_error`](Self::stop_on_tls_error) turns this off).
 ///
 /// A close with code 1000 from the server is reported and, by default, followed by a reconnect,
 /// as phoenix.js 1.8 does (servers and proxies close idle sockets with 1000 too);
@@ -131,6 +133,7 @@ impl Delays {
 /// let io = DisconnectReason::Io("connection reset".into());
 /// assert_eq!(policy.reconnect_delay(1, &io), Some(Duration::from_millis(10)));
 /// assert_eq!(policy.reconnect_delay(1, &DisconnectReason::Http { status: 403 }), None);
+/// assert_eq!(policy.reconnect_delay(1, &DisconnectReason::Tls("UnknownIssuer".into())), None);
 ///
 /// let keep_trying = ReconnectSchedule::default().stop_on_http_client_error(false);
 /// assert!(keep_trying.reconnect_delay(1, &DisconnectReason::Http { status: 403 }).is_some());
@@ -140,6 +143,7 @@ pub struct ReconnectSchedule {
     delays: Delays,
     stop_on_http_client_error: bool,
     stop_on_normal_close: bool,
+    stop_on_tls_error: bool,
 }
 
 impl Default for ReconnectSchedule {
@@ -148,6 +152,7 @@ impl Default for ReconnectSchedule {
             delays: Delays::new(&RECONNECT_SCHEDULE_MS),
             stop_on_http_client_error: true,
             stop_on_normal_close: false,
+            stop_on_tls_error: true,
         }
     }
 }
@@ -168,6 +173,13 @@ impl ReconnectSchedule {
     /// Whether an HTTP 4xx answer to the upgrade (except 408 and 429) stops reconnecting.
     pub fn stop_on_http_client_error(mut self, stop: bool) -> Self {
         self.stop_on_http_client_error = stop;
+        self
+    }
+
+    /// Whether a failed TLS handshake ([`DisconnectReason::Tls`]) stops reconnecting
+    /// (default: it does).
+    pub fn stop_on_tls_error(mut self, stop: bool) -> Self {
+        self.stop_on_tls_error = stop;
         self
     }
 
@@ -192,6 +204,7 @@ impl ReconnectPolicy for ReconnectSchedule {
             DisconnectReason::Closed { code: 1000, .. } if self.stop_on_normal_close => {
                 return None;
             }
+            DisconnectReason::Tls(_) if self.stop_on_tls_error => return None,
             _ => {}
         }
         Some(self.delays.delay(attempt))

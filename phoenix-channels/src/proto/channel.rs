@@ -90,7 +90,12 @@ impl fmt::Display for RejoinCause {
         match self {
             Self::Rejected(p) => match self.reason() {
                 Some(reason) => write!(f, "join rejected: {reason}"),
-                None => write!(f, "join rejected: {p:?}"),
+                // The response may hold anything: show its size, not its content.
+                None => write!(
+                    f,
+                    "join rejected ({} byte response, no reason)",
+                    p.as_bytes().len()
+                ),
             },
             Self::Timeout => f.write_str("join timed out"),
             Self::Crashed => f.write_str("channel crashed"),

@@ -358,7 +358,9 @@ fn canonical_ref(bytes: &[u8]) -> Option<(Option<Ref>, &[u8])> {
         None => (false, bytes),
     };
     let digits = body.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || digits > 19 {
+    // A leading zero is not a number's canonical form (`"007"` is a text ref, `007` is not
+    // JSON): the general decoder decides.
+    if digits == 0 || digits > 19 || (digits > 1 && body.first() == Some(&b'0')) {
         return None;
     }
     let (number, rest) = body.split_at(digits);
@@ -412,6 +414,8 @@ fn checked_json(bytes: &[u8]) -> Option<&[u8]> {
     super::json::is_one_value(text).then_some(bytes)
 }
 
+const LONE_SURROGATE: &str = "the payload has a \\u escape of a lone UTF-16 surrogate (\\ud800-\\udfff), which is no character";
+
 fn decode_general(frame: &Bytes) -> Result<FrameView<'_>, DecodeError> {
     let in_reply = Cell::new(false);
     let mut deserializer = serde_json::Deserializer::from_slice(frame);
@@ -429,6 +433,23 @@ fn decode_general(frame: &Bytes) -> Result<FrameView<'_>, DecodeError> {
             DecodeError::Json(e.to_string())
         }
     })?;
+    // serde_json skips the inside of a raw value without checking that its `\u` escapes are
+    // characters; the payload must be JSON that `Payload::to_value` reads back.
+    let strict = |raw: &RawValue| {
+        if super::json::is_one_value(raw.get()) {
+            Ok(())
+        } else {
+            Err(DecodeError::Json(LONE_SURROGATE.to_owned()))
+        }
+    };
+    match &envelope.body {
+        Body::Payload(raw) => strict(raw)?,
+        Body::Reply(ReplyPayload {
+            response: Some(raw),
+            ..
+        }) => strict(raw).map_err(|_| DecodeError::Reply(LONE_SURROGATE.to_owned()))?,
+        Body::Reply(_) => {}
+    }
     let slice = |raw: &RawValue| Payload::from_checked_json(owned(frame, raw.get().as_bytes()));
     let body = match envelope.body {
         Body::Reply(reply) => {
@@ -898,7 +919,72 @@ mod tests {
         }
     }
 
+    #[test]
+    fn refs_read_back_as_written_and_payloads_that_to_value_refuses_are_refused() {
+        // A leading zero is not a number: `"007"` is a text ref, and never matches ref 7.
+        let m = message(text(r#"["007","0","t","e",{}]"#).unwrap());
+        assert_eq!(m.join_ref.as_ref().and_then(Ref::as_u64), None);
+        assert_eq!(m.join_ref.map(|r| r.to_string()).as_deref(), Some("007"));
+        assert_eq!(m.msg_ref, Some(Ref::new(0)));
+        let r =
+            reply(text(r#"[null,"01","t","phx_reply",{"response":{},"status":"ok"}]"#).unwrap());
+        assert_eq!(r.msg_ref.as_ref().and_then(Ref::as_u64), None);
+        let mut binary = vec![0u8, 2, 1, 1];
+        binary.extend_from_slice(b"07te");
+        let m = message(decode_binary(&Bytes::from(binary)).unwrap());
+        assert_eq!(m.join_ref.as_ref().and_then(Ref::as_u64), None);
+        // Unquoted, it is not JSON.
+        assert!(matches!(
+            text(r#"[007,null,"t","e",{}]"#),
+            Err(DecodeError::Json(_))
+        ));
+        // A lone surrogate escape is no character: `to_value` could not read it back.
+        for bad in [
+            r#"[null,null,"t","e","\ud800"]"#,
+            r#"[null,null,"t","e",{"a":["\udc00"]}]"#,
+            r#"[null,null,"t","e",{"\ud800x":1}]"#,
+        ] {
+            let error = text(bad).unwrap_err();
+            assert!(
+                matches!(&error, DecodeError::Json(e) if e.contains("surrogate")),
+                "{bad}: {error}"
+            );
+        }
+        assert!(matches!(
+            text(r#"[null,"1","t","phx_reply",{"response":"\ud800","status":"ok"}]"#),
+            Err(DecodeError::Reply(_))
+        ));
+        let m = message(text(r#"[null,null,"t","e","\ud83d\ude00"]"#).unwrap());
+        assert_eq!(m.payload.to_value().unwrap(), "😀");
+    }
+
     proptest! {
+        /// Whatever the decoder accepts, its refs are written back as they were read and its
+        /// payload reads back with `to_value`.
+        #[test]
+        fn decoded_refs_round_trip_and_payloads_read_back(
+            join in "(null|\"[0-9]{1,3}\"|[0-9]{1,3})", r in "(null|\"0*[0-9]{1,3}\"|0*[0-9]{1,3})",
+            reply in any::<bool>(),
+            body in "(\\{|\\}|\\[|\\]|\"a\"|:|,|1|\"\\\\u[dD][0-9a-fA-F]{3}\"|\"\\\\ud83d\\\\ude00\")*",
+        ) {
+            let text = if reply {
+                format!(r#"[{join},{r},"t","phx_reply",{{"response":{body},"status":"ok"}}]"#)
+            } else {
+                format!(r#"[{join},{r},"t","ev",{body}]"#)
+            };
+            let Ok(inbound) = decode_text(&Bytes::from(text.clone())) else {
+                return Ok(());
+            };
+            let (join_ref, msg_ref, payload) = match inbound {
+                Inbound::Message(m) => (m.join_ref, m.msg_ref, m.payload),
+                Inbound::Reply(r) => (r.join_ref, r.msg_ref, r.reply.into_response()),
+            };
+            let written = |v: Option<Ref>| v.map_or("null".to_owned(), |r| r.to_string());
+            prop_assert_eq!(written(join_ref), join.trim_matches('"'), "{}", text);
+            prop_assert_eq!(written(msg_ref), r.trim_matches('"'), "{}", text);
+            prop_assert!(payload.to_value().is_ok(), "{}", text);
+        }
+
         #[test]
         fn both_paths_agree_on_every_frame_the_canonical_one_takes(
             join in proptest::option::of(0u64..1000), r in proptest::option::of(0u64..1000),

@@ -1,8 +1,11 @@
 //! Checks that text is exactly one JSON value, without building it.
 //!
 //! Every payload received is checked once, so this is on the hot path of every inbound message:
-//! it accepts exactly what `serde_json::from_str::<serde::de::IgnoredAny>` accepts (the property
-//! tests below compare the two on generated and mutated documents), but scans the inside of
+//! it accepts exactly what `serde_json::from_str::<serde_json::Value>` accepts, without its
+//! depth limit (the property tests below compare the two on generated and mutated documents):
+//! unlike serde_json's `IgnoredAny` and `RawValue`, it refuses a `\u` escape of a lone UTF-16
+//! surrogate, which no string can hold, so that every payload it lets in can be read back. It
+//! scans the inside of
 //! strings — most of the bytes of a realistic payload — with SIMD (see [`plain_len`]), where
 //! serde_json's scanner takes 8 bytes at a time.
 
@@ -183,6 +186,17 @@ impl Checker<'_> {
         (self.at > start).then_some(())
     }
 
+    /// The four hex digits of a `\\u` escape, as a number.
+    fn hex4(&mut self) -> Option<u16> {
+        let hex = self.bytes.get(self.at..self.at + 4)?;
+        let mut value = 0u16;
+        for &b in hex {
+            value = (value << 4) | u16::try_from(char::from(b).to_digit(16)?).ok()?;
+        }
+        self.at += 4;
+        Some(value)
+    }
+
     /// The rest of a string after its opening quote.
     fn string_rest(&mut self) -> Option<()> {
         loop {
@@ -191,13 +205,20 @@ impl Checker<'_> {
                 b'"' => return Some(()),
                 b'\\' => match self.next()? {
                     b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
-                    b'u' => {
-                        let hex = self.bytes.get(self.at..self.at + 4)?;
-                        if !hex.iter().all(u8::is_ascii_hexdigit) {
-                            return None;
+                    b'u' => match self.hex4()? {
+                        // A surrogate pair: a high surrogate, then a low one.
+                        0xD800..=0xDBFF => {
+                            if self.next()? != b'\\' || self.next()? != b'u' {
+                                return None;
+                            }
+                            if !(0xDC00..=0xDFFF).contains(&self.hex4()?) {
+                                return None;
+                            }
                         }
-                        self.at += 4;
-                    }
+                        // A lone low surrogate.
+                        0xDC00..=0xDFFF => return None,
+                        _ => {}
+                    },
                     _ => return None,
                 },
                 // A control character.
@@ -239,8 +260,56 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// What serde_json reads into a `Value`, without its limits on nesting and on the range of
+    /// numbers: where `Value` stops at one of those, what `IgnoredAny` accepts (which checks
+    /// everything but the characters of `\\u` escapes) with no lone surrogate escape.
     fn serde_accepts(text: &str) -> bool {
-        serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(_) => true,
+            Err(e)
+                if e.to_string().starts_with("recursion limit exceeded")
+                    || e.to_string().starts_with("number out of range") =>
+            {
+                serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+                    && !has_lone_surrogate(text)
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether a `\\u` escape of a lone surrogate is in the text of a JSON document that
+    /// `IgnoredAny` accepts (so that every backslash is in a string).
+    fn has_lone_surrogate(text: &str) -> bool {
+        let units: Vec<u16> = text.encode_utf16().collect();
+        let mut escapes = Vec::new();
+        let mut i = 0;
+        while i < units.len() {
+            if units[i] == u16::from(b'\\') {
+                if units.get(i + 1) == Some(&u16::from(b'u')) {
+                    let hex = String::from_utf16_lossy(&units[i + 2..i + 6]);
+                    escapes.push((i, u16::from_str_radix(&hex, 16).unwrap()));
+                    i += 6;
+                } else {
+                    i += 2;
+                }
+            } else {
+                i += 1;
+            }
+        }
+        escapes
+            .iter()
+            .enumerate()
+            .any(|(n, &(at, unit))| match unit {
+                0xD800..=0xDBFF => !escapes
+                    .get(n + 1)
+                    .is_some_and(|&(next, low)| next == at + 6 && (0xDC00..=0xDFFF).contains(&low)),
+                0xDC00..=0xDFFF => {
+                    !(n > 0
+                        && escapes[n - 1].0 + 6 == at
+                        && (0xD800..=0xDBFF).contains(&escapes[n - 1].1))
+                }
+                _ => false,
+            })
     }
 
     #[track_caller]
@@ -263,7 +332,14 @@ mod tests {
             "null",
             "true",
             "false",
-            r#""a\"b\\c\/d\b\f\n\r\t\u00e9\uD83D""#,
+            r#""a\"b\\c\/d\b\f\n\r\t\u00e9\uD83D\uDE00""#,
+            r#""\ud800""#,
+            r#""\uDFFF""#,
+            r#""\ud800\u0041""#,
+            r#""\ud800\n""#,
+            r#""\ud800x""#,
+            r#""\udbff\udfff""#,
+            r#"{"\ud800":1}"#,
             r#"{"a":{"b":[{}]}}"#,
             "\"é€😀\"",
             "",
@@ -353,7 +429,7 @@ mod tests {
             any::<f64>().prop_map(|n| serde_json::to_string(&n).unwrap_or_default()),
             "-?(0|[1-9][0-9]{0,3})(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,3})?",
             any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap_or_default()),
-            "\"([a-z ]|\\\\[\"\\\\/bfnrt]|\\\\u[0-9a-fA-F]{4}){0,40}\"",
+            "\"([a-z ]|\\\\[\"\\\\/bfnrt]|\\\\u[0-9a-cA-CeEfF][0-9a-fA-F]{3}|\\\\u[dD][0-7][0-9a-fA-F]{2}|\\\\u[dD][89abAB][0-9a-fA-F]{2}\\\\u[dD][c-fC-F][0-9a-fA-F]{2}){0,40}\"",
         ];
         leaf.prop_recursive(6, 64, 8, |inner| {
             prop_oneof![
@@ -394,6 +470,18 @@ mod tests {
             if let Ok(text) = std::str::from_utf8(&bytes) {
                 prop_assert_eq!(is_one_value(text), serde_accepts(text), "on {:?}", text);
             }
+        }
+
+        #[test]
+        fn agrees_with_serde_json_on_any_unicode_escapes(
+            escapes in prop::collection::vec(
+                ("[dD][0-9a-fA-F]{3}|[0-9a-fA-F]{4}", prop::sample::select(vec!["", "", "x", "\\n"])),
+                0..4,
+            ),
+        ) {
+            let body: String = escapes.iter().map(|(hex, sep)| format!("\\u{hex}{sep}")).collect();
+            let text = format!("\"{body}\"");
+            prop_assert_eq!(is_one_value(&text), serde_accepts(&text), "on {:?}", text);
         }
 
         #[test]

@@ -163,10 +163,20 @@ impl Ref {
         Self(RefRepr::Num(value))
     }
 
-    /// Parses a ref from its text form: a decimal number becomes a numeric ref.
+    /// Parses a ref from its text form: a decimal number in its canonical form (no sign, no
+    /// leading zero) becomes a numeric ref; anything else, such as `"007"`, stays text, so that
+    /// every ref is written back exactly as it was read and `"007"` never matches ref 7.
+    ///
+    /// ```
+    /// use phoenix_channels::Ref;
+    /// assert_eq!(Ref::parse("7"), Ref::new(7));
+    /// assert_eq!(Ref::parse("007").as_u64(), None);
+    /// assert_eq!(Ref::parse("007").to_string(), "007");
+    /// ```
     pub fn parse(text: &str) -> Self {
+        let canonical = !text.starts_with('+') && (text.len() == 1 || !text.starts_with('0'));
         match text.parse::<u64>() {
-            Ok(n) if !text.starts_with('+') => Self(RefRepr::Num(n)),
+            Ok(n) if canonical => Self(RefRepr::Num(n)),
             _ => Self(RefRepr::Text(SmolStr::new(text))),
         }
     }

@@ -40,6 +40,14 @@ pub enum PushError {
         /// The buffer's capacity.
         capacity: usize,
     },
+    /// The socket's outgoing buffer is full: the bytes of pushes and casts not yet written to
+    /// the connection reached its limit (the server reads slower than the client sends, or not
+    /// at all). Only the `try_` methods and `cast` fail with it; `push` waits for room.
+    #[error("the outgoing buffer is full ({limit} bytes); the server is not reading fast enough")]
+    OutgoingFull {
+        /// The limit, in bytes.
+        limit: usize,
+    },
     /// The socket was shut down (by `disconnect`, or because its reconnect policy gave up).
     #[error("the socket is closed")]
     SocketClosed,
@@ -99,6 +107,21 @@ pub(crate) struct PendingPush<T> {
     pub(crate) in_fifo: bool,
 }
 
+/// The longest wait a deadline is set for: about 30 years, which is "never" for a socket.
+/// Longer waits (up to `Duration::MAX`) are cut to it, so that no timeout, interval or
+/// backoff delay can overflow an `Instant`.
+pub const NEVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `now + after`, saturated: waits longer than [`NEVER`] are cut to it.
+pub(crate) fn deadline(now: Instant, after: Duration) -> Instant {
+    let after = after.min(NEVER);
+    // `now + NEVER` fits in every platform's `Instant` for any clock reading of this era; should
+    // it not, a wait of half as long is the next best "never".
+    now.checked_add(after)
+        .or_else(|| now.checked_add(after / 2))
+        .unwrap_or(now)
+}
+
 /// What a ref in flight stands for.
 #[derive(Debug)]
 pub(crate) enum Pending<T> {
@@ -113,6 +136,7 @@ pub(crate) enum Pending<T> {
 pub(crate) enum Timer {
     Heartbeat,
     HeartbeatTimeout,
+    Healthy,
     Reconnect,
     Push(u64),
     JoinTimeout(ChannelId),

@@ -24,7 +24,10 @@
 //! core.handle_text(now, Bytes::from_static(
 //!     br#"["1","1","room:1","phx_reply",{"status":"ok","response":{}}]"#));
 //! assert_eq!(core.channel_state(chan), Some(phoenix_channels::ChannelState::Joined));
-//! // The first heartbeat is due one interval after the connection opened.
+//! // The connection counts as healthy 10 s after it opened (then the first heartbeat is due,
+//! // one interval after it opened).
+//! assert_eq!(core.poll_timeout(), Some(now + Duration::from_secs(10)));
+//! core.handle_timeout(now + Duration::from_secs(10));
 //! assert_eq!(core.poll_timeout(), Some(now + Duration::from_secs(30)));
 //! ```
 
@@ -42,7 +45,9 @@ use super::channel::{
 };
 use super::frame::{self, DecodeError, FrameView, OutFrame, ViewBody};
 use super::message::{Event, Inbound, Message, Payload, Ref, Reply, Topic};
-use super::push::{Pending, PendingPush, PushDeadlines, PushError, PushRequest, Timer, Timers};
+use super::push::{
+    Pending, PendingPush, PushDeadlines, PushError, PushRequest, Timer, Timers, deadline,
+};
 
 const PHOENIX_TOPIC: &str = "phoenix";
 
@@ -65,8 +70,13 @@ pub enum DisconnectReason {
     },
     /// The connection ended without a close frame.
     Eof,
-    /// An I/O, TLS or WebSocket protocol error.
+    /// An I/O or WebSocket protocol error.
     Io(String),
+    /// The TLS handshake failed: the server's certificate is not trusted (unknown issuer,
+    /// expired, issued for another name), or no TLS version or cipher is common. Retrying does
+    /// not fix it, so the default reconnect policy stops on it
+    /// ([`ReconnectSchedule::stop_on_tls_error`]).
+    Tls(String),
     /// Opening the connection took longer than the connect timeout.
     ConnectTimeout,
     /// No reply to a heartbeat within the heartbeat timeout.
@@ -83,6 +93,7 @@ impl fmt::Display for DisconnectReason {
             Self::Closed { code, reason } => write!(f, "closed ({code}: {reason})"),
             Self::Eof => f.write_str("connection ended"),
             Self::Io(e) => write!(f, "I/O error: {e}"),
+            Self::Tls(e) => write!(f, "TLS error: {e}"),
             Self::ConnectTimeout => f.write_str("connect timeout"),
             Self::HeartbeatTimeout => f.write_str("heartbeat timeout"),
             Self::Provider(e) => write!(f, "connect params provider failed: {e}"),
@@ -147,6 +158,12 @@ pub struct CoreConfig {
     pub join_timeout: Duration,
     /// Default capacity of a channel's buffer of pushes waiting for the join (default 1024).
     pub push_buffer_capacity: usize,
+    /// How long a connection must stay up before it counts as healthy, which resets the
+    /// reconnect schedule to its first delay (default 10 s). A heartbeat reply proves it
+    /// healthy sooner. Until then, a connection that opens and drops counts as one more
+    /// consecutive failure: a server that accepts the upgrade and then closes (or sends a
+    /// frame over the size limit) is redialled on the growing schedule, not every 10 ms.
+    pub healthy_after: Duration,
     /// When and whether to reconnect.
     pub reconnect: Arc<dyn ReconnectPolicy>,
     /// Default rejoin policy of channels.
@@ -160,6 +177,7 @@ impl Default for CoreConfig {
             heartbeat_timeout: Duration::from_secs(30),
             join_timeout: Duration::from_secs(10),
             push_buffer_capacity: 1024,
+            healthy_after: Duration::from_secs(10),
             reconnect: Arc::new(ReconnectSchedule::default()),
             rejoin: Arc::new(RejoinSchedule::default()),
         }
@@ -263,6 +281,8 @@ pub struct SocketCore<T> {
     heartbeat_at: Option<Instant>,
     heartbeat_pending: Option<(u64, Instant)>,
     reconnect_at: Option<Instant>,
+    /// When the connection counts as healthy (see [`CoreConfig::healthy_after`]).
+    healthy_at: Option<Instant>,
     tap: bool,
 }
 
@@ -294,6 +314,7 @@ impl<T> SocketCore<T> {
             heartbeat_at: None,
             heartbeat_pending: None,
             reconnect_at: None,
+            healthy_at: None,
             tap: false,
         }
     }
@@ -418,9 +439,12 @@ impl<T> SocketCore<T> {
             return;
         }
         self.conn = Conn::Connected;
-        self.failures = 0;
+        // The failures count on until the connection proves healthy.
+        let healthy_at = deadline(now, self.config.healthy_after);
+        self.healthy_at = Some(healthy_at);
+        self.timers.arm(healthy_at, Timer::Healthy);
         self.set_status(SocketStatus::Connected);
-        let at = now + self.config.heartbeat_interval;
+        let at = deadline(now, self.config.heartbeat_interval);
         self.heartbeat_at = Some(at);
         self.timers.arm(at, Timer::Heartbeat);
         let mut rejoining: Vec<ChannelId> = self
@@ -446,6 +470,7 @@ impl<T> SocketCore<T> {
     }
 
     fn transport_lost(&mut self, now: Instant, reason: DisconnectReason) {
+        self.timers.disarm(self.healthy_at.take(), Timer::Healthy);
         self.timers
             .disarm(self.heartbeat_at.take(), Timer::Heartbeat);
         if let Some((_, at)) = self.heartbeat_pending.take() {
@@ -484,7 +509,7 @@ impl<T> SocketCore<T> {
         {
             Some(delay) => {
                 self.conn = Conn::Waiting;
-                let at = now + delay;
+                let at = deadline(now, delay);
                 self.reconnect_at = Some(at);
                 self.timers.arm(at, Timer::Reconnect);
                 self.set_status(SocketStatus::Reconnecting {
@@ -519,6 +544,7 @@ impl<T> SocketCore<T> {
         self.heartbeat_at = None;
         self.heartbeat_pending = None;
         self.reconnect_at = None;
+        self.healthy_at = None;
         self.fail_pushes(PushError::SocketClosed, |_| true);
         self.pending.clear();
         let mut ids: Vec<ChannelId> = self.channels.keys().copied().collect();
@@ -556,6 +582,10 @@ impl<T> SocketCore<T> {
         for (_, timer) in self.timers.take_due(now) {
             match timer {
                 Timer::Heartbeat => self.heartbeat_due(now),
+                Timer::Healthy => {
+                    self.healthy_at = None;
+                    self.failures = 0;
+                }
                 Timer::HeartbeatTimeout => {
                     self.heartbeat_pending = None;
                     self.out.push_back(Output::CloseTransport {
@@ -604,11 +634,11 @@ impl<T> SocketCore<T> {
             let r = self.make_ref();
             self.transmit(None, r, PHOENIX_TOPIC, Event::HEARTBEAT, &Payload::empty());
             self.pending.insert(r, Pending::Heartbeat);
-            let deadline = now + self.config.heartbeat_timeout;
+            let deadline = deadline(now, self.config.heartbeat_timeout);
             self.heartbeat_pending = Some((r, deadline));
             self.timers.arm(deadline, Timer::HeartbeatTimeout);
         }
-        let at = now + self.config.heartbeat_interval;
+        let at = deadline(now, self.config.heartbeat_interval);
         self.heartbeat_at = Some(at);
         self.timers.arm(at, Timer::Heartbeat);
     }
@@ -737,7 +767,7 @@ impl<T> SocketCore<T> {
         let Some(chan) = self.channels.get_mut(&id) else {
             return;
         };
-        let deadline = now + chan.join_timeout;
+        let deadline = deadline(now, chan.join_timeout);
         chan.join_ref = Some(r);
         chan.pending_join = Some((r, deadline));
         let topic = chan.topic.clone();
@@ -805,7 +835,7 @@ impl<T> SocketCore<T> {
             Some(delay) => {
                 // While disconnected, the channel rejoins as soon as the socket reconnects.
                 if connected {
-                    let at = now + delay;
+                    let at = deadline(now, delay);
                     self.timers
                         .disarm(chan.rejoin_at.replace(at), Timer::Rejoin(id));
                     self.timers.arm(at, Timer::Rejoin(id));
@@ -842,7 +872,7 @@ impl<T> SocketCore<T> {
                 }
                 let join_ref = chan.join_ref;
                 let topic = chan.topic.clone();
-                let deadline = now + chan.join_timeout;
+                let deadline = deadline(now, chan.join_timeout);
                 let r = self.make_ref();
                 if let Some(chan) = self.channels.get_mut(&id) {
                     chan.pending_leave = Some((r, deadline));
@@ -1020,7 +1050,7 @@ impl<T> SocketCore<T> {
                 let r = self.make_ref();
                 self.transmit(join_ref, r, &topic, &event, &payload);
                 if let Some(token) = token {
-                    let deadline = now + timeout;
+                    let deadline = deadline(now, timeout);
                     let in_fifo = self.arm_push(deadline, r);
                     self.pending.insert(
                         r,
@@ -1041,7 +1071,7 @@ impl<T> SocketCore<T> {
                     return Err((PushError::BufferFull { capacity }, token));
                 }
                 let r = self.make_ref();
-                let deadline = now + timeout;
+                let deadline = deadline(now, timeout);
                 let in_fifo = self.arm_push(deadline, r);
                 self.pending.insert(
                     r,
@@ -1246,6 +1276,9 @@ impl<T> SocketCore<T> {
                     self.heartbeat_pending = None;
                     self.timers.disarm(Some(at), Timer::HeartbeatTimeout);
                 }
+                // The server answers: the connection is healthy.
+                self.timers.disarm(self.healthy_at.take(), Timer::Healthy);
+                self.failures = 0;
             }
             Some(Pending::Join(id)) => self.join_replied(now, id, r, reply),
             Some(Pending::Leave(id)) => {

@@ -382,7 +382,7 @@ fn a_timeout_longer_than_the_interval_skips_beats_instead_of_stacking_them() {
 }
 
 #[test]
-fn reconnect_follows_the_schedule_and_resets_on_success() {
+fn reconnect_follows_the_schedule_and_resets_after_a_healthy_connection() {
     let mut h = Harness::new();
     let mut delays = Vec::new();
     for _ in 0..11 {
@@ -403,6 +403,7 @@ fn reconnect_follows_the_schedule_and_resets_on_success() {
         [10, 50, 100, 150, 200, 250, 500, 1000, 2000, 5000, 5000]
     );
     h.core.handle_connected(h.now);
+    h.advance(Duration::from_secs(10));
     h.core.handle_disconnected(h.now, DisconnectReason::Eof);
     assert!(
         matches!(h.statuses().last(), Some(SocketStatus::Reconnecting { delay, attempt: 1, .. }) if *delay == ms(10))
@@ -609,8 +610,8 @@ fn error_reply_rejoins_and_the_policy_can_stop_on_a_reason() {
     assert_eq!(h.core.channel_state(A), Some(ChannelState::Closed));
     assert_eq!(
         h.core.poll_timeout(),
-        Some(h.now + Duration::from_secs(30) - ms(1000)),
-        "only the heartbeat is left"
+        Some(h.now + Duration::from_secs(10) - ms(1000)),
+        "only the connection's timers are left (its healthy mark, then the heartbeat)"
     );
 }
 
@@ -757,7 +758,8 @@ fn join_params_are_asked_on_every_join_and_requests_coalesce() {
     h.core.handle_connected(h.now);
     assert!(h.channel_events(A).contains(&ChannelEvent::NeedJoinParams));
     h.core.handle_disconnected(h.now, DisconnectReason::Eof);
-    h.advance(ms(10));
+    // The second failure in a row: the schedule's second delay.
+    h.advance(ms(50));
     h.core.handle_connected(h.now);
     assert!(
         !h.channel_events(A).contains(&ChannelEvent::NeedJoinParams),
@@ -1065,4 +1067,111 @@ fn one_stuck_push_does_not_let_finished_deadlines_pile_up() {
     );
     h.advance(ms(10_000));
     assert_eq!(h.done(), [(0, Err(PushError::Timeout))]);
+}
+
+/// `Duration::MAX` (or any huge) timeout, interval or backoff delay is "never", not an
+/// overflow of `Instant` that panics.
+#[test]
+fn huge_timeouts_and_intervals_mean_never_instead_of_overflowing() {
+    let mut h = Harness::with_config(CoreConfig {
+        heartbeat_interval: Duration::MAX,
+        heartbeat_timeout: Duration::MAX,
+        join_timeout: Duration::MAX,
+        ..CoreConfig::default()
+    });
+    h.add(A, "room:a");
+    h.core.join(h.now, A);
+    let join = h.sent();
+    assert_eq!(join.len(), 1);
+    let r: u64 = join[0].split('"').nth(1).unwrap().parse().unwrap();
+    h.server(&format!(
+        r#"["{r}","{r}","room:a","phx_reply",{{"status":"ok","response":{{}}}}]"#
+    ));
+    h.core.push(
+        h.now,
+        A,
+        PushRequest::new(Event::from("e"), Payload::empty(), Duration::MAX),
+        Some(1),
+    );
+    h.take();
+    // Twenty years later: nothing has timed out, nothing is due.
+    h.advance(Duration::from_secs(20 * 365 * 24 * 3600));
+    assert!(h.done().is_empty());
+    assert_eq!(h.core.channel_state(A), Some(ChannelState::Joined));
+    assert!(h.core.poll_timeout().is_some_and(|at| at > h.now));
+    // A reconnect policy answering `Duration::MAX` is "never reconnect", without panicking.
+    let mut h = Harness::with_config(CoreConfig {
+        reconnect: Arc::new(WaitForever),
+        ..CoreConfig::default()
+    });
+    h.core.handle_disconnected(h.now, DisconnectReason::Eof);
+    assert!(matches!(
+        h.statuses().last(),
+        Some(SocketStatus::Reconnecting { .. })
+    ));
+}
+
+#[derive(Debug)]
+struct WaitForever;
+
+impl super::backoff::ReconnectPolicy for WaitForever {
+    fn reconnect_delay(&self, _attempt: u32, _reason: &DisconnectReason) -> Option<Duration> {
+        Some(Duration::MAX)
+    }
+}
+
+/// The reconnect schedule starts over only once a connection proves healthy: a server that
+/// accepts and drops at once is redialled on the growing schedule.
+#[test]
+fn the_reconnect_schedule_resets_only_after_a_healthy_connection() {
+    let mut h = Harness::new();
+    let mut delays = Vec::new();
+    for _ in 0..5 {
+        // Up for a moment, then dropped.
+        h.advance(ms(1));
+        h.core.handle_disconnected(h.now, DisconnectReason::Eof);
+        let Some(SocketStatus::Reconnecting { delay, .. }) = h.statuses().pop() else {
+            panic!("reconnecting");
+        };
+        delays.push(delay);
+        h.advance(delay);
+        assert!(matches!(h.take().first(), Some(Output::Connect)));
+        h.core.handle_connected(h.now);
+    }
+    assert_eq!(delays, [ms(10), ms(50), ms(100), ms(150), ms(200)]);
+    // Up for `healthy_after` (10 s): healthy; the next drop starts the schedule over.
+    h.advance(Duration::from_secs(10));
+    h.core.handle_disconnected(h.now, DisconnectReason::Eof);
+    assert!(matches!(
+        h.statuses().pop(),
+        Some(SocketStatus::Reconnecting { attempt: 1, delay, .. }) if delay == ms(10)
+    ));
+    h.advance(ms(10));
+    h.take();
+    h.core.handle_connected(h.now);
+    h.core.handle_disconnected(h.now, DisconnectReason::Eof);
+    assert!(matches!(
+        h.statuses().pop(),
+        Some(SocketStatus::Reconnecting { attempt: 2, .. })
+    ));
+    // A heartbeat reply proves it healthy sooner.
+    let mut h = Harness::with_config(CoreConfig {
+        heartbeat_interval: Duration::from_secs(1),
+        ..CoreConfig::default()
+    });
+    h.core.handle_disconnected(h.now, DisconnectReason::Eof);
+    h.advance(ms(10));
+    h.take();
+    h.core.handle_connected(h.now);
+    h.advance(Duration::from_secs(1));
+    let heartbeat = h.sent().pop().expect("a heartbeat");
+    let r: u64 = heartbeat.split('"').nth(1).unwrap().parse().unwrap();
+    h.server(&format!(
+        r#"[null,"{r}","phoenix","phx_reply",{{"status":"ok","response":{{}}}}]"#
+    ));
+    h.core.handle_disconnected(h.now, DisconnectReason::Eof);
+    assert!(matches!(
+        h.statuses().pop(),
+        Some(SocketStatus::Reconnecting { attempt: 1, .. })
+    ));
 }
