@@ -373,15 +373,15 @@ mod faults {
             tokio::time::sleep(Duration::from_millis(gap)).await;
             let device = &devices[rng.random_range(0..devices.len())];
             let kind = match rng.random_range(0..100) {
-                0..=19 => {
+                0..=17 => {
                     net.cut(Some(device));
                     "cut"
                 }
-                20..=24 => {
+                18..=21 => {
                     net.cut(None);
                     "cut all"
                 }
-                25..=34 => {
+                22..=31 => {
                     let device = device.clone();
                     let net2 = net.clone();
                     let hold = Duration::from_millis(rng.random_range(50..=15_000));
@@ -392,13 +392,13 @@ mod faults {
                     });
                     "stall"
                 }
-                35..=44 => {
+                32..=40 => {
                     let to_client = Duration::from_millis(rng.random_range(0..=400));
                     let to_server = Duration::from_millis(rng.random_range(0..=400));
                     net.delay(device, to_client, to_server);
                     "delay"
                 }
-                45..=49 => {
+                41..=45 => {
                     let device = device.clone();
                     let net2 = net.clone();
                     let hold = Duration::from_millis(rng.random_range(50..=5_000));
@@ -410,29 +410,40 @@ mod faults {
                     });
                     "partition"
                 }
-                50..=64 => {
+                46..=59 => {
                     dust.drop_next_write_reply();
                     "lost reply"
                 }
-                65..=69 => {
+                60..=64 => {
                     dust.delay_next_write_reply(Duration::from_millis(rng.random_range(0..=3_000)));
                     "late reply"
                 }
-                70..=79 => {
+                65..=74 => {
                     let s = rng.random_range(0..params.stores.len());
                     compact(dust, params, s, log).await;
                     "compaction"
                 }
-                80..=87 => {
+                75..=81 => {
                     let downtime = Duration::from_millis(rng.random_range(0..=2_000));
                     net.set_down(true);
                     let _ = control.restart(downtime).await;
                     net.set_down(false);
                     "restart"
                 }
-                _ => {
+                82..=87 => {
                     control.drop_all();
                     "drop_all"
+                }
+                88..=93 => {
+                    // The server closes the device's socket (close code 1011).
+                    dust.disconnect_device(device);
+                    "disconnect device"
+                }
+                _ => {
+                    // The store's channel process crashes (`phx_error` to its joiners).
+                    let s = rng.random_range(0..params.stores.len());
+                    control.crash_channel(&format!("store:{}", params.stores[s]));
+                    "channel crash"
                 }
             };
             *counts.entry(kind).or_default() += 1;
