@@ -75,12 +75,18 @@ fn seeds() -> Vec<u64> {
 
 /// Runs one seed on a fresh single-threaded runtime with paused time.
 fn run_seed(seed: u64) -> Result<sim::Summary, String> {
+    run_seed_with(seed, sim::Sabotage::None)
+}
+
+fn run_seed_with(seed: u64, sabotage: sim::Sabotage) -> Result<sim::Summary, String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()
         .expect("a runtime");
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(sim::run(seed))));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        runtime.block_on(sim::run_with(seed, sabotage))
+    }));
     drop(runtime);
     match outcome {
         Ok(result) => result,
@@ -124,4 +130,26 @@ fn seeded_simulation_keeps_every_invariant_under_faults() {
             .collect::<Vec<_>>()
             .join(" ")
     );
+}
+
+/// The checks are not vacuous: a write sent twice (two calls with one `client_op_id`, which
+/// the server applies twice) fails the run, naming the write.
+#[test]
+fn the_simulation_reports_a_write_applied_twice() {
+    let report = run_seed_with(1, sim::Sabotage::SendTwice).expect_err("the run must fail");
+    assert!(
+        report.contains("writes applied more than once (1): device 0 "),
+        "{report}"
+    );
+}
+
+/// The checks are not vacuous: a replica that differs from the server fails the run.
+#[test]
+fn the_simulation_reports_a_replica_that_differs_from_the_server() {
+    let report = run_seed_with(1, sim::Sabotage::TamperReplica).expect_err("the run must fail");
+    assert!(
+        report.contains("sabotage: 1 (not on the server)"),
+        "{report}"
+    );
+    assert!(report.contains("device 0 "), "{report}");
 }

@@ -113,8 +113,24 @@ pub struct Summary {
     pub simulated: Duration,
 }
 
+/// Deliberate faults of the harness's own making, to check that the checks fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sabotage {
+    /// Nothing: the real run.
+    None,
+    /// Device 0 writes its third write twice (two calls, one `client_op_id`).
+    SendTwice,
+    /// Device 0's replica of the first store gets an event the server never sent.
+    TamperReplica,
+}
+
 /// Runs one seed. `Err` holds the report of every invariant that failed.
 pub async fn run(seed: u64) -> Result<Summary, String> {
+    run_with(seed, Sabotage::None).await
+}
+
+/// Runs one seed with a sabotage.
+pub async fn run_with(seed: u64, sabotage: Sabotage) -> Result<Summary, String> {
     let started = Instant::now();
     let mut rng = SmallRng::seed_from_u64(seed);
     let params = Params::draw(&mut rng);
@@ -186,6 +202,7 @@ pub async fn run(seed: u64) -> Result<Summary, String> {
             max_burst: params.max_burst,
             // Spread over the fault window (some bursts come after it).
             mean_pause: params.fault_window / params.bursts as u32,
+            send_twice: (sabotage == Sabotage::SendTwice && d == 0).then_some(2),
             seed: rng.random(),
         };
         tasks.push(tokio::spawn(workload::run_device(
@@ -244,6 +261,15 @@ pub async fn run(seed: u64) -> Result<Summary, String> {
             "the replicas did not catch up with the server within {} s (simulated): {state}",
             SETTLE.as_secs()
         ));
+    }
+    if sabotage == Sabotage::TamperReplica {
+        let (_, _, engine) = &devices[0];
+        let store = &params.stores[0];
+        let event = serde_json::from_value(serde_json::json!({
+            "store_seq": engine.seq(store) + 1, "op": "set", "path": "sabotage", "value": 1
+        }))
+        .map_err(|e| format!("the sabotage event: {e}"))?;
+        dust_connection::SyncEngine::handle_server_event(engine, store, &event).await;
     }
     log.capture(&dust, &params.stores).await;
     // The device tasks are done (or aborted): nothing writes to the journal any more.

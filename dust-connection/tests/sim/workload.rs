@@ -92,6 +92,9 @@ pub struct DevicePlan {
     pub max_burst: usize,
     /// The mean pause between bursts.
     pub mean_pause: Duration,
+    /// Sabotage (to check that the checks fail): the device's write at this position is
+    /// also written once more, by a separate call with the same `client_op_id`, before it.
+    pub send_twice: Option<usize>,
     pub seed: u64,
 }
 
@@ -101,6 +104,7 @@ pub async fn run_device(plan: DevicePlan, stores: Vec<Store>, journal: Journal) 
     use rand::SeedableRng as _;
     let mut rng = SmallRng::seed_from_u64(plan.seed);
     let mut next_order = vec![0usize; stores.len()];
+    let mut issued = 0usize;
     for _ in 0..plan.bursts {
         let pause = rng.random_range(0..=2 * plan.mean_pause.as_millis() as u64);
         tokio::time::sleep(Duration::from_millis(pause)).await;
@@ -124,9 +128,16 @@ pub async fn run_device(plan: DevicePlan, stores: Vec<Store>, journal: Journal) 
                 journal.len() - 1
             };
             next_order[s] += 1;
-            writes.push((slot, write));
+            let twice = plan.send_twice == Some(issued);
+            issued += 1;
+            writes.push((slot, write, twice));
         }
-        let answer = |slot: usize, store: Store, write: WriteRequest, journal: Journal| async move {
+        let answer = |(slot, write, twice): (usize, WriteRequest, bool),
+                      store: Store,
+                      journal: Journal| async move {
+            if twice {
+                let _ = store.write(write.clone()).await;
+            }
             let result = store.write(write).await;
             // The journal is taken for the checks once the device tasks are done or aborted.
             if let Some(entry) = lock(&journal).get_mut(slot) {
@@ -135,8 +146,8 @@ pub async fn run_device(plan: DevicePlan, stores: Vec<Store>, journal: Journal) 
             }
         };
         if one_by_one {
-            for (slot, write) in writes {
-                answer(slot, stores[s].clone(), write, journal.clone()).await;
+            for write in writes {
+                answer(write, stores[s].clone(), journal.clone()).await;
             }
         } else {
             // Queued in this order: each write is queued on its first poll, and `join_all`
@@ -144,7 +155,7 @@ pub async fn run_device(plan: DevicePlan, stores: Vec<Store>, journal: Journal) 
             join_all(
                 writes
                     .into_iter()
-                    .map(|(slot, write)| answer(slot, stores[s].clone(), write, journal.clone())),
+                    .map(|write| answer(write, stores[s].clone(), journal.clone())),
             )
             .await;
         }
