@@ -110,6 +110,9 @@ pub struct Summary {
     pub connects: u64,
     pub cuts: u64,
     pub unobserved: usize,
+    pub outbox_peak: usize,
+    pub peak_links: usize,
+    pub peak_held_bytes: usize,
     pub simulated: Duration,
 }
 
@@ -309,6 +312,9 @@ pub async fn run_with(seed: u64, sabotage: Sabotage) -> Result<Summary, String> 
             connects: net.stats().connects.load(Ordering::Relaxed),
             cuts: net.stats().cuts.load(Ordering::Relaxed),
             unobserved: log.unobserved.iter().map(Vec::len).sum(),
+            outbox_peak: meter.peak(),
+            peak_links: net.stats().peak_live_links.load(Ordering::Relaxed),
+            peak_held_bytes: net.stats().peak_held.load(Ordering::Relaxed),
             simulated: started.elapsed(),
         }
     };
