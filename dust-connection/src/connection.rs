@@ -202,6 +202,65 @@ impl Info {
     }
 }
 
+/// The connect URL as [`Info`] and [`StateChange`] show it: the socket's URL (its own query
+/// kept) with the seed's params appended to the query as the socket sends them (`capver`,
+/// `device_id`, `token`, `vsn`), the token, every credential-looking param and a password in
+/// the URL's userinfo redacted.
+fn shown_url(socket_url: &str, device_id: &str) -> String {
+    let Ok(mut url) = url::Url::parse(socket_url) else {
+        // The socket was built from a parsed URL, so this does not happen; never show more.
+        return "(unparsable url)".to_owned();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("REDACTED"));
+    }
+    url.query_pairs_mut()
+        .append_pair("capver", "3")
+        .append_pair("device_id", device_id)
+        .append_pair("token", "REDACTED")
+        .append_pair("vsn", "2.0.0");
+    phoenix_channels::socket::redact_url(&url)
+}
+
+#[cfg(test)]
+mod shown_url_tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_params_join_an_existing_query_and_every_secret_is_redacted() {
+        assert_eq!(
+            shown_url("ws://h:4000/ws/sync/websocket", "dev_a"),
+            "ws://h:4000/ws/sync/websocket?capver=3&device_id=dev_a&token=REDACTED&vsn=2.0.0"
+        );
+        assert_eq!(
+            shown_url(
+                "wss://user:pw@h/ws/sync/websocket?tenant=t&api_key=k&auth_token=x",
+                "dev_b"
+            ),
+            "wss://user:REDACTED@h/ws/sync/websocket?tenant=t&api_key=REDACTED\
+             &auth_token=REDACTED&capver=3&device_id=dev_b&token=REDACTED&vsn=2.0.0"
+        );
+    }
+
+    #[tokio::test]
+    async fn info_shows_an_endpoint_with_a_query_as_one_well_formed_url() {
+        let connection = DustConnection::builder("ws://127.0.0.1:9/ws/sync?tenant=t&secret=s")
+            .token("dust_tok_hidden")
+            .device_id(DeviceId::new("dev_x"))
+            .store("o/s")
+            .manual()
+            .connect()
+            .unwrap();
+        let url = connection.info().url;
+        assert_eq!(
+            url,
+            "ws://127.0.0.1:9/ws/sync/websocket?tenant=t&secret=REDACTED\
+             &capver=3&device_id=dev_x&token=REDACTED&vsn=2.0.0"
+        );
+        assert!(!url.contains("dust_tok_hidden") && url.matches('?').count() == 1);
+    }
+}
+
 /// Configures a [`DustConnection`]; from [`DustConnection::builder`].
 #[must_use = "a builder does nothing until `connect` is called"]
 pub struct DustConnectionBuilder {
@@ -359,11 +418,7 @@ impl DustConnectionBuilder {
             builder = configure(builder);
         }
         let (socket, driver) = builder.build()?;
-        let url = format!(
-            "{}?capver=3&device_id={}&token=REDACTED&vsn=2.0.0",
-            socket.url(),
-            device_id.as_str()
-        );
+        let url = shown_url(socket.url(), device_id.as_str());
 
         let joined = Arc::new(Mutex::new(BTreeSet::new()));
         let (notices, _) = broadcast::channel(4096);

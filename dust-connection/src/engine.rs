@@ -12,6 +12,8 @@ use tokio::sync::broadcast;
 
 use crate::write::{ClientOpId, Path, Rejection, WriteAck};
 
+mod codec;
+
 /// A store's connection status, as the engine sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -141,14 +143,11 @@ pub struct SnapshotEntry {
     pub kind: Option<String>,
 }
 
-/// Removes the storage envelope: `{"_scalar": v}` → `v`; maps and typed values as they are.
+/// A stored value (a snapshot entry's `value`) as the server lists it: `{"_scalar": v}` → `v`,
+/// a `decimal` / `datetime` typed value → the string the server renders it as, maps (file refs,
+/// leases, other typed values) as they are. See [`MemoryEngine::entries`].
 pub fn unwrap_stored(value: &Value) -> Value {
-    match value {
-        Value::Object(map) if map.len() == 1 && map.contains_key("_scalar") => {
-            map.get("_scalar").cloned().unwrap_or(Value::Null)
-        }
-        other => other.clone(),
-    }
+    codec::render(value)
 }
 
 /// What the connection tells the app's local state, per store: the seed's `Dust.SyncEngine`.
@@ -202,7 +201,7 @@ pub trait SyncEngine: Send + Sync + 'static {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Change {
-    /// A path got a value.
+    /// A path got a value (as [`MemoryEngine::entries`] shows it).
     Set {
         /// The store.
         store: String,
@@ -213,7 +212,8 @@ pub enum Change {
         /// The seq of the op.
         seq: u64,
     },
-    /// A path (and what was below it) was removed.
+    /// The entries at a path and below it were removed (by a `release`: the path's entry
+    /// alone). A `set` that replaces a subtree reports this, then the new entries.
     Removed {
         /// The store.
         store: String,
@@ -263,6 +263,7 @@ pub enum Change {
 
 #[derive(Debug, Default)]
 struct StoreState {
+    /// Rendered path → the value as the server stores it (in its storage envelope).
     entries: BTreeMap<String, Value>,
     last_seq: u64,
     status: Option<StoreStatus>,
@@ -271,9 +272,11 @@ struct StoreState {
     gaps: Vec<(u64, u64)>,
 }
 
-/// An in-memory [`SyncEngine`]: entries per store, events applied in seq order (duplicates
-/// dropped, gaps reported), snapshots unwrapped and replacing the contents, server resets
-/// detected, and a stream of changes.
+/// An in-memory [`SyncEngine`]: a replica of each store's entries, materialized from the
+/// events as the server's writer materializes its ops (so it equals what the server holds,
+/// see [`entries`](MemoryEngine::entries)), events applied in seq order (duplicates dropped,
+/// gaps reported), snapshots replacing the contents, server resets detected, and a stream of
+/// changes.
 ///
 /// ```
 /// use dust_connection::{MemoryEngine, ServerEvent, SyncEngine};
@@ -333,14 +336,65 @@ impl MemoryEngine {
         self.changes.subscribe()
     }
 
-    /// The value at a rendered path.
+    /// The entry at a rendered path, as [`entries`](Self::entries) shows it (`None` when the
+    /// store holds no entry there; a path whose value was set to `null` is `Some(Value::Null)`).
     pub fn get(&self, store: &str, path: &str) -> Option<Value> {
-        self.with(store, |s| s.entries.get(path).cloned())
+        self.with(store, |s| s.entries.get(path).map(codec::render))
     }
 
-    /// Every entry of a store, by rendered path.
+    /// The replica of a store in the server's `entries` form: what the server holds, entry by
+    /// entry, by rendered path (RFC 6901 escapes, `/`-joined), each value as the server lists
+    /// it:
+    ///
+    /// - a map written with `set` / `merge` is one entry per leaf (`users/ada/name`), an empty
+    ///   map none;
+    /// - a file ref, a lease envelope, and any map holding both `_typed` and `_type` are one
+    ///   entry holding that object, except that a `decimal` typed value is listed as the string
+    ///   the server renders it as (`{"_type": "decimal", "_typed": "1.50"}` → `"1.50"`) and a
+    ///   `datetime` as its ISO 8601 form in UTC;
+    /// - a `null` that was set is an entry holding `null`; a counter its total, a set its
+    ///   members as a list.
+    ///
+    /// Events and snapshots give the same replica. This is what `DustControl::entries` of
+    /// `dust-conformance` (and the server's HTTP entries) hold once the engine has applied the
+    /// store's log up to the server's seq ([`seq`](Self::seq)).
+    ///
+    /// ```
+    /// use dust_connection::{MemoryEngine, ServerEvent, SyncEngine};
+    /// use serde_json::json;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let engine = MemoryEngine::new();
+    /// for (seq, op, value) in [
+    ///     (1, "set", json!({"name": "Ada", "price": {"_type": "decimal", "_typed": "1.50"}})),
+    ///     (2, "merge", json!({"name": null})),
+    /// ] {
+    ///     let event: ServerEvent = serde_json::from_value(json!({
+    ///         "store_seq": seq, "op": op, "path": "item", "value": value
+    ///     })).unwrap();
+    ///     engine.handle_server_event("org/app", &event).await;
+    /// }
+    /// assert_eq!(
+    ///     serde_json::to_value(engine.entries("org/app")).unwrap(),
+    ///     json!({"item/name": null, "item/price": "1.50"})
+    /// );
+    /// # }
+    /// ```
     pub fn entries(&self, store: &str) -> BTreeMap<String, Value> {
-        self.with(store, |s| s.entries.clone())
+        self.entries_with_seq(store).1
+    }
+
+    /// The last applied seq and [`entries`](Self::entries), read together (consistent with
+    /// each other while events keep arriving): what a `state` dump prints.
+    pub fn entries_with_seq(&self, store: &str) -> (u64, BTreeMap<String, Value>) {
+        self.with(store, |s| {
+            let entries = s
+                .entries
+                .iter()
+                .map(|(path, stored)| (path.clone(), codec::render(stored)))
+                .collect();
+            (s.last_seq, entries)
+        })
     }
 
     /// The last applied seq of a store.
@@ -368,31 +422,6 @@ impl MemoryEngine {
         self.with(store, |s| s.gaps.clone())
     }
 
-    fn remove_subtree(entries: &mut BTreeMap<String, Value>, path: &str) {
-        let prefix = format!("{path}/");
-        entries.retain(|k, _| k != path && !k.starts_with(&prefix));
-    }
-
-    /// A map value's leaves (`{"a": {"b": 1}}` at `p` → `p/a/b = 1`); typed envelopes (files,
-    /// leases) and other values are one leaf.
-    fn leaves(path: &Path, value: &Value, out: &mut Vec<(String, Value)>) {
-        match value {
-            Value::Object(map)
-                if !matches!(
-                    map.get("_type").and_then(Value::as_str),
-                    Some("file" | "lease")
-                ) =>
-            {
-                for (key, child) in map {
-                    if let Ok(child_path) = path.child(key.as_str()) {
-                        Self::leaves(&child_path, child, out);
-                    }
-                }
-            }
-            other => out.push((path.render(), other.clone())),
-        }
-    }
-
     fn apply(&self, store: &str, event: &ServerEvent) {
         let path = event
             .path_segments
@@ -403,9 +432,8 @@ impl MemoryEngine {
             tracing::warn!(store, path = %event.path, "event with an invalid path; ignored");
             return;
         };
-        let rendered = path.render();
         let seq = event.store_seq;
-        let mut changes = Vec::new();
+        let mut diff = Diff::default();
         let outcome = self.with(store, |s| {
             if seq <= s.last_seq {
                 return Err(());
@@ -415,34 +443,7 @@ impl MemoryEngine {
                 s.gaps.push(gap);
             }
             s.last_seq = seq;
-            let mut set = |entries: &mut BTreeMap<String, Value>, value: &Value, replace: bool| {
-                if replace {
-                    Self::remove_subtree(entries, &rendered);
-                }
-                let mut leaves = Vec::new();
-                Self::leaves(&path, value, &mut leaves);
-                for (p, v) in leaves {
-                    entries.insert(p.clone(), v.clone());
-                    changes.push(Change::Set {
-                        store: store.to_owned(),
-                        path: p,
-                        value: v,
-                        seq,
-                    });
-                }
-            };
-            match (event.op.as_str(), &event.value) {
-                ("merge", value) => set(&mut s.entries, value, false),
-                ("delete" | "release", _) | (_, Value::Null) => {
-                    Self::remove_subtree(&mut s.entries, &rendered);
-                    changes.push(Change::Removed {
-                        store: store.to_owned(),
-                        path: rendered.clone(),
-                        seq,
-                    });
-                }
-                (_, value) => set(&mut s.entries, value, true),
-            }
+            materialize(&mut s.entries, &path, &event.op, &event.value, &mut diff);
             Ok(gap)
         });
         match outcome {
@@ -456,9 +457,130 @@ impl MemoryEngine {
                         got,
                     });
                 }
-                changes.into_iter().for_each(|c| self.emit(c));
+                for path in diff.removed {
+                    self.emit(Change::Removed {
+                        store: store.to_owned(),
+                        path,
+                        seq,
+                    });
+                }
+                for (path, value) in diff.set {
+                    self.emit(Change::Set {
+                        store: store.to_owned(),
+                        path,
+                        value,
+                        seq,
+                    });
+                }
             }
         }
+    }
+}
+
+/// What an op did to a store's entries: subtrees removed (rendered paths), then entries set
+/// (rendered path, value as [`MemoryEngine::entries`] shows it).
+#[derive(Debug, Default)]
+struct Diff {
+    removed: Vec<String>,
+    set: Vec<(String, Value)>,
+}
+
+impl Diff {
+    fn upsert(&mut self, entries: &mut BTreeMap<String, Value>, path: String, value: &Value) {
+        let stored = codec::wrap(value);
+        self.set.push((path.clone(), codec::render(&stored)));
+        entries.insert(path, stored);
+    }
+
+    /// Removes `path` itself (when `with_path`) and every entry below it.
+    fn remove(&mut self, entries: &mut BTreeMap<String, Value>, path: &str, with_path: bool) {
+        let prefix = format!("{path}/");
+        let below: Vec<String> = entries
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut removed = !below.is_empty();
+        for key in below {
+            entries.remove(&key);
+        }
+        if with_path {
+            removed |= entries.remove(path).is_some();
+        }
+        if removed {
+            self.removed.push(path.to_owned());
+        }
+    }
+
+    /// `path` replaced by `value`: an expandable map by its leaves, anything else as one entry.
+    fn replace(&mut self, entries: &mut BTreeMap<String, Value>, path: &Path, value: &Value) {
+        let rendered = path.render();
+        match codec::expandable(value) {
+            Some(map) => {
+                self.remove(entries, &rendered, true);
+                let mut leaves = Vec::new();
+                codec::flatten(path, map, &mut leaves);
+                for (leaf, value) in leaves {
+                    self.upsert(entries, leaf, &value);
+                }
+            }
+            None => {
+                self.remove(entries, &rendered, false);
+                self.upsert(entries, rendered, value);
+            }
+        }
+    }
+}
+
+/// Applies one op of the log to a store's entries as the server's writer materializes it
+/// (`value` is the event's: a set's or merge's own value, an increment's new total, a set's
+/// whole members, a lease envelope, a file ref):
+///
+/// - `set`: the path's subtree is replaced; a map (not a typed value) becomes its leaves, an
+///   empty map nothing; anything else, `null` included, one entry;
+/// - `merge`: each key of the map is `set` under the path, except that a key whose value is
+///   not a map keeps the entries below it;
+/// - `delete`: the path and its subtree go; `release`: the path alone goes;
+/// - `put_file`: the path's subtree is replaced by the file ref;
+/// - `increment`, `add`, `remove`, `lease`, `renew`: the path's entry becomes the value, the
+///   entries below it stay.
+fn materialize(
+    entries: &mut BTreeMap<String, Value>,
+    path: &Path,
+    op: &str,
+    value: &Value,
+    diff: &mut Diff,
+) {
+    let rendered = path.render();
+    match op {
+        "set" | "put_file" => diff.replace(entries, path, value),
+        "merge" => {
+            let Value::Object(map) = value else {
+                tracing::warn!(path = %rendered, "a merge event without a map value; ignored");
+                return;
+            };
+            for (key, child_value) in map {
+                let Ok(child) = path.child(key.as_str()) else {
+                    tracing::warn!(path = %rendered, "a merge with an empty key; skipped");
+                    continue;
+                };
+                if codec::expandable(child_value).is_some() {
+                    diff.replace(entries, &child, child_value);
+                } else {
+                    diff.upsert(entries, child.render(), child_value);
+                }
+            }
+        }
+        "delete" => diff.remove(entries, &rendered, true),
+        "release" => {
+            if entries.remove(&rendered).is_some() {
+                diff.removed.push(rendered);
+            }
+        }
+        "increment" | "add" | "remove" | "lease" | "renew" => {
+            diff.upsert(entries, rendered, value);
+        }
+        other => tracing::warn!(path = %rendered, op = other, "an event of an unknown op; ignored"),
     }
 }
 
@@ -489,7 +611,7 @@ impl SyncEngine for MemoryEngine {
             s.entries = snapshot
                 .entries
                 .iter()
-                .map(|(p, e)| (p.clone(), unwrap_stored(&e.value)))
+                .map(|(p, e)| (p.clone(), e.value.clone()))
                 .collect();
             s.last_seq = snapshot.snapshot_seq;
         });
@@ -607,6 +729,107 @@ mod tests {
         engine.handle_server_reset("s", 3).await;
         assert_eq!(engine.last_store_seq("s").await, 0);
         assert!(engine.entries("s").is_empty());
+    }
+
+    async fn replay(engine: &MemoryEngine, ops: &[(&str, &str, Value)]) {
+        for (i, (op, path, value)) in ops.iter().enumerate() {
+            engine
+                .handle_server_event("s", &event(i as u64 + 1, op, path, value.clone()))
+                .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn ops_materialize_as_the_server_writer_does() {
+        let engine = MemoryEngine::new();
+        replay(
+            &engine,
+            &[
+                ("set", "n", json!({"a": 1, "b": {"c": 2}})),
+                ("set", "n", Value::Null),
+                (
+                    "set",
+                    "m",
+                    json!({"x": {"old": 1, "keep": 2}, "y": {"deep": 3}}),
+                ),
+                ("merge", "m", json!({"x": {"new": 4}, "y": 5, "z": null})),
+                ("set", "t", json!({"_type": "decimal", "_typed": "1.50"})),
+                (
+                    "set",
+                    "d",
+                    json!({"at": {"_type": "datetime", "_typed": "2024-01-01T01:00:00+01:00"}}),
+                ),
+                ("set", "e", json!({})),
+                ("set", "c/below", json!(1)),
+                ("increment", "c", json!(7)),
+                ("set", "l/below", json!(1)),
+                (
+                    "lease",
+                    "l",
+                    json!({"_type": "lease", "token": 12, "holder": null, "expires_at": 5}),
+                ),
+                ("release", "l", Value::Null),
+                ("set", "f/below", json!(1)),
+                (
+                    "put_file",
+                    "f",
+                    json!({"_type": "file", "hash": "sha256:00"}),
+                ),
+            ],
+        )
+        .await;
+        assert_eq!(
+            serde_json::to_value(engine.entries("s")).unwrap(),
+            json!({
+                "n": null,
+                "m/x/new": 4,
+                "m/y": 5,
+                "m/y/deep": 3,
+                "m/z": null,
+                "t": "1.50",
+                "d/at": "2024-01-01T00:00:00Z",
+                "c": 7,
+                "c/below": 1,
+                "l/below": 1,
+                "f": {"_type": "file", "hash": "sha256:00"},
+            })
+        );
+        assert_eq!(engine.get("s", "n"), Some(Value::Null));
+        assert_eq!(engine.get("s", "e"), None);
+        assert_eq!(engine.entries_with_seq("s"), (14, engine.entries("s")));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_of_the_server_s_entries_gives_the_same_replica_as_the_events() {
+        let live = MemoryEngine::new();
+        replay(
+            &live,
+            &[
+                (
+                    "set",
+                    "a",
+                    json!({"b": null, "t": {"_type": "decimal", "_typed": "2"}}),
+                ),
+                ("add", "tags", json!(["x"])),
+                ("set", "lock", json!({"_type": "lease", "token": 3})),
+            ],
+        )
+        .await;
+        let snapshot: Snapshot = serde_json::from_value(json!({
+            "snapshot_seq": 3,
+            "entries": {
+                "a/b": {"value": {"_scalar": null}, "type": "null"},
+                "a/t": {"value": {"_type": "decimal", "_typed": "2"}, "type": "map"},
+                "tags": {"value": {"_scalar": ["x"]}, "type": "set"},
+                "lock": {"value": {"_type": "lease", "token": 3}, "type": "lease"},
+            }
+        }))
+        .unwrap();
+        let from_snapshot = MemoryEngine::new();
+        from_snapshot.handle_snapshot("s", &snapshot).await;
+        assert_eq!(from_snapshot.entries("s"), live.entries("s"));
+        assert_eq!(live.get("s", "a/t"), Some(json!("2")));
+        assert_eq!(live.get("s", "a/b"), Some(Value::Null));
     }
 
     #[test]

@@ -607,7 +607,7 @@ where
                     .as_deref()
                     .and_then(|id| self.by_op_id.get(&ClientOpId::from(id)).copied())
                 {
-                    let ack = WriteAck::from_event(&event.value, event.store_seq);
+                    let ack = WriteAck::from_event(&event);
                     match self.entries.get_mut(&ticket).map(|e| &mut e.state) {
                         Some(EntryState::InFlight { applied, .. }) => *applied = Some(ack),
                         Some(EntryState::Unknown { .. }) => self.resolve(ticket, Ok(ack)).await,

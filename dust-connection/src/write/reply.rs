@@ -6,6 +6,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use super::path::Path;
+use crate::engine::ServerEvent;
 
 /// An accepted write: the server's whole reply map, with typed accessors.
 ///
@@ -40,15 +41,25 @@ impl WriteAck {
         }
     }
 
-    /// An acknowledgement built from the write's own `event` (when its reply was lost): the
-    /// event's value if it is a map (a lease envelope carries `token`, `expires_at`, `holder`),
-    /// plus `store_seq`, as the Dust SDKs shape it.
-    pub fn from_event(value: &Value, store_seq: u64) -> Self {
-        let mut reply = match value {
-            Value::Object(map) => map.clone(),
-            _ => Map::new(),
+    /// An acknowledgement built from the write's own `event` (when its reply was lost): what
+    /// the server's reply to that op carries, read from the event — `store_seq`; for a `lease`
+    /// or `renew` the lease envelope's `token`, `expires_at` and `holder`; for a `put_file` the
+    /// file ref's `hash`. Nothing of the written value itself.
+    pub fn from_event(event: &ServerEvent) -> Self {
+        let mut reply = Map::from_iter([("store_seq".to_owned(), Value::from(event.store_seq))]);
+        let copy = |reply: &mut Map<String, Value>, keys: &[&str]| {
+            for key in keys {
+                reply.insert(
+                    (*key).to_owned(),
+                    event.value.get(*key).cloned().unwrap_or(Value::Null),
+                );
+            }
         };
-        reply.insert("store_seq".into(), Value::from(store_seq));
+        match event.op.as_str() {
+            "lease" | "renew" => copy(&mut reply, &["token", "expires_at", "holder"]),
+            "put_file" => copy(&mut reply, &["hash"]),
+            _ => {}
+        }
         Self {
             reply,
             from_event: true,
@@ -294,20 +305,52 @@ mod tests {
         );
     }
 
+    fn event(op: &str, seq: u64, value: Value) -> ServerEvent {
+        serde_json::from_value(json!({"store_seq": seq, "op": op, "path": "p", "value": value}))
+            .unwrap()
+    }
+
     #[test]
-    fn acks_from_events_look_like_replies() {
+    fn acks_from_events_carry_what_the_reply_would() {
         let lease = json!({"_type": "lease", "holder": "w", "token": 5, "expires_at": 99});
-        let ack = WriteAck::from_event(&lease, 5);
-        assert_eq!(
-            (ack.store_seq(), ack.token(), ack.holder()),
-            (Some(5), Some(5), Some("w"))
-        );
-        assert!(ack.is_from_event());
-        let ack = WriteAck::from_event(&json!(3), 8);
+        for op in ["lease", "renew"] {
+            let ack = WriteAck::from_event(&event(op, 5, lease.clone()));
+            assert_eq!(
+                ack.reply(),
+                json!({"store_seq": 5, "token": 5, "expires_at": 99, "holder": "w"})
+                    .as_object()
+                    .unwrap()
+            );
+            assert!(ack.is_from_event());
+        }
+        let file = json!({"_type": "file", "hash": "sha256:ab", "size": 1, "filename": "f"});
+        let ack = WriteAck::from_event(&event("put_file", 9, file));
         assert_eq!(
             ack.reply(),
-            &Map::from_iter([("store_seq".to_owned(), json!(8))])
+            json!({"store_seq": 9, "hash": "sha256:ab"})
+                .as_object()
+                .unwrap()
         );
+        assert_eq!(ack.hash(), Some("sha256:ab"));
+        // The user's own map is never read as reply fields.
+        for op in ["set", "merge"] {
+            let ack = WriteAck::from_event(&event(
+                op,
+                8,
+                json!({"released": false, "token": 5, "hash": "h", "_type": "lease"}),
+            ));
+            assert_eq!(
+                ack.reply(),
+                &Map::from_iter([("store_seq".to_owned(), json!(8))]),
+                "{op}"
+            );
+            assert_eq!(
+                (ack.released(), ack.token(), ack.hash()),
+                (None, None, None)
+            );
+        }
+        let ack = WriteAck::from_event(&event("increment", 3, json!(3)));
+        assert_eq!(ack.store_seq(), Some(3));
         assert_eq!(
             WriteAck::from_reply(json!({"released": false})).released(),
             Some(false)

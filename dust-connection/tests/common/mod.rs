@@ -60,11 +60,10 @@ pub async fn connect(server: &Server, engine: &MemoryEngine) -> DustConnection {
     connection
 }
 
+/// Waits until the store is joined, re-checking on the connection's events.
 pub async fn wait_joined(connection: &DustConnection, store: &str) {
-    within("store joined", async {
-        while !connection.info().joined_stores.iter().any(|s| s == store) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    wait_connection(connection, "store joined", || {
+        connection.info().joined_stores.iter().any(|s| s == store)
     })
     .await;
 }
@@ -111,4 +110,144 @@ pub async fn assert_applied_once_in_order(server: &Server, store: &str, issued: 
     );
     let issued_refs: Vec<&String> = issued.iter().collect();
     assert_eq!(ours, issued_refs, "writes were applied out of order");
+}
+
+/// Waits until `condition` holds, re-checking it on every change of the engine (no polling).
+pub async fn wait_engine(engine: &MemoryEngine, what: &str, mut condition: impl FnMut() -> bool) {
+    let mut changes = engine.subscribe();
+    within(what, async {
+        while !condition() {
+            if let Err(tokio::sync::broadcast::error::RecvError::Closed) = changes.recv().await {
+                panic!("{what}: the engine's changes ended");
+            }
+        }
+    })
+    .await;
+}
+
+/// Waits until `condition` holds, re-checking it on every notice and state change of the
+/// connection (no polling).
+pub async fn wait_connection(
+    connection: &DustConnection,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut notices = connection.notices();
+    let mut states = connection.state_changes();
+    within(what, async {
+        while !condition() {
+            let closed = tokio::select! {
+                n = notices.recv() => matches!(n, Err(RecvError::Closed)),
+                s = states.recv() => matches!(s, Err(RecvError::Closed)),
+            };
+            assert!(!closed, "{what}: the connection's events ended");
+        }
+    })
+    .await;
+}
+
+/// The number of `write` pushes a connection made through [`counting_writes`] has sent.
+pub type SentWrites = std::sync::Arc<tokio::sync::watch::Sender<u64>>;
+
+/// The builder with a connector that counts the `write` pushes it sends (the real WebSocket
+/// connector underneath), to wait for "the client has sent N writes".
+pub fn counting_writes(builder: DustConnectionBuilder) -> (DustConnectionBuilder, SentWrites) {
+    let sent: SentWrites = std::sync::Arc::new(tokio::sync::watch::channel(0).0);
+    let connector = CountingConnector {
+        inner: phoenix_channels::transport::WebSocketConnector::new(),
+        sent: sent.clone(),
+    };
+    (builder.socket(move |s| s.connector(connector)), sent)
+}
+
+/// Waits until at least `n` writes were sent in all.
+pub async fn wait_sent(sent: &SentWrites, n: u64) {
+    let mut rx = sent.subscribe();
+    within("writes sent", rx.wait_for(|sent| *sent >= n))
+        .await
+        .unwrap();
+}
+
+#[derive(Debug)]
+struct CountingConnector {
+    inner: phoenix_channels::transport::WebSocketConnector,
+    sent: SentWrites,
+}
+
+#[async_trait::async_trait]
+impl phoenix_channels::transport::Connector for CountingConnector {
+    async fn connect(
+        &self,
+        request: &phoenix_channels::transport::ConnectRequest,
+    ) -> Result<phoenix_channels::transport::BoxTransport, phoenix_channels::DisconnectReason> {
+        let inner = self.inner.connect(request).await?;
+        Ok(Box::new(Counting {
+            inner,
+            sent: self.sent.clone(),
+        }))
+    }
+}
+
+struct Counting {
+    inner: phoenix_channels::transport::BoxTransport,
+    sent: SentWrites,
+}
+
+impl futures_util::Stream for Counting {
+    type Item = Result<phoenix_channels::transport::Received, phoenix_channels::DisconnectReason>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+impl futures_util::Sink<phoenix_channels::transport::Outgoing> for Counting {
+    type Error = phoenix_channels::DisconnectReason;
+
+    fn poll_ready(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::pin::Pin::new(&mut self.inner).poll_ready(cx)
+    }
+
+    fn start_send(
+        mut self: std::pin::Pin<&mut Self>,
+        item: phoenix_channels::transport::Outgoing,
+    ) -> Result<(), Self::Error> {
+        use phoenix_channels::frame::OutFrame;
+        use phoenix_channels::transport::Outgoing;
+        if let Outgoing::Frame(OutFrame::Text(text)) = &item
+            && text.contains(r#","write","#)
+        {
+            self.sent.send_modify(|n| *n += 1);
+        }
+        std::pin::Pin::new(&mut self.inner).start_send(item)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// Polls a future once (a write is queued on its first poll) and says whether it finished.
+pub async fn poll_once<F: std::future::Future + Unpin>(
+    future: &mut F,
+) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut *future).poll(cx)))
+        .await
 }
