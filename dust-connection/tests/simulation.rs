@@ -30,7 +30,9 @@
 //! - `SIM_SEEDS=A..B` runs seeds A to B-1 (the long mode: thousands; run it with
 //!   `cargo test -p dust-connection --test simulation` and `-- --nocapture`, as nextest
 //!   stops a test after 2 minutes);
-//! - `SIM_VERBOSE=1` prints every run's summary.
+//! - `SIM_VERBOSE=1` prints every run's summary;
+//! - `SIM_LOG=FILTER` (e.g. `dust_connection=debug,dust_conformance=debug`) prints the
+//!   libraries' logs, with the simulated time, to follow a failing seed.
 //!
 //! A failing run prints `SIM_SEED=N` with the invariants it broke; the test fails after all
 //! seeds ran, listing every failing seed.
@@ -101,8 +103,32 @@ fn run_seed_with(seed: u64, sabotage: sim::Sabotage) -> Result<sim::Summary, Str
     }
 }
 
+/// Logs with the simulated time since the run started.
+struct SimTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for SimTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => write!(w, "{:>10.3?}", sim::elapsed()),
+            Err(_) => write!(w, "{:>10}", "-"),
+        }
+    }
+}
+
+fn init_log() {
+    if let Ok(filter) = std::env::var("SIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_timer(SimTime)
+            .with_ansi(false)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 #[test]
 fn seeded_simulation_keeps_every_invariant_under_faults() {
+    init_log();
     let verbose = std::env::var_os("SIM_VERBOSE").is_some();
     let mut failed = Vec::new();
     let seeds = seeds();

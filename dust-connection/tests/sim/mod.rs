@@ -30,6 +30,15 @@ pub const TOKEN: &str = "dust_tok_sim";
 /// and then how long the replicas get to catch up.
 const SETTLE: Duration = Duration::from_secs(600);
 
+thread_local! {
+    static STARTED: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// The simulated time since this thread's run started (for the logs).
+pub fn elapsed() -> Duration {
+    STARTED.with(|s| s.get().map(|t| t.elapsed()).unwrap_or_default())
+}
+
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -135,6 +144,7 @@ pub async fn run(seed: u64) -> Result<Summary, String> {
 /// Runs one seed with a sabotage.
 pub async fn run_with(seed: u64, sabotage: Sabotage) -> Result<Summary, String> {
     let started = Instant::now();
+    STARTED.with(|s| s.set(Some(started)));
     let mut rng = SmallRng::seed_from_u64(seed);
     let params = Params::draw(&mut rng);
 
@@ -478,6 +488,7 @@ mod faults {
                     "channel crash"
                 }
             };
+            tracing::info!(target: "sim", fault = kind, device = %device);
             *counts.entry(kind).or_default() += 1;
         }
         counts

@@ -138,7 +138,10 @@ pub async fn run_device(plan: DevicePlan, stores: Vec<Store>, journal: Journal) 
             if twice {
                 let _ = store.write(write.clone()).await;
             }
+            let id = write.client_op_id.to_string();
+            tracing::debug!(target: "sim", store = store.name(), id, op = ?write.op, "write");
             let result = store.write(write).await;
+            tracing::debug!(target: "sim", id, ?result, "answered");
             // The journal is taken for the checks once the device tasks are done or aborted.
             if let Some(entry) = lock(&journal).get_mut(slot) {
                 entry.answers += 1;
