@@ -402,14 +402,57 @@ pub(crate) struct ChannelSpawn {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// What the connection tells a channel task when it lets go of it.
+#[derive(Debug)]
+pub(crate) enum StopSignal {
+    /// End now: a callback in progress is cancelled, queued messages are dropped.
+    Now(TerminateReason),
+    /// The connection is gone (Phoenix: its `EXIT` queued behind the mailbox): handle every
+    /// message already received, in order (replies and pushes are dropped, broadcasts go
+    /// out), then terminate with [`TerminateReason::SocketClosed`].
+    Drain(Drain),
+}
+
+/// A drain's bounds: its deadline, and the restart/shutdown signal that ends it at once. It
+/// counts as a draining channel ([`crate::ServerStats::draining_channels`]) while it exists.
+#[derive(Debug)]
+pub(crate) struct Drain {
+    deadline: Option<tokio::time::Instant>,
+    cancel: tokio::sync::watch::Receiver<u64>,
+    shared: Arc<Shared>,
+}
+
+impl Drain {
+    /// Waits until the drain must end before its mailbox is empty.
+    async fn cut(&mut self) {
+        let deadline = async {
+            match self.deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = deadline => tracing::debug!("drain limit reached"),
+            _ = self.cancel.changed() => tracing::debug!("drain cancelled by a restart or shutdown"),
+        }
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.shared
+            .update_stats(|s| s.draining_channels = s.draining_channels.saturating_sub(1));
+    }
+}
+
 /// The connection's side of a channel task.
 ///
-/// Dropping it (without [`ChannelHandle::stop`]) tells the channel that its connection is gone:
-/// it terminates with [`TerminateReason::SocketClosed`] on its own task.
+/// Dropping it (without [`ChannelHandle::stop`] or [`ChannelHandle::detach`]) ends the
+/// channel at once, as [`TerminateReason::SocketClosed`], on its own task.
 #[derive(Debug)]
 pub(crate) struct ChannelHandle {
     pub(crate) inbox: mpsc::UnboundedSender<ChannelMsg>,
-    stop: oneshot::Sender<TerminateReason>,
+    stop: oneshot::Sender<StopSignal>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -418,7 +461,7 @@ impl ChannelHandle {
     /// [`Channel::terminate`] runs with `reason`. Returns when the task is gone.
     pub(crate) async fn stop(self, reason: TerminateReason) {
         let Self { inbox, stop, task } = self;
-        let _ = stop.send(reason);
+        let _ = stop.send(StopSignal::Now(reason));
         drop(inbox);
         // The task bounds `terminate` itself; this bound only guards against a callback that
         // blocks its thread instead of awaiting.
@@ -430,6 +473,23 @@ impl ChannelHandle {
             tracing::warn!("channel task did not end, aborted");
             abort.abort();
         }
+    }
+
+    /// The connection is gone: the channel drains what it had received (see
+    /// [`StopSignal::Drain`]) on its own, until `deadline` at the latest, then terminates.
+    /// Returns at once.
+    pub(crate) fn detach(self, shared: &Arc<Shared>, deadline: Option<tokio::time::Instant>) {
+        let Self { inbox, stop, task } = self;
+        shared.update_stats(|s| s.draining_channels += 1);
+        let drain = Drain {
+            deadline,
+            cancel: shared.drain_cancel.subscribe(),
+            shared: shared.clone(),
+        };
+        // A channel that already ended drops the signal, and the count with it.
+        let _ = stop.send(StopSignal::Drain(drain));
+        drop(inbox);
+        drop(task);
     }
 }
 
@@ -451,18 +511,41 @@ pub(crate) fn spawn_channel(
     }
 }
 
-/// The reason a stop signal carries; a dropped handle means the connection is gone.
-fn stop_reason(signal: Result<TerminateReason, oneshot::error::RecvError>) -> TerminateReason {
-    signal.unwrap_or(TerminateReason::SocketClosed)
+/// Why the channel must end now, from the connection's signals: a [`StopSignal::Now`], a
+/// dropped handle, or a drain cut short. A [`StopSignal::Drain`] is kept in `draining`; from
+/// then on only its cut ends the channel early.
+async fn stopped(
+    stop: &mut Option<oneshot::Receiver<StopSignal>>,
+    draining: &mut Option<Drain>,
+) -> TerminateReason {
+    loop {
+        if let Some(drain) = draining {
+            drain.cut().await;
+            return TerminateReason::SocketClosed;
+        }
+        let Some(receiver) = stop.as_mut() else {
+            return std::future::pending().await;
+        };
+        let signal = receiver.await;
+        *stop = None;
+        match signal {
+            Ok(StopSignal::Now(reason)) => return reason,
+            Ok(StopSignal::Drain(drain)) => *draining = Some(drain),
+            // The handle was dropped: the connection is gone, now.
+            Err(_) => return TerminateReason::SocketClosed,
+        }
+    }
 }
 
 async fn run_channel(
     spawn: ChannelSpawn,
     inbox_tx: mpsc::WeakUnboundedSender<ChannelMsg>,
     mut inbox: mpsc::UnboundedReceiver<ChannelMsg>,
-    mut stop: oneshot::Receiver<TerminateReason>,
+    stop: oneshot::Receiver<StopSignal>,
     joined: oneshot::Sender<JoinOutcome>,
 ) {
+    let mut stop = Some(stop);
+    let mut draining: Option<Drain> = None;
     let ChannelSpawn {
         mut channel,
         topic,
@@ -497,7 +580,7 @@ async fn run_channel(
     let result = tokio::select! {
         biased;
         // The connection is gone while the join runs: no channel was made, nothing to end.
-        _ = &mut stop => return,
+        _ = stopped(&mut stop, &mut draining) => return,
         result = guarded(channel.join(params, &ctx)) => result,
     };
     let subscription = match result {
@@ -538,13 +621,16 @@ async fn run_channel(
 
     // `exit` is `Some` when the channel ended by itself (the connection is told), `None` when
     // it was stopped from outside (the connection already knows).
+    // Whether a drain was cut short with this callback in progress.
+    let mut in_progress = false;
     let (exit, reason) = loop {
         let msg = tokio::select! {
             biased;
-            signal = &mut stop => break (None, stop_reason(signal)),
+            reason = stopped(&mut stop, &mut draining) => break (None, reason),
             msg = inbox.recv() => match msg {
                 Some(msg) => msg,
-                // The connection dropped its sender: it is gone.
+                // The connection dropped its sender: it is gone (after a drain, all of it
+                // was handled).
                 None => break (None, TerminateReason::SocketClosed),
             },
         };
@@ -557,13 +643,19 @@ async fn run_channel(
                 ctx.current_ref = Some(ref_);
                 tokio::select! {
                     biased;
-                    signal = &mut stop => break (None, stop_reason(signal)),
+                    reason = stopped(&mut stop, &mut draining) => {
+                        in_progress = true;
+                        break (None, reason);
+                    }
                     handled = guarded(channel.handle_in(&event, payload, &ctx)) => handled,
                 }
             }
             ChannelMsg::Info(info) => tokio::select! {
                 biased;
-                signal = &mut stop => break (None, stop_reason(signal)),
+                reason = stopped(&mut stop, &mut draining) => {
+                    in_progress = true;
+                    break (None, reason);
+                }
                 handled = guarded(channel.handle_info(info, &ctx)) => handled,
             },
             ChannelMsg::Leave { ref_ } => {
@@ -583,13 +675,17 @@ async fn run_channel(
         };
         let current_ref = ctx.current_ref.take();
         match (reply, current_ref) {
-            (Some(reply), Some(ref_)) => {
-                if let Err(error) = link.send(&ctx.reply_message(ref_, reply)) {
+            (Some(reply), Some(ref_)) => match link.send(&ctx.reply_message(ref_, reply)) {
+                Ok(()) => {}
+                Err(error @ SendError::Encode(_)) => {
                     // Phoenix raises in the channel when it cannot encode its reply.
                     tracing::debug!(%error, "reply not sent, the channel crashes");
                     break (Some(Exit::Crashed), TerminateReason::Crashed);
                 }
-            }
+                // The connection is gone (a draining channel): the reply is lost, as
+                // Phoenix's send to a dead transport is.
+                Err(SendError::Disconnected) => tracing::trace!("reply dropped: connection gone"),
+            },
             (Some(_), None) => tracing::warn!("a reply returned by handle_info is dropped"),
             (None, _) => {}
         }
@@ -597,6 +693,17 @@ async fn run_channel(
             break (Some(exit), exit.reason());
         }
     };
+    let drain = draining.take();
+    if drain.is_some() {
+        // A drain cut short (its limit, a restart, the shutdown): what it had not handled yet
+        // is dropped, and reported.
+        let dropped = inbox.len() + usize::from(in_progress);
+        if dropped > 0 {
+            tracing::warn!(dropped, "drain cut short: received messages dropped");
+            let dropped = u64::try_from(dropped).unwrap_or(u64::MAX);
+            shared.update_stats(|s| s.drain_dropped += dropped);
+        }
+    }
     // Unsubscribed first: an ended channel receives no broadcast, its own presence leave
     // included. Then `terminate`, then the connection sends phx_close/phx_error.
     drop(subscription);
@@ -614,6 +721,8 @@ async fn run_channel(
             exit,
         });
     }
+    // A draining channel counts as such until it has terminated.
+    drop(drain);
 }
 
 /// Runs a channel callback; a panic is a crash (`None`), as an exception is in Elixir.

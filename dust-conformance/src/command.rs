@@ -9,8 +9,8 @@
 //!
 //! | `cmd` | fields | answer fields |
 //! |---|---|---|
-//! | `connections` | | `connections`: `[{id, path, socket_id, params, protocol, topics, stalled, delay}]` |
-//! | `stats` | | `stats`: `{connects_accepted, connects_refused, open_connections, joins, joins_refused, heartbeats, restarts}` |
+//! | `connections` | | `connections`: `[{id, path, socket_id, params, protocol, topics, stalled, delay, queued_bytes}]` |
+//! | `stats` | | `stats`: `{connects_accepted, connects_refused, open_connections, joins, joins_refused, heartbeats, restarts, draining_channels, slow_clients_dropped, connects_over_capacity, drain_dropped}` |
 //! | `wait` | `stat`, `at_least`, `timeout_ms` (default 5000) | `stats` (error on timeout) |
 //! | `drop` | `id` | |
 //! | `drop_all` | | `count` |
@@ -23,6 +23,7 @@
 //! | `crash` / `close` | `topic` | `count` |
 //! | `send_raw` | `id`, and `text` or `binary_base64` | |
 //! | `idle_timeout` | `ms` | |
+//! | `drain_limit` | `ms` (absent or null: drain everything) | |
 //! | `broadcast` | `topic`, `event`, `payload` | `count` |
 //! | `disconnect_socket` | `socket_id` | `count` |
 //! | `restart` | `downtime_ms` (default 0) | (answers once listening again) |
@@ -41,6 +42,9 @@
 //! | `compact` | `store` | `snapshot_seq` (null when there was no op) |
 //! | `drop_next_write_reply` | | |
 //! | `delay_next_write_reply` | `ms` | |
+//! | `crash_next_write` | | |
+//! | `crash_writes_at` | `path` (absent or null: clear) | |
+//! | `write_cost` | `ms` (each write/put_file takes this long to commit; 0: at once) | |
 //! | `disconnect_device` | `device_id` | `count` |
 //! | `acks` | `store` | `acks`: `{device_id: seq}` |
 //! | `devices` | | `devices`: `{device_id: last connect}` |
@@ -143,6 +147,12 @@ pub enum Command {
         /// The timeout.
         ms: u64,
     },
+    /// Bound the drain of a dead connection's channels
+    /// ([`Control::set_drain_limit`](crate::Control::set_drain_limit)).
+    DrainLimit {
+        /// The limit (absent or null: drain everything).
+        ms: Option<u64>,
+    },
     /// Broadcast from the server.
     Broadcast {
         /// The topic.
@@ -201,6 +211,21 @@ pub enum Command {
     /// Delay the reply of the next write.
     DelayNextWriteReply {
         /// The delay.
+        ms: u64,
+    },
+    /// Crash the channel of the next write
+    /// ([`DustControl::crash_next_write`](crate::dust::DustControl::crash_next_write)).
+    CrashNextWrite,
+    /// Crash the channel of every write at or below a path
+    /// ([`DustControl::crash_writes_at`](crate::dust::DustControl::crash_writes_at)).
+    CrashWritesAt {
+        /// The rendered path (absent or null: clear).
+        path: Option<String>,
+    },
+    /// Set the commit cost of each write
+    /// ([`DustControl::set_write_cost`](crate::dust::DustControl::set_write_cost)).
+    WriteCost {
+        /// The cost.
         ms: u64,
     },
     /// Close every socket of a device.
@@ -372,6 +397,10 @@ pub async fn execute(control: &Control, command: Command) -> Result<Map<String, 
             control.set_idle_timeout(Duration::from_millis(ms));
             none()
         }
+        Command::DrainLimit { ms } => {
+            control.set_drain_limit(ms.map(Duration::from_millis));
+            none()
+        }
         Command::Broadcast {
             topic,
             event,
@@ -420,6 +449,18 @@ async fn execute_dust(control: &Control, command: Command) -> Result<Map<String,
         }
         Command::DelayNextWriteReply { ms } => {
             dust.delay_next_write_reply(Duration::from_millis(ms));
+            Map::new()
+        }
+        Command::CrashNextWrite => {
+            dust.crash_next_write();
+            Map::new()
+        }
+        Command::CrashWritesAt { path } => {
+            dust.crash_writes_at(path.as_deref());
+            Map::new()
+        }
+        Command::WriteCost { ms } => {
+            dust.set_write_cost(Duration::from_millis(ms));
             Map::new()
         }
         Command::DisconnectDevice { device_id } => {

@@ -8,16 +8,45 @@ use crate::dust::DustConfig;
 use crate::echo;
 use crate::socket::SocketConfig;
 
+/// The default bound of a connection's outbound queue: 16 MiB.
+pub const DEFAULT_MAX_OUTBOUND_BYTES: usize = 16 << 20;
+/// The default maximum number of open connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// The default read buffer of a connection's websocket: 4 KiB (tungstenite's default is
+/// 128 KiB, allocated eagerly for every connection).
+pub const DEFAULT_READ_BUFFER_SIZE: usize = 4 << 10;
+
+/// The per-connection bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnectionLimits {
+    pub(crate) max_outbound_bytes: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) read_buffer_size: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_outbound_bytes: DEFAULT_MAX_OUTBOUND_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
+        }
+    }
+}
+
 /// What to serve and where.
 ///
 /// The default binds `127.0.0.1:0`, closes connections idle for 60 s, and mounts the `echo:*`
-/// reference socket, with the `presence:*` channel, at `/socket` ([`echo::socket`]).
+/// reference socket, with the `presence:*` channel, at `/socket` ([`echo::socket`]). It
+/// bounds each connection's outbound queue to [`DEFAULT_MAX_OUTBOUND_BYTES`] and the open
+/// connections to [`DEFAULT_MAX_CONNECTIONS`].
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub(crate) listen: SocketAddr,
     pub(crate) idle_timeout: Duration,
     pub(crate) sockets: BTreeMap<String, SocketConfig>,
     pub(crate) dust: Option<DustConfig>,
+    pub(crate) limits: ConnectionLimits,
 }
 
 impl Default for ServerConfig {
@@ -39,7 +68,34 @@ impl ServerConfig {
             idle_timeout: Duration::from_secs(60),
             sockets: BTreeMap::new(),
             dust: None,
+            limits: ConnectionLimits::default(),
         }
+    }
+
+    /// Bounds each connection's outbound queue: the bytes of the frames queued for it and not
+    /// yet handed to its websocket (a client that does not read, or a stalled connection).
+    /// A frame that would cross it is not queued, and the connection is dropped as a slow
+    /// client (counted in [`ServerStats::slow_clients_dropped`](crate::ServerStats)); its
+    /// queue is freed. Default [`DEFAULT_MAX_OUTBOUND_BYTES`].
+    pub fn max_outbound_bytes(mut self, bytes: usize) -> Self {
+        self.limits.max_outbound_bytes = bytes;
+        self
+    }
+
+    /// At most this many open connections: beyond it an upgrade is refused with HTTP 503
+    /// (counted in [`ServerStats::connects_over_capacity`](crate::ServerStats)). Default
+    /// [`DEFAULT_MAX_CONNECTIONS`].
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.limits.max_connections = max;
+        self
+    }
+
+    /// The read buffer of each connection's websocket, allocated when it opens (what an idle
+    /// connection costs, mostly). Default [`DEFAULT_READ_BUFFER_SIZE`]; larger ones read
+    /// big frames in fewer calls.
+    pub fn read_buffer_size(mut self, bytes: usize) -> Self {
+        self.limits.read_buffer_size = bytes;
+        self
     }
 
     /// The address to bind (port 0 picks a free port).

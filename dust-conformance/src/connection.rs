@@ -25,7 +25,9 @@ use crate::channel::{
 };
 use crate::control::ConnectionId;
 use crate::frame::{self, Incoming, Outgoing, Payload, Protocol, Wire};
-use crate::shared::{BoxedIo, ConnEvent, ConnLink, OutItem, Outbound, Shared, lock};
+use crate::shared::{
+    BoxedIo, ConnEvent, ConnLink, OutItem, OutQueue, OutTx, Outbound, Shared, lock,
+};
 use crate::socket::{Assigns, SocketConfig};
 
 /// How long a closing connection waits for the client's close frame before dropping it.
@@ -43,6 +45,8 @@ pub(crate) struct ConnSetup {
     pub(crate) delay: Duration,
     pub(crate) events_tx: mpsc::UnboundedSender<ConnEvent>,
     pub(crate) events_rx: mpsc::UnboundedReceiver<ConnEvent>,
+    /// The outbound queue's accounting (registered with the connection).
+    pub(crate) queue: Arc<OutQueue>,
 }
 
 /// A task aborted when its handle is dropped.
@@ -99,6 +103,8 @@ enum Flow {
     Close(u16, String),
     /// End without a close frame.
     Drop,
+    /// End without a close frame, and end the channels at once (a restart).
+    Kill,
     /// The client is gone.
     Gone,
 }
@@ -128,14 +134,18 @@ pub(crate) async fn run_connection(ws: WsStream, setup: ConnSetup) {
         delay,
         events_tx,
         mut events_rx,
+        queue,
     } = setup;
     let (sink, mut stream) = ws.split();
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let (tx, out_rx) = mpsc::unbounded_channel();
+    let out_tx = OutTx::new(tx, queue.clone());
     let (writer_state, writer_rx) = watch::channel(WriterState {
         paused: false,
         delay,
     });
-    let mut writer = AbortOnDrop(Some(tokio::spawn(run_writer(sink, out_rx, writer_rx))));
+    let mut writer = AbortOnDrop(Some(tokio::spawn(run_writer(
+        sink, out_rx, queue, writer_rx,
+    ))));
     let mut conn = Conn {
         link: Arc::new(ConnLink {
             id,
@@ -197,25 +207,34 @@ pub(crate) async fn run_connection(ws: WsStream, setup: ConnSetup) {
         conn.writer.send_modify(|s| s.paused = true);
     }
     // Channels end with their connection and send nothing (Phoenix: `{:shutdown, :closed}`):
-    // the link refuses their frames from now on. Their `terminate` runs before the connection
-    // leaves the registry, so a connection gone from `Control` has no channel left behind.
+    // the link refuses their frames from now on.
     conn.link.close();
-    futures_util::future::join_all(
-        conn.channels
-            .drain()
-            .map(|(_, entry)| entry.handle.stop(TerminateReason::SocketClosed)),
-    )
-    .await;
+    if matches!(end, Flow::Kill) || *shared.shutdown.borrow() {
+        // A restart or the shutdown: everything ends at once. Their `terminate` runs before
+        // the connection leaves the registry.
+        futures_util::future::join_all(
+            conn.channels
+                .drain()
+                .map(|(_, entry)| entry.handle.stop(TerminateReason::SocketClosed)),
+        )
+        .await;
+    } else {
+        // As in Phoenix, where the transport's exit reaches each channel process behind the
+        // messages already in its mailbox: each channel handles what it had received (writes
+        // are committed and broadcast; replies are lost), then terminates, on its own.
+        let limit = lock(&shared.settings).drain_limit;
+        let deadline = limit.map(|limit| after(Instant::now(), limit));
+        for (_, entry) in conn.channels.drain() {
+            entry.handle.detach(&shared, deadline);
+        }
+    }
     lock(&shared.connections).remove(&id);
     shared.update_stats(|s| s.open_connections = s.open_connections.saturating_sub(1));
     match end {
         Flow::Close(code, reason) => {
             tracing::debug!(code, "closing");
             conn.writer.send_modify(|s| s.paused = false);
-            let _ = out_tx.send(Outbound {
-                at: Instant::now(),
-                item: OutItem::Close { code, reason },
-            });
+            out_tx.send_close(code, reason);
             // The writer sends the close after the queued frames; then the client answers it.
             let _ = tokio::time::timeout(CLOSE_WAIT, async {
                 writer.finished().await;
@@ -223,7 +242,7 @@ pub(crate) async fn run_connection(ws: WsStream, setup: ConnSetup) {
             })
             .await;
         }
-        Flow::Drop => tracing::debug!("dropped"),
+        Flow::Drop | Flow::Kill => tracing::debug!("dropped"),
         Flow::Gone | Flow::Continue => tracing::debug!("client gone"),
     }
     writer.abort_and_wait().await;
@@ -254,6 +273,7 @@ impl Conn {
             }
             ConnEvent::CloseSocket { code, reason } => return Flow::Close(code, reason),
             ConnEvent::Drop => return Flow::Drop,
+            ConnEvent::Kill => return Flow::Kill,
             ConnEvent::Stall(on) => {
                 tracing::debug!(on, "stall");
                 self.stalled = on;
@@ -274,6 +294,12 @@ impl Conn {
             }
             ConnEvent::Delay(delay) => {
                 self.writer.send_modify(|s| s.delay = delay);
+            }
+            ConnEvent::SlowClient => {
+                // Its outbound queue crossed the bound: dropped, and counted.
+                tracing::warn!("outbound queue full: the connection is dropped as a slow client");
+                self.shared.update_stats(|s| s.slow_clients_dropped += 1);
+                return Flow::Drop;
             }
         }
         Flow::Continue
@@ -460,9 +486,11 @@ impl Conn {
 async fn run_writer(
     mut sink: SplitSink<WsStream, Message>,
     mut queue: mpsc::UnboundedReceiver<Outbound>,
+    accounting: Arc<OutQueue>,
     mut state: watch::Receiver<WriterState>,
 ) {
     while let Some(out) = queue.recv().await {
+        accounting.taken(&out);
         loop {
             let current = *state.borrow_and_update();
             let due = after(out.at, current.delay);

@@ -58,6 +58,9 @@ pub struct ConnectionInfo {
     /// The delay added to each of its outbound frames.
     #[serde(serialize_with = "millis")]
     pub delay: Duration,
+    /// The bytes queued for it and not yet written (at most
+    /// [`ServerConfig::max_outbound_bytes`](crate::ServerConfig::max_outbound_bytes)).
+    pub queued_bytes: u64,
 }
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -82,6 +85,18 @@ pub struct ServerStats {
     pub heartbeats: u64,
     /// Restarts ([`Control::restart`]) completed.
     pub restarts: u64,
+    /// Channels of dead connections still working through the messages they had received
+    /// (see [`Control::set_drain_limit`]).
+    pub draining_channels: u64,
+    /// Connections dropped because their outbound queue crossed its bound
+    /// ([`ServerConfig::max_outbound_bytes`](crate::ServerConfig::max_outbound_bytes)).
+    pub slow_clients_dropped: u64,
+    /// Upgrades refused with 503 because the server had
+    /// [`ServerConfig::max_connections`](crate::ServerConfig::max_connections) open.
+    pub connects_over_capacity: u64,
+    /// Received messages a drain did not handle: cut short by its limit, a restart or the
+    /// shutdown.
+    pub drain_dropped: u64,
 }
 
 /// A frame to send as is, valid or not.
@@ -171,6 +186,13 @@ impl Control {
 
     /// Drops a connection abruptly: the TCP connection is closed without a close frame, and
     /// frames not yet written (queued, or held back by a delay) are lost.
+    ///
+    /// As on a real Phoenix server, its channels outlive it: each one still handles, in order,
+    /// every message it had received (a write is still committed and broadcast to the
+    /// topic's other joiners; replies and pushes to the dead connection are lost), then
+    /// terminates. This holds however a connection ends (client gone, dropped, closed),
+    /// except on a restart or the shutdown, which end everything at once. See
+    /// [`Control::set_drain_limit`].
     pub fn drop_connection(&self, id: ConnectionId) -> Result<(), ControlError> {
         self.to(id, |_| ConnEvent::Drop)
     }
@@ -189,7 +211,9 @@ impl Control {
     }
 
     /// Stalls a connection: it stops reading (so heartbeats go unanswered) and stops writing
-    /// (frames queue up), without closing. Its idle timeout does not run meanwhile.
+    /// (frames queue up, up to [`ServerConfig::max_outbound_bytes`](crate::ServerConfig),
+    /// beyond which it is dropped as a slow client), without closing. Its idle timeout does
+    /// not run meanwhile.
     pub fn stall(&self, id: ConnectionId) -> Result<(), ControlError> {
         self.to(id, stall(true))
     }
@@ -219,6 +243,19 @@ impl Control {
     pub fn set_delay_all(&self, delay: Duration) -> usize {
         lock(&self.shared.settings).default_delay = delay;
         self.shared.send_to_all(set_delay(delay))
+    }
+
+    /// Bounds how long the channels of a dead connection keep handling the messages they had
+    /// received (see [`Control::drop_connection`]): `None` (the default) drains everything,
+    /// `Some(limit)` drops what is left after `limit` (counted in
+    /// [`ServerStats::drain_dropped`]). Applies to connections that end from now on.
+    pub fn set_drain_limit(&self, limit: Option<Duration>) {
+        lock(&self.shared.settings).drain_limit = limit;
+    }
+
+    /// The drain limit (see [`Control::set_drain_limit`]).
+    pub fn drain_limit(&self) -> Option<Duration> {
+        lock(&self.shared.settings).drain_limit
     }
 
     /// Refuses (or accepts again) every websocket upgrade with HTTP 403.

@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::channel::{Channel, ChannelContext, Handled, Info, Reply, ReplyRef};
+use crate::channel::{Channel, ChannelContext, Handled, Info, Reply, ReplyRef, SendError};
 use crate::frame::Payload;
 use crate::presence::PresenceChannel;
 use crate::socket::{ConnectDecision, SocketConfig};
@@ -91,12 +91,13 @@ impl Channel for EchoChannel {
                 ctx.broadcast("broadcasted", payload);
                 Handled::Reply(Reply::ok(json!({})))
             }
+            // Pushes to a gone connection (a draining channel) are lost, nothing more.
             "push_me" => match ctx.push("pushed", payload) {
-                Ok(()) => Handled::Reply(Reply::ok(json!({}))),
+                Ok(()) | Err(SendError::Disconnected) => Handled::Reply(Reply::ok(json!({}))),
                 Err(_) => Handled::Crash,
             },
             "push_binary" => match ctx.push("pushed_binary", Bytes::from_static(b"hi")) {
-                Ok(()) => Handled::NoReply,
+                Ok(()) | Err(SendError::Disconnected) => Handled::NoReply,
                 Err(_) => Handled::Crash,
             },
             "crash" => Handled::Crash,
@@ -121,7 +122,7 @@ impl Channel for EchoChannel {
             Ok(slow) => {
                 let SlowReply { to, payload } = *slow;
                 match ctx.reply(&to, Reply::ok(payload)) {
-                    Ok(()) => Handled::NoReply,
+                    Ok(()) | Err(SendError::Disconnected) => Handled::NoReply,
                     Err(_) => Handled::Crash,
                 }
             }

@@ -124,10 +124,19 @@
 //!   runs); [`Server::shutdown`] also waits for them. [`Control`] handles outlive it harmlessly.
 //! - **Ordering**: every frame of a connection goes through one FIFO queue, so a channel's reply
 //!   precedes its `phx_close`, and a configured delay keeps the order.
+//! - **Dead connections**: as on a real Phoenix server, the channels of a connection that
+//!   ends (client gone, dropped, closed) outlive it: each one still handles, in order, every
+//!   message it had received (writes are committed and broadcast; replies are lost), then
+//!   terminates ([`Control::drop_connection`], [`Control::set_drain_limit`],
+//!   [`ServerStats::draining_channels`]). A restart or the shutdown ends them at once.
 //! - **Blocking joins**: like Phoenix, a connection waits for a channel's `join` before it reads
 //!   its next frame; a join that never returns stalls its connection.
-//! - **Memory**: outbound queues are unbounded (a stalled connection queues what it is sent).
-//!   This is a test server; do not expose it.
+//! - **Memory**: each connection's outbound queue is bounded in bytes
+//!   ([`ServerConfig::max_outbound_bytes`]): a client that does not read (or a stalled
+//!   connection) that crosses it is dropped as a slow client, and its queue freed. The open
+//!   connections are bounded too ([`ServerConfig::max_connections`]: 503 beyond), and an idle
+//!   connection holds a small read buffer ([`ServerConfig::read_buffer_size`]). This is a
+//!   test server all the same; do not expose it.
 //! - **Panics**: a channel callback that panics crashes its channel (`phx_error`), nothing else.
 
 mod config;
@@ -145,7 +154,9 @@ pub mod dust;
 pub mod echo;
 pub mod presence;
 
-pub use config::ServerConfig;
+pub use config::{
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_OUTBOUND_BYTES, DEFAULT_READ_BUFFER_SIZE, ServerConfig,
+};
 pub use control::{ConnectionId, ConnectionInfo, Control, ControlError, RawFrame, ServerStats};
 pub use error::StartError;
 pub use frame::{EncodeError, Payload, Protocol};

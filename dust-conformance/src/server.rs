@@ -12,14 +12,16 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::Instrument;
 
+use crate::channel::TERMINATE_TIMEOUT;
 use crate::config::ServerConfig;
 use crate::connection::{CLOSE_WAIT, ConnSetup, run_connection};
 use crate::control::{ConnectionId, Control};
 use crate::error::StartError;
 use crate::frame::Protocol;
-use crate::shared::{BoxedIo, ConnEntry, ConnEvent, ListenerCmd, Shared, lock};
+use crate::shared::{BoxedIo, ConnEntry, ConnEvent, ListenerCmd, OutQueue, Shared, lock};
 use crate::socket::{Assigns, ConnectDecision, ConnectRequest, SocketConfig};
 
 /// How long a client may take to send its upgrade request.
@@ -36,6 +38,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
         idle_timeout,
         mut sockets,
         dust,
+        limits,
     } = config;
     // The Dust state is loaded before the port opens: a client never sees a half-loaded store.
     let dust = match dust {
@@ -63,6 +66,7 @@ pub async fn start(config: ServerConfig) -> Result<Server, StartError> {
         listener_tx,
         local_addr,
         dust,
+        limits,
     ));
     let span = tracing::info_span!("dust_conformance", %local_addr);
     let task = tokio::spawn(accept_loop(listener, shared.clone(), listener_rx).instrument(span));
@@ -209,6 +213,7 @@ async fn accept_loop(
     // Connections still in their handshake when aborted were registered.
     lock(&shared.connections).clear();
     shared.update_stats(|s| s.open_connections = 0);
+    end_drains(&shared).await;
     tracing::info!("dust-conformance stopped");
 }
 
@@ -222,7 +227,7 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
 
 /// Drops every connection without a close frame and waits until their tasks are gone.
 async fn drop_connections(shared: &Shared, connections: &mut JoinSet<()>) {
-    shared.send_to_all(|_| ConnEvent::Drop);
+    shared.send_to_all(|_| ConnEvent::Kill);
     // Registered connections end at once; one still in its handshake is aborted.
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         while connections.join_next().await.is_some() {}
@@ -232,6 +237,21 @@ async fn drop_connections(shared: &Shared, connections: &mut JoinSet<()>) {
     while connections.join_next().await.is_some() {}
     lock(&shared.connections).clear();
     shared.update_stats(|s| s.open_connections = 0);
+    end_drains(shared).await;
+}
+
+/// Ends the channels still draining a dead connection's mailbox (a restart or the shutdown
+/// ends everything at once) and waits until they have terminated.
+async fn end_drains(shared: &Shared) {
+    shared.drain_cancel.send_modify(|epoch| *epoch += 1);
+    let mut stats = shared.stats.subscribe();
+    let drained = stats.wait_for(|s| s.draining_channels == 0);
+    if tokio::time::timeout(TERMINATE_TIMEOUT + Duration::from_secs(1), drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!("draining channels did not end in time");
+    }
 }
 
 /// An upgrade the handshake callback accepted.
@@ -249,6 +269,10 @@ struct Accepted {
 async fn handle_stream(stream: BoxedIo, shared: Arc<Shared>) {
     let id = shared.next_connection_id();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let queue = Arc::new(OutQueue::new(
+        shared.limits.max_outbound_bytes,
+        events_tx.clone(),
+    ));
     let mut accepted = None;
     // The callback's signature is tungstenite's; its error type is an HTTP response.
     #[allow(clippy::result_large_err)]
@@ -258,20 +282,26 @@ async fn handle_stream(stream: BoxedIo, shared: Arc<Shared>) {
             Ok((response, ok)) => {
                 // Registered before the 101 goes out, so a client that sees itself connected
                 // also finds itself in `Control::connections`.
-                register(&shared, id, &ok, &events_tx);
+                register(&shared, id, &ok, &events_tx, &queue);
                 accepted = Some(ok);
                 Ok(response)
             }
             Err(status) => {
                 if status == StatusCode::FORBIDDEN {
                     shared.update_stats(|s| s.connects_refused += 1);
+                } else if status == StatusCode::SERVICE_UNAVAILABLE {
+                    shared.update_stats(|s| s.connects_over_capacity += 1);
                 }
                 tracing::debug!(%status, path = request.uri().path(), "upgrade refused");
                 Err(error_response(status))
             }
         }
     };
-    let handshake = tokio_tungstenite::accept_hdr_async(stream, callback);
+    let websocket = WebSocketConfig::default()
+        .read_buffer_size(shared.limits.read_buffer_size)
+        .write_buffer_size(0);
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(websocket));
     let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(error)) => {
@@ -300,6 +330,7 @@ async fn handle_stream(stream: BoxedIo, shared: Arc<Shared>) {
         delay: accepted.delay,
         events_tx,
         events_rx,
+        queue,
     };
     run_connection(ws, setup).instrument(span).await;
 }
@@ -309,6 +340,7 @@ fn register(
     id: ConnectionId,
     accepted: &Accepted,
     events: &mpsc::UnboundedSender<ConnEvent>,
+    queue: &Arc<OutQueue>,
 ) {
     lock(&shared.connections).insert(
         id,
@@ -321,6 +353,7 @@ fn register(
             stalled: false,
             delay: accepted.delay,
             events: events.clone(),
+            queue: queue.clone(),
         },
     );
     shared.update_stats(|s| {
@@ -355,6 +388,13 @@ fn upgrade(
     };
     if refuse {
         return Err(StatusCode::FORBIDDEN);
+    }
+    if lock(&shared.connections).len() >= shared.limits.max_connections {
+        tracing::warn!(
+            max = shared.limits.max_connections,
+            "connection refused: too many connections"
+        );
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
     }
     let params: BTreeMap<String, String> = request
         .uri()

@@ -1,7 +1,7 @@
 //! State shared by the accept loop, the connections, the channels and the control handle.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -42,7 +42,113 @@ impl Outbound {
     }
 }
 
-pub(crate) type OutTx = mpsc::UnboundedSender<Outbound>;
+impl Outbound {
+    /// What it counts against the connection's outbound bound: its payload's bytes.
+    fn size(&self) -> usize {
+        match &self.item {
+            OutItem::Frame(Wire::Text(text)) => text.len(),
+            OutItem::Frame(Wire::Binary(bytes)) => bytes.len(),
+            OutItem::Close { reason, .. } => reason.len(),
+        }
+    }
+}
+
+/// A connection's outbound queue accounting: the bytes queued and not yet handed to the
+/// websocket, against the configured bound.
+#[derive(Debug)]
+pub(crate) struct OutQueue {
+    bytes: AtomicUsize,
+    limit: usize,
+    overflowed: AtomicBool,
+    /// Told once when the bound is crossed: the connection drops itself as a slow client.
+    events: mpsc::UnboundedSender<ConnEvent>,
+}
+
+impl OutQueue {
+    pub(crate) fn new(limit: usize, events: mpsc::UnboundedSender<ConnEvent>) -> Self {
+        Self {
+            bytes: AtomicUsize::new(0),
+            limit,
+            overflowed: AtomicBool::new(false),
+            events,
+        }
+    }
+
+    /// The bytes queued now.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// The writer took a frame off the queue.
+    pub(crate) fn taken(&self, out: &Outbound) {
+        let size = out.size();
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(b.saturating_sub(size))
+            });
+    }
+
+    /// Counts `size` more bytes, unless that crosses the bound: then nothing is counted, and
+    /// the connection is told (once) that its client is too slow.
+    fn admit(&self, size: usize) -> bool {
+        let admitted = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                b.checked_add(size).filter(|total| *total <= self.limit)
+            })
+            .is_ok();
+        if !admitted && !self.overflowed.swap(true, Ordering::AcqRel) {
+            let _ = self.events.send(ConnEvent::SlowClient);
+        }
+        admitted
+    }
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueueError {
+    /// The connection is gone.
+    Closed,
+    /// The bound is crossed: the connection is being dropped as a slow client.
+    Full,
+}
+
+/// The sending side of a connection's outbound queue, bounded in bytes ([`OutQueue`]).
+#[derive(Debug, Clone)]
+pub(crate) struct OutTx {
+    tx: mpsc::UnboundedSender<Outbound>,
+    queue: Arc<OutQueue>,
+}
+
+impl OutTx {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<Outbound>, queue: Arc<OutQueue>) -> Self {
+        Self { tx, queue }
+    }
+
+    /// Queues a frame within the bound.
+    pub(crate) fn send(&self, out: Outbound) -> Result<(), QueueError> {
+        if self.tx.is_closed() {
+            return Err(QueueError::Closed);
+        }
+        let size = out.size();
+        if !self.queue.admit(size) {
+            return Err(QueueError::Full);
+        }
+        self.tx.send(out).map_err(|_| {
+            self.queue.bytes.fetch_sub(size, Ordering::AcqRel);
+            QueueError::Closed
+        })
+    }
+
+    /// Queues the close frame, whatever the bound (it ends the queue).
+    pub(crate) fn send_close(&self, code: u16, reason: String) {
+        let _ = self.tx.send(Outbound {
+            at: Instant::now(),
+            item: OutItem::Close { code, reason },
+        });
+    }
+}
 
 /// Commands and notifications a connection task handles besides its websocket.
 #[derive(Debug)]
@@ -55,8 +161,10 @@ pub(crate) enum ConnEvent {
     },
     /// Close the websocket with this code (after the queued frames).
     CloseSocket { code: u16, reason: String },
-    /// Drop the TCP connection without a close frame.
+    /// Drop the TCP connection without a close frame; its channels drain their mailbox.
     Drop,
+    /// Drop it and end its channels at once (a restart).
+    Kill,
     /// Stop (or resume) reading and writing.
     Stall(bool),
     /// Crash (`phx_error`) or close (`phx_close`) the channel joined on this topic.
@@ -65,6 +173,8 @@ pub(crate) enum ConnEvent {
     Raw(Wire),
     /// Delay every outbound frame by this much.
     Delay(Duration),
+    /// The outbound queue crossed its bound: drop the connection as a slow client.
+    SlowClient,
 }
 
 /// What a channel task knows of its connection.
@@ -118,6 +228,7 @@ pub(crate) struct ConnEntry {
     pub(crate) stalled: bool,
     pub(crate) delay: Duration,
     pub(crate) events: mpsc::UnboundedSender<ConnEvent>,
+    pub(crate) queue: Arc<OutQueue>,
 }
 
 impl ConnEntry {
@@ -131,6 +242,7 @@ impl ConnEntry {
             topics: self.topics.iter().cloned().collect(),
             stalled: self.stalled,
             delay: self.delay,
+            queued_bytes: u64::try_from(self.queue.bytes()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -143,6 +255,8 @@ pub(crate) struct Settings {
     pub(crate) refuse_joins: Option<Value>,
     /// The outbound delay of connections made from now on.
     pub(crate) default_delay: Duration,
+    /// How long the channels of a dead connection may drain their mailbox (`None`: all of it).
+    pub(crate) drain_limit: Option<Duration>,
 }
 
 type SubKey = (ConnectionId, u64);
@@ -184,6 +298,8 @@ pub(crate) struct Shared {
     subscriptions: Mutex<HashMap<String, HashMap<SubKey, Subscriber>>>,
     pub(crate) stats: watch::Sender<ServerStats>,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Bumped by a restart and the shutdown: draining channels end at once.
+    pub(crate) drain_cancel: watch::Sender<u64>,
     pub(crate) listener: mpsc::UnboundedSender<ListenerCmd>,
     /// The bound address (kept across restarts).
     pub(crate) local_addr: std::net::SocketAddr,
@@ -191,6 +307,8 @@ pub(crate) struct Shared {
     pub(crate) dust: Option<Arc<crate::dust::DustShared>>,
     /// The presence maps of the `presence:*` channels.
     pub(crate) presences: crate::presence::Presences,
+    /// The connection bounds.
+    pub(crate) limits: crate::config::ConnectionLimits,
     next_id: AtomicU64,
     next_instance: AtomicU64,
 }
@@ -202,8 +320,10 @@ impl Shared {
         listener: mpsc::UnboundedSender<ListenerCmd>,
         local_addr: std::net::SocketAddr,
         dust: Option<Arc<crate::dust::DustShared>>,
+        limits: crate::config::ConnectionLimits,
     ) -> Self {
         Self {
+            limits,
             listener,
             local_addr,
             dust,
@@ -215,6 +335,7 @@ impl Shared {
             subscriptions: Mutex::default(),
             stats: watch::Sender::new(ServerStats::default()),
             shutdown: watch::Sender::new(false),
+            drain_cancel: watch::Sender::new(0),
             next_id: AtomicU64::new(1),
             next_instance: AtomicU64::new(1),
         }

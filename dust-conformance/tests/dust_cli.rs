@@ -254,3 +254,100 @@ async fn sigkill_loses_no_acknowledged_write() {
     assert_eq!(event["store_seq"], seq + 1);
     let _ = std::fs::remove_dir_all(state.parent().expect("a dir"));
 }
+
+#[tokio::test]
+async fn write_cost_and_drain_limit_flags_and_commands() {
+    const N: u64 = 30;
+    let mut p = ServerProcess::start(&[
+        "--control-stdin",
+        "--token",
+        "dust_tok_dev",
+        "--store",
+        "acme/app",
+        "--write-cost-ms",
+        "20",
+        "--drain-limit-ms",
+        "100",
+    ])
+    .await;
+    let mut c = client(&p, "dust_tok_dev", "store:acme/app").await;
+    c.join_caught_up(json!(0)).await;
+    for i in 0..N {
+        c.push("write", write("set", &["k"], json!(i), &format!("op{i}")))
+            .await;
+    }
+    c.c.send_json(json!([null, "hb", "phoenix", "heartbeat", {}]))
+        .await;
+    while c.c.recv_json().await[1] != "hb" {}
+    let connections = p.command(json!({"cmd": "connections"})).await;
+    let id = connections["connections"][0]["id"].clone();
+    assert_eq!(
+        p.command(json!({"cmd": "drop", "id": id})).await,
+        json!({"ok": true})
+    );
+    // 20 ms a write, cut after 100 ms: most of the backlog is dropped, and counted.
+    let waited = p
+        .command(json!({"cmd": "wait", "stat": "drain_dropped", "at_least": 1}))
+        .await;
+    assert_eq!(waited["ok"], true, "{waited}");
+    let dropped = waited["stats"]["drain_dropped"].as_u64().unwrap();
+    let ops = p.command(json!({"cmd": "ops", "store": "acme/app"})).await;
+    let applied = ops["ops"].as_array().unwrap().len() as u64;
+    assert!(applied < N, "{applied} applied");
+    assert_eq!(applied + dropped, N);
+    assert_eq!(
+        p.command(json!({"cmd": "write_cost", "ms": 0})).await,
+        json!({"ok": true})
+    );
+    assert_eq!(
+        p.command(json!({"cmd": "drain_limit", "ms": null})).await,
+        json!({"ok": true})
+    );
+}
+
+#[tokio::test]
+async fn write_cost_and_drain_limit_commands_set_the_controls() {
+    let server = common::server_with(
+        dust_conformance::ServerConfig::default().dust(dust_conformance::dust::DustConfig::new()),
+    )
+    .await;
+    let control = server.control();
+    let dust = server.dust().unwrap();
+    let run = |line: &'static str| {
+        let control = control.clone();
+        async move {
+            dust_conformance::command::execute_line(&control, line)
+                .await
+                .json
+        }
+    };
+    assert_eq!(
+        run(r#"{"cmd": "write_cost", "ms": 7}"#).await,
+        json!({"ok": true})
+    );
+    assert_eq!(dust.write_cost(), std::time::Duration::from_millis(7));
+    assert_eq!(
+        run(r#"{"cmd": "drain_limit", "ms": 250}"#).await,
+        json!({"ok": true})
+    );
+    assert_eq!(
+        control.drain_limit(),
+        Some(std::time::Duration::from_millis(250))
+    );
+    assert_eq!(run(r#"{"cmd": "drain_limit"}"#).await, json!({"ok": true}));
+    assert_eq!(control.drain_limit(), None);
+}
+
+#[tokio::test]
+async fn crash_writes_at_flag() {
+    let p = ServerProcess::start(&["--token", "dust_tok_dev", "--crash-writes-at", "files"]).await;
+    let mut c = client(&p, "dust_tok_dev", "store:acme/app").await;
+    c.join_caught_up(json!(0)).await;
+    c.set("other", json!(1), "op1").await;
+    c.push("write", write("set", &["files", "a"], json!(1), "crash"))
+        .await;
+    assert_eq!(
+        c.c.recv_json().await,
+        json!([c.join_ref, c.join_ref, "store:acme/app", "phx_error", {}])
+    );
+}

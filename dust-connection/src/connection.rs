@@ -202,24 +202,25 @@ impl Info {
     }
 }
 
-/// The connect URL as [`Info`] and [`StateChange`] show it: the socket's URL (its own query
-/// kept) with the seed's params appended to the query as the socket sends them (`capver`,
-/// `device_id`, `token`, `vsn`), the token, every credential-looking param and a password in
-/// the URL's userinfo redacted.
+/// The connect URL as [`Info`] and [`StateChange`] show it: the socket's URL redacted as
+/// phoenix-channels redacts it (user info and every query value but `vsn`), with the seed's
+/// params appended as the socket sends them (`capver`, `device_id`, `token` redacted, `vsn`).
 fn shown_url(socket_url: &str, device_id: &str) -> String {
-    let Ok(mut url) = url::Url::parse(socket_url) else {
+    // The socket's own URL with every credential redacted (user info, every query value but
+    // `vsn`), then the seed's params, whose values are known: only the token is hidden.
+    let redacted = url::Url::parse(socket_url)
+        .map(|url| phoenix_channels::socket::redact_url(&url))
+        .and_then(|shown| url::Url::parse(&shown));
+    let Ok(mut url) = redacted else {
         // The socket was built from a parsed URL, so this does not happen; never show more.
         return "(unparsable url)".to_owned();
     };
-    if url.password().is_some() {
-        let _ = url.set_password(Some("REDACTED"));
-    }
     url.query_pairs_mut()
         .append_pair("capver", "3")
         .append_pair("device_id", device_id)
         .append_pair("token", "REDACTED")
         .append_pair("vsn", "2.0.0");
-    phoenix_channels::socket::redact_url(&url)
+    url.to_string()
 }
 
 #[cfg(test)]
@@ -237,7 +238,7 @@ mod shown_url_tests {
                 "wss://user:pw@h/ws/sync/websocket?tenant=t&api_key=k&auth_token=x",
                 "dev_b"
             ),
-            "wss://user:REDACTED@h/ws/sync/websocket?tenant=t&api_key=REDACTED\
+            "wss://REDACTED:REDACTED@h/ws/sync/websocket?tenant=REDACTED&api_key=REDACTED\
              &auth_token=REDACTED&capver=3&device_id=dev_b&token=REDACTED&vsn=2.0.0"
         );
     }
@@ -254,7 +255,7 @@ mod shown_url_tests {
         let url = connection.info().url;
         assert_eq!(
             url,
-            "ws://127.0.0.1:9/ws/sync/websocket?tenant=t&secret=REDACTED\
+            "ws://127.0.0.1:9/ws/sync/websocket?tenant=REDACTED&secret=REDACTED\
              &capver=3&device_id=dev_x&token=REDACTED&vsn=2.0.0"
         );
         assert!(!url.contains("dust_tok_hidden") && url.matches('?').count() == 1);

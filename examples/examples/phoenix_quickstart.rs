@@ -86,7 +86,9 @@ async fn main() -> Result<(), Error> {
     // 7. The connection drops: pushes in flight fail with Disconnected, pushes made meanwhile
     //    wait, the socket reconnects and the channel rejoins, then they go out.
     let slow = room.push("slow", json!({"ms": 1000}));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The server reads a socket's frames in order, and answers `slow` late without holding up
+    // what follows: once this echo is answered, the server has the slow push in hand.
+    tokio::time::timeout(bounded, room.push("echo", json!({}))).await??;
     control.drop_all();
     let lost = tokio::time::timeout(bounded, slow).await?;
     assert_eq!(lost.as_ref().err(), Some(&PushError::Disconnected));

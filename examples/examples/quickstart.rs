@@ -157,12 +157,21 @@ async fn main() -> Result<(), Error> {
             logged.len()
         );
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    println!(
-        "engine      stats/visits = {:?}",
-        engine.get("acme/app", "stats/visits")
-    );
-    if engine.get("acme/app", "stats/visits") != Some(json!(21)) {
+    // The engine applies the server's events: await the last one (bounded), without guessing
+    // how long it takes.
+    let visits = || engine.get("acme/app", "stats/visits");
+    let mut changes = engine.subscribe();
+    let applied = tokio::time::timeout(bounded, async {
+        while visits() != Some(json!(21)) {
+            // A change, or changes missed (`Lagged`): look again either way.
+            if let Err(tokio::sync::broadcast::error::RecvError::Closed) = changes.recv().await {
+                break;
+            }
+        }
+    })
+    .await;
+    println!("engine      stats/visits = {:?}", visits());
+    if applied.is_err() || visits() != Some(json!(21)) {
         exactly_once = false;
     }
 

@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use dust_connection::{
-    DeviceId, DustConnection, Fence, Notice, Store, WriteAck, WriteError, WriteOp, WriteRequest,
+    DeviceId, DustConnection, Fence, MemoryEngine, Notice, Store, WriteAck, WriteError, WriteOp,
+    WriteRequest,
 };
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite};
 
-use crate::JsonLines;
+use crate::{DEFAULT_OUTPUT_BUFFER, JsonLines, parse_output_buffer};
 
 /// The options of the `dust` command line.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,10 +34,13 @@ pub struct Options {
     pub heartbeat: Option<Duration>,
     /// A PEM file of root certificates to trust for `wss://` (`--ca-file`).
     pub ca_file: Option<std::path::PathBuf>,
+    /// The bound of the output queue, in bytes (`--output-buffer`, default
+    /// [`DEFAULT_OUTPUT_BUFFER`]): lines that do not fit are dropped and reported.
+    pub output_buffer: usize,
 }
 
 /// The usage text.
-pub const USAGE: &str = "usage: dust --url ws://HOST:PORT/ws/sync --token T --store S [--store S2]... [--device-id D] [--heartbeat-ms N] [--ca-file PATH]";
+pub const USAGE: &str = "usage: dust --url ws://HOST:PORT/ws/sync --token T --store S [--store S2]... [--device-id D] [--heartbeat-ms N] [--ca-file PATH] [--output-buffer BYTES]";
 
 impl Options {
     /// Parses the command-line arguments (without the program name).
@@ -44,8 +48,13 @@ impl Options {
         let (mut url, mut token, mut stores, mut device_id, mut heartbeat) =
             (None, None, Vec::new(), None, None);
         let mut ca_file = None;
+        let mut output_buffer = DEFAULT_OUTPUT_BUFFER;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
+            if arg == "--output-buffer" {
+                output_buffer = parse_output_buffer(args.next())?;
+                continue;
+            }
             let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
             match arg.as_str() {
                 "--url" => url = Some(value("--url")?),
@@ -76,6 +85,7 @@ impl Options {
             device_id,
             heartbeat,
             ca_file,
+            output_buffer,
         })
     }
 }
@@ -239,6 +249,17 @@ fn notice_line(notice: Notice) -> Option<Value> {
     })
 }
 
+/// The `state` line of a store: its local replica, by rendered path, and the last server seq
+/// applied to it.
+fn state_line(engine: &MemoryEngine, store: &str) -> Value {
+    json!({
+        "type": "state",
+        "store": store,
+        "last_seq": engine.seq(store),
+        "entries": engine.entries(store),
+    })
+}
+
 /// Runs the tool: connects, executes the commands read from `input` in order, writes events to
 /// `output`; at the end of the input waits (at most 30 s) for outstanding writes, disconnects.
 pub async fn run<R, W>(options: Options, input: R, output: W) -> Result<(), String>
@@ -246,7 +267,11 @@ where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = DustConnection::builder(&options.url).token(&options.token);
+    // The local replica, which the `state` command prints.
+    let engine = MemoryEngine::new();
+    let mut builder = DustConnection::builder(&options.url)
+        .token(&options.token)
+        .engine(engine.clone());
     for store in &options.stores {
         builder = builder.store(store);
     }
@@ -263,7 +288,7 @@ where
     // Built in manual mode so that no notice is missed: subscribe, then connect.
     let connection = builder.manual().connect().map_err(|e| e.to_string())?;
 
-    let (lines_out, writer) = JsonLines::spawn(output);
+    let (lines_out, writer) = JsonLines::bounded(output, options.output_buffer);
     let emit = move |line: Value| lines_out.emit(line);
 
     let mut changes = connection.state_changes();
@@ -357,6 +382,18 @@ where
                 info["type"] = json!("info");
                 emit(info);
             }
+            Some("state") => match command.get("store") {
+                None => options
+                    .stores
+                    .iter()
+                    .for_each(|store| emit(state_line(&engine, store))),
+                Some(Value::String(store)) if options.stores.contains(store) => {
+                    emit(state_line(&engine, store));
+                }
+                Some(other) => emit(
+                    json!({"type": "error", "message": format!("unknown store {other}"), "line": line}),
+                ),
+            },
             Some("wait") => match command.get("ms").and_then(Value::as_u64) {
                 Some(ms) => {
                     let sleep = tokio::time::sleep(Duration::from_millis(ms));

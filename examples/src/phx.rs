@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite};
 use tokio::task::JoinSet;
 
-use crate::JsonLines;
+use crate::{DEFAULT_OUTPUT_BUFFER, JsonLines, parse_output_buffer};
 
 /// The options of the `phx` command line.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,10 +32,13 @@ pub struct Options {
     pub timeout: Option<Duration>,
     /// A PEM file of root certificates to trust for `wss://` (`--ca-file`).
     pub ca_file: Option<std::path::PathBuf>,
+    /// The bound of the output queue, in bytes (`--output-buffer`, default
+    /// [`DEFAULT_OUTPUT_BUFFER`]): lines that do not fit are dropped and reported.
+    pub output_buffer: usize,
 }
 
 /// The usage text.
-pub const USAGE: &str = "usage: phx --url ws://HOST:PORT/socket [--param k=v]... [--heartbeat-ms N] [--timeout-ms N] [--ca-file PATH]";
+pub const USAGE: &str = "usage: phx --url ws://HOST:PORT/socket [--param k=v]... [--heartbeat-ms N] [--timeout-ms N] [--ca-file PATH] [--output-buffer BYTES]";
 
 impl Options {
     /// Parses the command-line arguments (without the program name).
@@ -45,6 +48,7 @@ impl Options {
         let mut heartbeat = None;
         let mut timeout = None;
         let mut ca_file = None;
+        let mut output_buffer = DEFAULT_OUTPUT_BUFFER;
         let mut args = args.into_iter();
         let millis = |flag: &str, value: Option<String>| -> Result<Duration, String> {
             let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -70,6 +74,7 @@ impl Options {
                 "--heartbeat-ms" => heartbeat = Some(millis("--heartbeat-ms", args.next())?),
                 "--timeout-ms" => timeout = Some(millis("--timeout-ms", args.next())?),
                 "--ca-file" => ca_file = Some(args.next().ok_or("--ca-file needs a path")?.into()),
+                "--output-buffer" => output_buffer = parse_output_buffer(args.next())?,
                 "-h" | "--help" => return Err(USAGE.to_owned()),
                 other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
             }
@@ -81,6 +86,7 @@ impl Options {
             heartbeat,
             timeout,
             ca_file,
+            output_buffer,
         })
     }
 }
@@ -337,7 +343,7 @@ where
     }
     let socket = builder.connect().map_err(|e| e.to_string())?;
 
-    let (out, writer) = JsonLines::spawn(output);
+    let (out, writer) = JsonLines::bounded(output, options.output_buffer);
 
     let mut statuses = socket.status_watch();
     let status_out = out.clone();

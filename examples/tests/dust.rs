@@ -4,13 +4,18 @@
 
 mod common;
 
-use common::{find, script};
+use common::{Interactive, find, script};
 use dust_conformance::ServerConfig;
 use dust_conformance::dust::{DustConfig, TokenConfig};
 use examples::dust::{Options, run};
 use serde_json::{Value, json};
 
 async fn dust(url: String, commands: &[Value]) -> Vec<Value> {
+    let options = options(url);
+    script(commands, |input, output| run(options, input, output)).await
+}
+
+fn options(url: String) -> Options {
     let args = [
         "--url",
         &url,
@@ -23,8 +28,7 @@ async fn dust(url: String, commands: &[Value]) -> Vec<Value> {
         "--device-id",
         "dev_tool",
     ];
-    let options = Options::parse(args.iter().map(|s| (*s).to_owned())).unwrap();
-    script(commands, |input, output| run(options, input, output)).await
+    Options::parse(args.iter().map(|s| (*s).to_owned())).unwrap()
 }
 
 #[tokio::test]
@@ -123,4 +127,212 @@ async fn a_script_writes_and_reports_everything() {
             .any(|l| l["type"] == "status" && l["to"] == "disconnected"),
         "the end of input disconnects"
     );
+}
+
+/// When stdout is slower than the events, the output queue stays within `--output-buffer` and
+/// the lines that do not fit are reported as dropped, never lost silently.
+#[tokio::test]
+async fn a_blocked_stdout_keeps_the_output_bounded_and_reports_drops() {
+    const WRITES: usize = 500;
+    const BOUND: usize = 4096;
+    const PIPE: usize = 512;
+    let server = dust_conformance::start(
+        ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new("dust_tok_t"))),
+    )
+    .await
+    .unwrap();
+    let url = server.url("/ws/sync");
+    let args = [
+        "--url",
+        &url,
+        "--token",
+        "dust_tok_t",
+        "--store",
+        "acme/app",
+        "--output-buffer",
+        "4096",
+    ];
+    let options = Options::parse(args.iter().map(|s| (*s).to_owned())).unwrap();
+    let mut commands: Vec<Value> = (0..WRITES)
+        .map(|i| json!({"cmd": "write", "id": i, "store": "acme/app", "op": "set", "path": ["k", i.to_string()], "value": i}))
+        .collect();
+    // Every ack is emitted before the `wait_acked` line, before the end of the input.
+    commands.push(json!({"cmd": "wait_acked"}));
+    let text = common::script_with_blocked_output(
+        &commands,
+        PIPE,
+        |input, output| run(options, input, output),
+        async {},
+    )
+    .await;
+    let (lines, dropped) = common::check_bounded_output(&text, PIPE, BOUND);
+    let acks = lines.iter().filter(|l| l["type"] == "ack").count();
+    assert!(acks < WRITES, "nothing was dropped");
+    assert!(
+        acks as u64 + dropped >= WRITES as u64,
+        "{acks} acks written and {dropped} lines reported dropped: some were lost silently"
+    );
+}
+
+/// Whether two JSON values are equal, numbers compared as numbers: `1` equals `1.0`, integers
+/// with their full precision.
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
+                x == y
+            } else if let (Some(x), Some(y)) = (x.as_u64(), y.as_u64()) {
+                x == y
+            } else {
+                x.as_f64() == y.as_f64()
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+#[test]
+fn numbers_compare_as_numbers() {
+    assert!(same_json(&json!({"a": [1]}), &json!({"a": [1.0]})));
+    assert!(!same_json(
+        &json!(9_007_199_254_740_993_u64),
+        &json!(9_007_199_254_740_992_u64)
+    ));
+    assert!(!same_json(&json!({"a": 1}), &json!({"a": 1, "b": 2})));
+}
+
+/// `state` prints the local replica the way the server holds it: the entries, by path rendered
+/// as the emulation renders them, and the last server seq applied.
+#[tokio::test]
+async fn state_prints_the_replica_as_the_server_holds_it() {
+    let server = dust_conformance::start(
+        ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new("dust_tok_t"))),
+    )
+    .await
+    .unwrap();
+    let mut tool = Interactive::start({
+        let options = options(server.url("/ws/sync"));
+        |input, output| run(options, input, output)
+    });
+    for command in [
+        json!({"cmd": "write", "id": 1, "store": "acme/app", "op": "set", "path": ["users", "ada"], "value": {"name": "Ada", "age": 36, "big": 9_007_199_254_740_993_u64}}),
+        json!({"cmd": "write", "id": 2, "store": "acme/app", "op": "merge", "path": ["users", "ada"], "value": {"age": 37, "x": 1.5}}),
+        json!({"cmd": "write", "id": 3, "store": "acme/app", "op": "increment", "path": ["n"], "value": 5}),
+        json!({"cmd": "write", "id": 4, "store": "acme/app", "op": "increment", "path": ["n"], "value": 2}),
+        json!({"cmd": "write", "id": 5, "store": "acme/app", "op": "add", "path": ["tags"], "value": "red"}),
+        json!({"cmd": "write", "id": 6, "store": "acme/app", "op": "set", "path": ["gone"], "value": "soon"}),
+        json!({"cmd": "write", "id": 7, "store": "acme/app", "op": "delete", "path": ["gone"]}),
+        json!({"cmd": "write", "id": 8, "store": "acme/app", "op": "set", "path": ["nothing"], "value": null}),
+        json!({"cmd": "write", "id": 9, "store": "acme/app", "op": "merge", "path": ["users", "ada"], "value": {"address": {"city": "London"}}}),
+        json!({"cmd": "write", "id": 10, "store": "acme/app", "op": "lease", "path": ["jobs", "nightly"], "ttl_ms": 60000, "holder": "w1"}),
+    ] {
+        tool.send(command).await;
+    }
+    // An `event` line is printed once the replica has applied it: after the last one, the
+    // replica has every write.
+    let last = tool
+        .wait_for_nth(&json!({"type": "event", "store": "acme/app"}), 10)
+        .await;
+    assert_eq!(last["event"]["store_seq"], 10);
+    assert_eq!(last["event"]["op"], "lease");
+    for command in [
+        json!({"cmd": "state", "store": "acme/app"}),
+        json!({"cmd": "state", "store": "acme/nope"}),
+        json!({"cmd": "state"}),
+    ] {
+        tool.send(command).await;
+    }
+    let lines = tool.finish().await;
+    let dust = server.dust().unwrap();
+    let expected: serde_json::Map<String, Value> = dust
+        .entries("acme/app")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.path, e.value))
+        .collect();
+    assert!(expected.contains_key("users/ada/name"), "{expected:?}");
+    assert!(!expected.contains_key("gone"), "{expected:?}");
+    assert_eq!(
+        expected.get("nothing"),
+        Some(&Value::Null),
+        "a null set is an entry"
+    );
+    assert!(
+        expected["jobs/nightly"].is_object(),
+        "a lease is one entry: {expected:?}"
+    );
+    let state = find(&lines, &json!({"type": "state", "store": "acme/app"}));
+    assert!(
+        same_json(&state["entries"], &Value::Object(expected.clone())),
+        "the replica {} is not what the server holds {}",
+        state["entries"],
+        Value::Object(expected)
+    );
+    let server_seq = dust.store_info("acme/app").await.unwrap().seq;
+    assert_eq!(state["last_seq"], json!(server_seq));
+    assert_eq!(server_seq, 10);
+    let error = find(&lines, &json!({"type": "error"}));
+    assert!(
+        error["message"].as_str().unwrap().contains("acme/nope"),
+        "{error}"
+    );
+    // Without a store: one line per store, in the order of the options.
+    let at = lines
+        .iter()
+        .position(|l| {
+            l["type"] == "error" && l["line"].as_str().is_some_and(|l| l.contains("state"))
+        })
+        .unwrap();
+    let all: Vec<&Value> = lines[at..]
+        .iter()
+        .filter(|l| l["type"] == "state")
+        .collect();
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_eq!(all[0]["store"], "acme/app");
+    assert_eq!(all[1]["store"], "acme/two");
+    assert_eq!(all[1]["entries"], json!({}));
+    assert_eq!(all[1]["last_seq"], 0);
+}
+
+/// `state` answers in command order, at once, while writes wait for their replies.
+#[tokio::test]
+async fn state_answers_while_writes_are_outstanding() {
+    let server = dust_conformance::start(
+        ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new("dust_tok_t"))),
+    )
+    .await
+    .unwrap();
+    server
+        .dust()
+        .unwrap()
+        .delay_next_write_reply(std::time::Duration::from_secs(2));
+    let lines = dust(
+        server.url("/ws/sync"),
+        &[
+            json!({"cmd": "write", "id": 1, "store": "acme/app", "op": "set", "path": ["a"], "value": 1}),
+            json!({"cmd": "state", "store": "acme/app"}),
+            json!({"cmd": "info"}),
+        ],
+    )
+    .await;
+    let state = lines.iter().position(|l| l["type"] == "state").unwrap();
+    let info = lines.iter().position(|l| l["type"] == "info").unwrap();
+    let ack = lines
+        .iter()
+        .position(|l| l["type"] == "ack" && l["id"] == 1)
+        .unwrap();
+    assert!(
+        state < info && info < ack,
+        "state and info are answered in order, before the delayed reply: {lines:#?}"
+    );
+    assert!(lines[state]["last_seq"].as_u64().unwrap() <= 1);
 }

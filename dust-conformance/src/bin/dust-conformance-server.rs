@@ -5,6 +5,8 @@
 //! dust-conformance-server [--listen ADDR] [--idle-timeout-ms MS] [--control-stdin]
 //!     [--token TOKEN[:SCOPES][@ACCESS]]... [--store ORG/NAME]... [--rate-limit N/min]
 //!     [--state FILE] [--plan free|pro|team] [--no-auto-create]
+//!     [--write-cost-ms N] [--drain-limit-ms N] [--crash-writes-at PATH]
+//!     [--max-connections N] [--max-outbound-bytes N]
 //! ```
 //!
 //! The first stdout line is `listening ws://HOST:PORT/socket` (the echo socket, with the
@@ -29,6 +31,8 @@ const USAGE: &str =
     "usage: dust-conformance-server [--listen ADDR] [--idle-timeout-ms MS] [--control-stdin]
            [--token TOKEN[:SCOPES][@ACCESS]]... [--store ORG/NAME]... [--rate-limit N/min]
            [--state FILE] [--plan free|pro|team] [--no-auto-create]
+           [--write-cost-ms N] [--drain-limit-ms N] [--crash-writes-at PATH]
+           [--max-connections N] [--max-outbound-bytes N]
 
 Serves the echo socket at /socket (echo:* and presence:* channels) and the Dust store
 socket at /ws/sync.
@@ -50,6 +54,17 @@ socket at /ws/sync.
   --plan PLAN            key and file limits of the real plans: free (default), pro, team
   --no-auto-create       joining an unknown store is refused (unauthorized), as on the real
                          server
+  --write-cost-ms N      each write/put_file takes N ms to commit (the real server's database
+                         commit; a channel commits one write at a time). Default 0
+  --drain-limit-ms N     the channels of a dead connection still handle what they had
+                         received (writes committed and broadcast, replies lost), as on a
+                         real Phoenix server; stop them after N ms. Default: no limit
+  --crash-writes-at PATH every write/put_file at the rendered PATH or below it crashes its
+                         store channel (phx_error, no reply, not applied)
+  --max-connections N    refuse upgrades with 503 while N connections are open
+                         (default 10000)
+  --max-outbound-bytes N drop a connection (a slow client) whose queued outbound frames
+                         would exceed N bytes (default 16777216)
 ";
 
 #[derive(Debug)]
@@ -59,6 +74,24 @@ struct Args {
     control_stdin: bool,
     dust: DustConfig,
     tokens: usize,
+    write_cost: Duration,
+    drain_limit: Option<Duration>,
+    crash_writes_at: Option<String>,
+    max_connections: Option<usize>,
+    max_outbound_bytes: Option<usize>,
+}
+
+/// Parses a flag's count.
+fn parse_count(flag: &str, value: &str) -> Result<usize, String> {
+    value.parse().map_err(|e| format!("{flag} {value}: {e}"))
+}
+
+/// Parses a flag's milliseconds.
+fn parse_ms(flag: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|e| format!("{flag} {value}: {e}"))
 }
 
 /// Parses `TOKEN[:SCOPES][@ACCESS]`.
@@ -120,6 +153,11 @@ fn parse_args() -> Result<Option<Args>, String> {
         control_stdin: false,
         dust: DustConfig::new(),
         tokens: 0,
+        write_cost: Duration::ZERO,
+        drain_limit: None,
+        crash_writes_at: None,
+        max_connections: None,
+        max_outbound_bytes: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -173,6 +211,17 @@ fn parse_args() -> Result<Option<Args>, String> {
                 args.dust = args.dust.limits(limits);
             }
             "--no-auto-create" => args.dust = args.dust.auto_create(false),
+            "--write-cost-ms" => args.write_cost = parse_ms("--write-cost-ms", &value()?)?,
+            "--crash-writes-at" => args.crash_writes_at = Some(value()?),
+            "--max-connections" => {
+                args.max_connections = Some(parse_count("--max-connections", &value()?)?);
+            }
+            "--max-outbound-bytes" => {
+                args.max_outbound_bytes = Some(parse_count("--max-outbound-bytes", &value()?)?);
+            }
+            "--drain-limit-ms" => {
+                args.drain_limit = Some(parse_ms("--drain-limit-ms", &value()?)?);
+            }
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -228,7 +277,18 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(timeout) = args.idle_timeout {
         config = config.idle_timeout(timeout);
     }
+    if let Some(max) = args.max_connections {
+        config = config.max_connections(max);
+    }
+    if let Some(bytes) = args.max_outbound_bytes {
+        config = config.max_outbound_bytes(bytes);
+    }
     let server = dust_conformance::start(config).await?;
+    server.control().set_drain_limit(args.drain_limit);
+    if let Some(dust) = server.dust() {
+        dust.set_write_cost(args.write_cost);
+        dust.crash_writes_at(args.crash_writes_at.as_deref());
+    }
 
     // Every stdout line goes through one writer task, so lines never interleave; `None` ends it.
     let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<Option<String>>();

@@ -9,7 +9,9 @@ use serde_json::{Map, Value, json};
 use super::config::TOKEN_PREFIX;
 use super::state::{DustShared, ReplyFault, Resolved, StoreHandle, split_name};
 use super::store::{self, BatchEnd, OpRow, Plan, Reject, WriteCtx};
-use crate::channel::{Broadcaster, Channel, ChannelContext, Handled, Info, Reply, ReplyRef};
+use crate::channel::{
+    Broadcaster, Channel, ChannelContext, Handled, Info, Reply, ReplyRef, SendError,
+};
 use crate::frame::{Payload, Protocol};
 use crate::socket::{Assigns, ConnectDecision, SocketConfig};
 
@@ -215,10 +217,7 @@ impl Channel for StoreChannel {
         let info = match info.downcast::<DelayedReply>() {
             Ok(delayed) => {
                 let DelayedReply { to, reply } = *delayed;
-                return match ctx.reply(&to, reply) {
-                    Ok(()) => Handled::NoReply,
-                    Err(_) => Handled::Crash,
-                };
+                return handled_send(ctx.reply(&to, reply));
             }
             Err(other) => other,
         };
@@ -230,7 +229,7 @@ impl Channel for StoreChannel {
             CatchUp::From(last_seq) => {
                 if let Some((seq, snapshot)) = data.snapshot_for(&last_seq) {
                     drop(data);
-                    if ctx.push("snapshot", snapshot).is_err() {
+                    if crashes(ctx.push("snapshot", snapshot)) {
                         return Handled::Crash;
                     }
                     ctx.send_self(Box::new(CatchUp::AfterSnapshot(seq)));
@@ -250,7 +249,7 @@ impl Channel for StoreChannel {
             }
         };
         for event in events {
-            if ctx.push("event", event).is_err() {
+            if crashes(ctx.push("event", event)) {
                 return Handled::Crash;
             }
         }
@@ -263,10 +262,7 @@ impl Channel for StoreChannel {
                 Handled::NoReply
             }
             Some(BatchEnd::Complete(through)) => {
-                match ctx.push("catch_up_complete", json!({"through_seq": through})) {
-                    Ok(()) => Handled::NoReply,
-                    Err(_) => Handled::Crash,
-                }
+                handled_send(ctx.push("catch_up_complete", json!({"through_seq": through})))
             }
             None => Handled::Crash,
         }
@@ -303,7 +299,8 @@ impl StoreChannel {
     }
 
     /// Commits a write or `put_file` on its own task ([`commit_write`]), then applies the armed
-    /// reply fault, if any, to its reply.
+    /// reply fault, if any, to its reply. The channel awaits it: its writes are committed one
+    /// at a time, in arrival order, each taking the configured write cost first.
     async fn commit(
         &self,
         joined: &Joined,
@@ -311,6 +308,10 @@ impl StoreChannel {
         kind: WriteKind,
         ctx: &ChannelContext,
     ) -> Handled {
+        let cost = self.dust.write_cost();
+        if !cost.is_zero() {
+            tokio::time::sleep(cost).await;
+        }
         let outcome = tokio::spawn(commit_write(
             self.dust.clone(),
             joined.store.clone(),
@@ -381,6 +382,21 @@ impl StoreChannel {
     }
 }
 
+/// Whether a failed push crashes the channel: an encoding error does (Phoenix raises); a gone
+/// connection does not (a draining channel's push to a dead transport is lost, nothing more).
+fn crashes(sent: Result<(), SendError>) -> bool {
+    matches!(sent, Err(SendError::Encode(_)))
+}
+
+/// [`Handled::NoReply`] after a push or reply, unless it [`crashes`].
+fn handled_send(sent: Result<(), SendError>) -> Handled {
+    if crashes(sent) {
+        Handled::Crash
+    } else {
+        Handled::NoReply
+    }
+}
+
 /// The real server reports its SQLite file's size; the emulation reports the size of the
 /// store's rows as JSON.
 fn approximate_db_size(data: &store::StoreData) -> usize {
@@ -414,6 +430,10 @@ async fn commit_write(
     broadcaster: Broadcaster,
     kind: WriteKind,
 ) -> Outcome {
+    if dust.take_crash_next() {
+        tracing::info!("the write crashes its channel (fault)");
+        return Outcome::Crash;
+    }
     let _gate = dust.gate.read().await;
     let mut data = store.data.lock().await;
     let now = dust.now();
@@ -440,6 +460,10 @@ async fn commit_write(
             return Outcome::Crash;
         }
     };
+    if dust.crashes_at(&row.path) {
+        tracing::info!(path = row.path, "the write crashes its channel (fault)");
+        return Outcome::Crash;
+    }
     let record = super::persist::Record::Op {
         store: store.id.clone(),
         row: row.clone(),

@@ -287,6 +287,42 @@ impl DustControl {
         self.dust.arm_reply_fault(Some(ReplyFault::Delay(delay)));
     }
 
+    /// The next `write`/`put_file` (on any store, whatever it holds) crashes its channel, as
+    /// the real server's store channel crashes on some writes (e.g. a second `put_file` into
+    /// a store that already holds a file): it is not applied, the client gets `phx_error`
+    /// and no reply. Messages the channel had not handled yet are lost with it.
+    pub fn crash_next_write(&self) {
+        self.dust.arm_crash_next(true);
+    }
+
+    /// Crashes the channel (as [`DustControl::crash_next_write`]) on every `write`/`put_file`
+    /// that would commit at a rendered path equal to `path` or below it (`path` followed by
+    /// `/`); `None` clears it. Such writes are never applied.
+    pub fn crash_writes_at(&self, path: Option<&str>) {
+        self.dust.set_crash_at(path.map(str::to_owned));
+    }
+
+    /// Makes every `write`/`put_file` of a store channel take `cost` to commit, as the real
+    /// server's database commit does (a few ms each). A channel commits its writes strictly
+    /// one at a time, in arrival order, so a backlog takes `cost` per write to work through,
+    /// also after its connection is gone (see [`Control::drop_connection`]). Runs on tokio's
+    /// clock (paused time too). `Duration::ZERO` (the default) commits at once.
+    pub fn set_write_cost(&self, cost: Duration) {
+        self.dust.set_write_cost(cost);
+    }
+
+    /// The write cost (see [`DustControl::set_write_cost`]).
+    pub fn write_cost(&self) -> Duration {
+        self.dust.write_cost()
+    }
+
+    /// Bounds how long the channels of a dead connection keep committing the writes they had
+    /// received (`None`, the default: all of them). See [`Control::set_drain_limit`], which
+    /// this is (the drain is generic Phoenix behaviour, for every channel).
+    pub fn set_drain_limit(&self, limit: Option<Duration>) {
+        self.control.set_drain_limit(limit);
+    }
+
     /// Disarms a reply fault that has not fired yet.
     pub fn clear_write_reply_fault(&self) {
         self.dust.arm_reply_fault(None);

@@ -110,6 +110,11 @@ pub(crate) struct DustShared {
     pub(crate) gate: tokio::sync::RwLock<()>,
     rate: Mutex<HashMap<String, (i64, u64)>>,
     reply_fault: Mutex<Option<ReplyFault>>,
+    /// The crash faults: crash the next write; crash every write at or below a path.
+    crash_next: AtomicBool,
+    crash_at: Mutex<Option<String>>,
+    /// How long each `write`/`put_file` takes to commit (the real server's database commit).
+    write_cost: Mutex<Duration>,
     devices: Mutex<BTreeMap<String, String>>,
     acks: Mutex<BTreeMap<(String, String), Value>>,
     /// Uploaded blobs: hash → size (the real server's `blobs` table).
@@ -231,6 +236,9 @@ impl DustShared {
             gate: tokio::sync::RwLock::new(()),
             rate: Mutex::default(),
             reply_fault: Mutex::default(),
+            write_cost: Mutex::default(),
+            crash_next: AtomicBool::new(false),
+            crash_at: Mutex::default(),
             devices: Mutex::default(),
             acks: Mutex::default(),
             blobs: Mutex::new(blobs),
@@ -409,6 +417,35 @@ impl DustShared {
 
     pub(crate) fn take_reply_fault(&self) -> Option<ReplyFault> {
         lock(&self.reply_fault).take()
+    }
+
+    pub(crate) fn arm_crash_next(&self, on: bool) {
+        self.crash_next.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether the crash-next fault is armed; disarms it.
+    pub(crate) fn take_crash_next(&self) -> bool {
+        self.crash_next.swap(false, Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_crash_at(&self, path: Option<String>) {
+        *lock(&self.crash_at) = path;
+    }
+
+    /// Whether a write at this rendered path crashes: the path is the fault's, or below it.
+    pub(crate) fn crashes_at(&self, path: &str) -> bool {
+        lock(&self.crash_at).as_deref().is_some_and(|at| {
+            path.strip_prefix(at)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+
+    pub(crate) fn set_write_cost(&self, cost: Duration) {
+        *lock(&self.write_cost) = cost;
+    }
+
+    pub(crate) fn write_cost(&self) -> Duration {
+        *lock(&self.write_cost)
     }
 
     /// `ensure_device/1`.
