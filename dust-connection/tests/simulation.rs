@@ -7,7 +7,8 @@
 //! maps, merge, increment, add, remove, delete) to 1–2 stores in bursts, some awaited one by
 //! one, some fired together; meanwhile faults come on a random schedule: cuts (one device or
 //! all), stalls, delays, partitions, lost and late write replies, compactions, server
-//! restarts, `drop_all`, server-side socket closes and channel crashes, with a per-write cost on the server so that writes are in flight
+//! restarts, `drop_all`, server-side socket closes, channel crashes and writes that crash
+//! their channel, with a per-write cost on the server so that writes are in flight
 //! at a cut and land late. Then everything heals, every write is awaited, the replicas catch
 //! up, and [`sim::check`] checks:
 //!

@@ -159,6 +159,9 @@ pub async fn run_with(seed: u64, sabotage: Sabotage) -> Result<Summary, String> 
     let dust = server
         .dust()
         .ok_or_else(|| "the emulation has no dust socket".to_owned())?;
+    // The real server takes a few ms per write: writes queue up in a channel and keep
+    // landing after their connection is gone.
+    dust.set_write_cost(params.write_cost);
     let net = Net::new({
         let control = control.clone();
         move |stream| {
@@ -480,6 +483,11 @@ mod faults {
                     // The server closes the device's socket (close code 1011).
                     dust.disconnect_device(device);
                     "disconnect device"
+                }
+                94..=96 => {
+                    // The next write crashes its channel: not applied, no reply.
+                    dust.crash_next_write();
+                    "crashing write"
                 }
                 _ => {
                     // The store's channel process crashes (`phx_error` to its joiners).
