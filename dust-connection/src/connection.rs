@@ -840,6 +840,12 @@ impl Store {
         self.service.clone()
     }
 
+    /// How many writes this store's outbox holds right now, queued or in flight: never more
+    /// than [`DustConnectionBuilder::outbox_capacity`] (writes waiting for room are not in it).
+    pub fn outbox_len(&self) -> usize {
+        self.outbox.len()
+    }
+
     /// Writes, waiting for its turn and for room in the outbox if it is full.
     ///
     /// The write takes its place in the store's issue order when this is called, not when the

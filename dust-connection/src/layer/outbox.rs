@@ -53,6 +53,7 @@ pub(crate) enum Submission {
 #[derive(Debug)]
 pub(crate) struct Gate {
     state: Mutex<GateState>,
+    capacity: usize,
 }
 
 #[derive(Debug)]
@@ -100,7 +101,13 @@ impl Gate {
                 abandoned: BTreeSet::new(),
                 waiters: HashMap::new(),
             }),
+            capacity: capacity.max(1),
         })
+    }
+
+    /// How many writes hold a slot (queued in the outbox or in flight).
+    fn held(&self) -> usize {
+        self.capacity - lock(self).free
     }
 
     fn issue(&self) -> u64 {
@@ -239,6 +246,17 @@ impl Outbox {
             submissions,
             gate: Gate::new(capacity),
         }
+    }
+
+    /// How many writes the outbox holds right now, queued or in flight (at most its capacity;
+    /// writes waiting for room are not in it).
+    pub fn len(&self) -> usize {
+        self.gate.held()
+    }
+
+    /// Whether the outbox holds no write.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// A place in the issue order, taken now; `wait: false` makes the write fail with

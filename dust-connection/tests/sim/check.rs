@@ -89,6 +89,8 @@ fn kind(error: &WriteError) -> &'static str {
         WriteError::Rejected(_) => "rejected",
         WriteError::Invalid(_) => "invalid",
         WriteError::Indeterminate(_) => "indeterminate",
+        WriteError::NotApplied(_) => "not applied",
+        WriteError::CrashesChannel(_) => "crashes its channel",
         WriteError::OutboxFull => "outbox full",
         WriteError::JoinFailed(_) => "join failed",
         WriteError::Closed => "closed",
@@ -180,7 +182,13 @@ impl Checker<'_> {
                     }
                 }
                 Some(Err(e)) => match e {
-                    WriteError::Rejected(_) | WriteError::Invalid(_) => {
+                    // Not applied: rejected, a rejection whose reply was lost (the server
+                    // processed a later write of the same connection), or a write that crashed
+                    // its channel at every try (the simulation injects crashing writes).
+                    WriteError::Rejected(_)
+                    | WriteError::Invalid(_)
+                    | WriteError::NotApplied(_)
+                    | WriteError::CrashesChannel(_) => {
                         if !apps.is_empty() {
                             rejected_applied.add(format!("{label}: {e}"));
                         }

@@ -192,7 +192,6 @@ pub async fn run_with(seed: u64, sabotage: Sabotage) -> Result<Summary, String> 
             .engine(engine.clone())
             .outbox_capacity(params.outbox_capacity)
             .write_timeout(params.write_timeout)
-            .layer(meter.clone())
             .socket(move |s| {
                 s.connector(connector)
                     .heartbeat(heartbeat)
@@ -225,6 +224,7 @@ pub async fn run_with(seed: u64, sabotage: Sabotage) -> Result<Summary, String> 
             plan,
             stores,
             journal.clone(),
+            meter.clone(),
         )));
         devices.push((device_id, connection, engine));
     }
