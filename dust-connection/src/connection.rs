@@ -288,7 +288,7 @@ pub struct DustConnectionBuilder {
 impl fmt::Debug for DustConnectionBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DustConnectionBuilder")
-            .field("url", &self.url)
+            .field("url", &phoenix_channels::socket::redact_endpoint(&self.url))
             .field("stores", &self.stores)
             .field("outbox_capacity", &self.outbox_capacity)
             .finish_non_exhaustive()

@@ -52,7 +52,9 @@ pub(crate) fn read_reply(reply: Reply) -> Result<WriteAck, WriteError> {
             Err(WriteError::Rejected(Rejection::from_payload(&response)))
         }
         _ => {
-            tracing::warn!(status, ?response, "unexpected reply to a write");
+            // The payload may carry user data: shown at debug only.
+            tracing::warn!(status, "unexpected reply to a write");
+            tracing::debug!(status, ?response, "the unexpected reply");
             Err(WriteError::Rejected(Rejection::unexpected(
                 &serde_json::json!({"status": status, "response": response}),
             )))

@@ -3,16 +3,14 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
-use dust_connection::{Store, WriteAck, WriteError, WriteRequest, WriteService};
-use futures_util::future::{BoxFuture, join_all};
+use dust_connection::{Store, WriteAck, WriteError, WriteRequest};
+use futures_util::future::join_all;
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore};
 use serde_json::{Value, json};
-use tower::{Layer, Service};
 
 use super::lock;
 
