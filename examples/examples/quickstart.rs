@@ -14,7 +14,9 @@ use std::time::Duration;
 use dust_conformance::ServerConfig;
 use dust_conformance::dust::{DustConfig, TokenConfig};
 use dust_connection::layer::RetryRateLimited;
-use dust_connection::{DustConnection, Fence, MemoryEngine, Notice, WriteRequest};
+use dust_connection::{
+    ConnectionStatus, DustConnection, Fence, MemoryEngine, Notice, WriteRequest,
+};
 use futures_util::future::join_all;
 use phoenix_channels::backoff::ReconnectSchedule;
 use serde_json::json;
@@ -115,7 +117,19 @@ async fn main() -> Result<(), Error> {
 
     // 4. The connection drops while writes are queued: they wait, then go out once, in order.
     println!("dropping    the connection, with 20 increments queued");
+    let mut changes = connection.state_changes();
     server.control().drop_all();
+    // Queued once the client knows the connection is gone (a write sent into a connection as it
+    // dies has an unknown outcome: by default it fails as `Indeterminate` rather than risk
+    // being applied twice — see `UnknownOutcome`).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(change) = changes.recv().await {
+            if change.to != ConnectionStatus::Connected {
+                break;
+            }
+        }
+    })
+    .await?;
     let queued: Vec<_> = (0..20)
         .map(|_| write(&app, WriteRequest::increment(["stats", "visits"], 1)))
         .collect();
