@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::op::{ClientOpId, FileContent, WriteOp, WriteRequest};
 use super::path::{Path, PathError};
 use super::reply::{RejectReason, Rejection};
-use crate::layer::outbox::Order;
+use crate::layer::outbox_internal::Order;
 
 /// A write checked and encoded for the wire, ready for the outbox.
 #[derive(Clone, Debug)]
