@@ -332,7 +332,7 @@ where
         builder = builder.param(k, v);
     }
     if let Some(heartbeat) = options.heartbeat {
-        builder = builder.heartbeat(heartbeat);
+        builder = builder.heartbeat_interval(heartbeat);
     }
     if let Some(timeout) = options.timeout {
         builder = builder.push_timeout(timeout).join_timeout(timeout);

@@ -108,21 +108,21 @@
 //!   shows the placeholders. A custom [`transport::Connector`] that calls tungstenite itself
 //!   does not get this.
 
+pub mod backoff;
 pub mod channel;
 pub mod driver;
 pub mod error;
+pub mod frame;
 pub mod handler;
 pub mod presence;
 pub mod proto;
 pub mod socket;
+pub mod transport;
 
 pub use channel::{Channel, ChannelBuilder, Messages, Push, PushOptions};
 pub use driver::SocketDriver;
-pub use driver::transport;
 pub use error::{BuildError, JoinError, Lagged, PushError, SocketClosed};
 pub use handler::{ChannelContext, ChannelHandler, Joined};
-pub use proto::backoff;
-pub use proto::frame;
 pub use proto::message::{
     Event, Inbound, Message, Payload, PayloadError, Ref, Reply, ReplyMessage, ReplyStatus, Topic,
 };
