@@ -52,7 +52,8 @@ pub fn encode(
     event: &str,
     payload: &Payload,
 ) -> Result<OutFrame, EncodeError> {
-    if let Some(json) = payload.as_json() {
+    if !payload.is_binary() {
+        let json = payload.to_json_text().map_err(EncodeError::Transcode)?;
         let mut out = String::with_capacity(32 + topic.len() + event.len() + json.len());
         out.push('[');
         push_ref(&mut out, join_ref);
@@ -63,7 +64,7 @@ pub fn encode(
         out.push(',');
         push_json_str(&mut out, event);
         out.push(',');
-        out.push_str(json);
+        out.push_str(&json);
         out.push(']');
         return Ok(OutFrame::Text(out));
     }
@@ -75,11 +76,16 @@ pub fn encode(
         ("topic", topic),
         ("event", event),
     ];
-    let body = payload.as_bytes();
-    let mut out =
-        Vec::with_capacity(5 + fields.iter().map(|f| f.1.len()).sum::<usize>() + body.len());
+    binary_frame(&fields, payload.as_bytes())
+}
+
+/// A kind 0 binary frame: the length byte of each field, the fields, then the body.
+fn binary_frame(fields: &[(&'static str, &str)], body: &[u8]) -> Result<OutFrame, EncodeError> {
+    let mut out = Vec::with_capacity(
+        1 + fields.len() + fields.iter().map(|f| f.1.len()).sum::<usize>() + body.len(),
+    );
     out.push(KIND_PUSH);
-    for (field, value) in fields {
+    for &(field, value) in fields {
         let len = u8::try_from(value.len()).map_err(|_| EncodeError::FieldTooLong {
             field,
             len: value.len(),
@@ -104,4 +110,19 @@ pub(crate) fn check_binary_fields(topic: &str, event: &str) -> Result<(), Encode
         }
     }
     Ok(())
+}
+
+/// A binary push frame in the layout the server uses for its own pushes (kind 0 with
+/// `join_ref`, `topic` and `event`, no ref), which is how a `vsn=3.0.0` server reads a
+/// client's binary frame.
+pub(super) fn binary_without_ref(
+    join_ref: Option<&Ref>,
+    topic: &str,
+    event: &str,
+    body: &[u8],
+) -> Result<OutFrame, EncodeError> {
+    let join_ref = ref_text(join_ref);
+    let fields: [(&'static str, &str); 3] =
+        [("join_ref", &join_ref), ("topic", topic), ("event", event)];
+    binary_frame(&fields, body)
 }

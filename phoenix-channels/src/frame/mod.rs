@@ -1,5 +1,6 @@
-//! The V2 wire format: JSON text frames `[join_ref, ref, topic, event, payload]` and the binary
-//! frame kinds.
+//! The wire formats: V2 JSON text frames `[join_ref, ref, topic, event, payload]`, the binary
+//! frame kinds, and the same array in MessagePack (`vsn=3.0.0`); the [`Serializer`] of a
+//! socket picks one ([`encode_with`], [`decode_binary_with`]).
 //!
 //! Decoding never panics, whatever the input; a frame that does not follow the format is a
 //! [`DecodeError`]. Payloads are parsed once. A payload of up to [`COPY_LIMIT`] bytes is copied
@@ -30,6 +31,8 @@
 
 mod binary;
 mod encode;
+mod msgpack;
+mod serializer;
 #[cfg(test)]
 mod tests;
 mod text;
@@ -42,6 +45,8 @@ use crate::proto::message::{Event, Inbound, Message, Payload, Ref, Reply, ReplyM
 pub(crate) use binary::decode_binary_view;
 pub(crate) use encode::check_binary_fields;
 pub use encode::encode;
+pub(crate) use msgpack::check_value as check_msgpack_value;
+pub use serializer::Serializer;
 pub(crate) use text::decode_text_view;
 
 /// Binary frame kind of a push (client → server and server → client).
@@ -93,6 +98,10 @@ pub enum DecodeError {
     /// A string field of a binary frame is not UTF-8.
     #[error("binary frame field `{0}` is not UTF-8")]
     NotUtf8(&'static str),
+    /// A MessagePack frame is not an array `[join_ref, ref, topic, event, payload]` of one
+    /// complete value each (payloads nested at most 128 levels deep), with nothing after it.
+    #[error("malformed MessagePack frame: {0}")]
+    MessagePack(String),
 }
 
 /// Why an outbound frame could not be encoded.
@@ -107,6 +116,17 @@ pub enum EncodeError {
         /// Its length in bytes.
         len: usize,
     },
+    /// A binary push awaiting a reply on a MessagePack (`vsn=3.0.0`) socket: the server reads
+    /// a client's binary frame in the layout of its own pushes, which has no ref, so the reply
+    /// could never be matched. Cast it instead, or send a MessagePack payload.
+    #[error(
+        "a binary push cannot get a reply under vsn 3.0.0 (its frame has no ref); cast it, or send MessagePack"
+    )]
+    BinaryReplyUnsupported,
+    /// The payload could not be transcoded to the socket's format (e.g. a MessagePack
+    /// extension value, which JSON cannot hold).
+    #[error("cannot transcode the payload to the socket's format: {0}")]
+    Transcode(String),
 }
 
 /// A decoded frame that still borrows its topic and event from the received buffer, so that the
@@ -154,6 +174,51 @@ pub fn decode_text(frame: &Bytes) -> Result<Inbound, DecodeError> {
     let view = decode_text_view(frame)?;
     let topic = Topic::new(&view.topic);
     Ok(view.into_inbound(topic))
+}
+
+/// Decodes a binary frame received on a socket with this serializer: under
+/// [`Serializer::MessagePack`], a frame whose first byte is 0, 1 or 2 is a binary header frame
+/// and any other is a MessagePack array; under [`Serializer::Json`], every binary frame is a
+/// header frame.
+pub fn decode_binary_with(serializer: Serializer, frame: &Bytes) -> Result<Inbound, DecodeError> {
+    let view = decode_binary_view_with(serializer, frame)?;
+    let topic = Topic::new(&view.topic);
+    Ok(view.into_inbound(topic))
+}
+
+pub(crate) fn decode_binary_view_with(
+    serializer: Serializer,
+    frame: &Bytes,
+) -> Result<FrameView<'_>, DecodeError> {
+    match (serializer, frame.first()) {
+        (Serializer::MessagePack, Some(kind)) if *kind > KIND_BROADCAST => {
+            msgpack::decode_view(frame)
+        }
+        _ => decode_binary_view(frame),
+    }
+}
+
+/// Encodes a client message in this serializer's format: see [`Serializer`]. Under
+/// [`Serializer::Json`] it is [`encode`]. Under [`Serializer::MessagePack`], a JSON or
+/// MessagePack payload goes in a MessagePack frame, and a binary payload in a binary frame of
+/// the server-push layout (kind 0, no ref: `msg_ref` is not sent).
+pub fn encode_with(
+    serializer: Serializer,
+    join_ref: Option<&Ref>,
+    msg_ref: Option<&Ref>,
+    topic: &str,
+    event: &str,
+    payload: &Payload,
+) -> Result<OutFrame, EncodeError> {
+    match serializer {
+        Serializer::Json => encode(join_ref, msg_ref, topic, event, payload),
+        Serializer::MessagePack if payload.is_binary() => {
+            encode::binary_without_ref(join_ref, topic, event, payload.as_bytes())
+        }
+        Serializer::MessagePack => {
+            msgpack::encode(join_ref, msg_ref, topic, event, payload).map(OutFrame::Binary)
+        }
+    }
 }
 
 /// Decodes a binary frame of one of the server kinds (push, reply, broadcast).

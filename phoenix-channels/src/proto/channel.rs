@@ -381,7 +381,7 @@ impl<T> SocketCore<T> {
         let topic = chan.topic.clone();
         self.pending.insert(r, Pending::Join(id));
         self.timers.arm(deadline, Timer::JoinTimeout(id));
-        self.transmit(Some(r), r, &topic, Event::JOIN, params);
+        let _ = self.transmit(Some(r), r, &topic, Event::JOIN, params);
     }
 
     pub(super) fn join_replied(&mut self, now: Instant, id: ChannelId, r: u64, reply: Reply) {
@@ -425,7 +425,7 @@ impl<T> SocketCore<T> {
         let topic = chan.topic.clone();
         // As phoenix.js does: leave, so that a join the server handled late does not linger.
         let leave = self.make_ref();
-        self.transmit(Some(r), leave, &topic, Event::LEAVE, &Payload::empty());
+        let _ = self.transmit(Some(r), leave, &topic, Event::LEAVE, &Payload::empty());
         self.set_state(id, ChannelState::Errored);
         self.emit_channel(id, ChannelEvent::JoinFailed(RejoinCause::Timeout));
         self.schedule_rejoin(now, id, RejoinCause::Timeout);
@@ -485,7 +485,7 @@ impl<T> SocketCore<T> {
                 }
                 self.pending.insert(r, Pending::Leave(id));
                 self.timers.arm(deadline, Timer::LeaveTimeout(id));
-                self.transmit(join_ref, r, &topic, Event::LEAVE, &Payload::empty());
+                let _ = self.transmit(join_ref, r, &topic, Event::LEAVE, &Payload::empty());
                 self.set_state(id, ChannelState::Leaving);
             }
             _ => self.close_channel(id, CloseCause::Left, false),

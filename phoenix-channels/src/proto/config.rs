@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backoff::{ReconnectPolicy, ReconnectSchedule, RejoinPolicy, RejoinSchedule};
+use crate::frame::Serializer;
 
 /// The socket-wide settings of the core.
 ///
@@ -40,6 +41,9 @@ pub struct CoreConfig {
     pub reconnect: Arc<dyn ReconnectPolicy>,
     /// Default rejoin policy of channels.
     pub rejoin: Arc<dyn RejoinPolicy>,
+    /// The wire format (default [`Serializer::Json`]). The transport must connect with its
+    /// [`vsn`](Serializer::vsn).
+    pub serializer: Serializer,
 }
 
 impl Default for CoreConfig {
@@ -52,6 +56,7 @@ impl Default for CoreConfig {
             healthy_after: Duration::from_secs(10),
             reconnect: Arc::new(ReconnectSchedule::default()),
             rejoin: Arc::new(RejoinSchedule::default()),
+            serializer: Serializer::default(),
         }
     }
 }

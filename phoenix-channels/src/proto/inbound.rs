@@ -23,7 +23,7 @@ impl<T> SocketCore<T> {
 
     /// A binary frame arrived.
     pub fn handle_binary(&mut self, now: Instant, frame: Bytes) {
-        match frame::decode_binary_view(&frame) {
+        match frame::decode_binary_view_with(self.config.serializer, &frame) {
             Ok(view) => self.route(now, view),
             Err(e) => self.out.push_back(Output::Malformed(e)),
         }

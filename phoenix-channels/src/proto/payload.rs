@@ -1,5 +1,6 @@
 //! [`Payload`]: the body of a message, JSON text or binary bytes, kept as received.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -18,11 +19,23 @@ pub enum PayloadError {
     /// JSON was requested from a binary payload.
     #[error("the payload is binary, not JSON")]
     Binary,
+    /// The value could not be serialized to MessagePack, the bytes are not one MessagePack
+    /// value (at most 128 levels deep), or the MessagePack could not be deserialized into the
+    /// requested type.
+    #[error("payload MessagePack: {0}")]
+    MessagePack(String),
 }
 
-/// A message payload: JSON text, or bytes for binary frames.
+/// A message payload: JSON text, MessagePack, or bytes for binary frames.
 ///
-/// JSON payloads are kept as their encoded text: a decoded frame's payload is checked once and
+/// A payload is sent in the socket's [`Serializer`](crate::Serializer): a JSON payload on a
+/// MessagePack socket (or a MessagePack payload on a JSON socket) is transcoded when its frame
+/// is written, so [`Payload::json`] and [`Payload::msgpack`] both work on either socket, and
+/// [`deserialize`](Self::deserialize) reads either format straight into your type. A
+/// MessagePack value without a JSON equivalent (a timestamp or other extension type) cannot be
+/// sent on a JSON socket: its push fails with [`PushError::Encode`](crate::PushError::Encode).
+///
+/// Payloads are kept as their encoded bytes: a decoded frame's payload is checked once and
 /// kept as received (copied out of the frame up to [`COPY_LIMIT`] bytes, a slice of it beyond),
 /// and a payload built with [`Payload::json`] is serialized once, when it is created. Cloning is
 /// cheap (reference counted).
@@ -38,6 +51,13 @@ pub enum PayloadError {
 /// let value: serde_json::Value = payload.deserialize().unwrap();
 /// assert_eq!(value["body"], "hi");
 ///
+/// #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+/// struct Note { body: String }
+/// let packed = Payload::msgpack(&Note { body: "hi".into() }).unwrap();
+/// assert!(packed.is_msgpack());
+/// assert_eq!(packed.deserialize::<Note>().unwrap(), Note { body: "hi".into() });
+/// assert_eq!(packed.to_value().unwrap(), json!({"body": "hi"}));
+///
 /// let bytes = Payload::binary(vec![1u8, 2, 255]);
 /// assert_eq!(bytes.as_binary().map(|b| b.as_ref()), Some(&[1u8, 2, 255][..]));
 /// ```
@@ -50,12 +70,25 @@ enum PayloadRepr {
     Json(Bytes),
     /// Valid JSON text built here: sent without checking its UTF-8 again.
     JsonText(Arc<str>),
+    /// One MessagePack value, checked (received) or encoded here.
+    MsgPack(Bytes),
     Binary(Bytes),
+}
+
+impl PayloadRepr {
+    /// 0 for JSON, 1 for binary, 2 for MessagePack: payloads of different kinds differ.
+    fn kind(&self) -> u8 {
+        match self {
+            Self::Json(_) | Self::JsonText(_) => 0,
+            Self::Binary(_) => 1,
+            Self::MsgPack(_) => 2,
+        }
+    }
 }
 
 impl PartialEq for Payload {
     fn eq(&self, other: &Self) -> bool {
-        self.is_binary() == other.is_binary() && self.as_bytes() == other.as_bytes()
+        self.0.kind() == other.0.kind() && self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -63,7 +96,7 @@ impl Eq for Payload {}
 
 impl std::hash::Hash for Payload {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.is_binary().hash(state);
+        self.0.kind().hash(state);
         self.as_bytes().hash(state);
     }
 }
@@ -107,6 +140,81 @@ impl Payload {
         Self(PayloadRepr::Json(text))
     }
 
+    /// Serializes a value to a MessagePack payload (structs as maps with their field names,
+    /// as JSON has them), without going through JSON.
+    pub fn msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Self, PayloadError> {
+        let bytes =
+            rmp_serde::to_vec_named(value).map_err(|e| PayloadError::MessagePack(e.to_string()))?;
+        Ok(Self(PayloadRepr::MsgPack(Bytes::from(bytes))))
+    }
+
+    /// A MessagePack payload from its bytes, which are checked to be exactly one MessagePack
+    /// value, nested at most 128 levels deep.
+    pub fn from_msgpack_bytes(bytes: impl Into<Bytes>) -> Result<Self, PayloadError> {
+        let bytes = bytes.into();
+        crate::frame::check_msgpack_value(&bytes)
+            .map_err(|e| PayloadError::MessagePack(e.to_string()))?;
+        Ok(Self(PayloadRepr::MsgPack(bytes)))
+    }
+
+    /// A MessagePack payload from bytes the caller checked (a slice of a checked frame).
+    pub(crate) fn from_checked_msgpack(bytes: Bytes) -> Self {
+        Self(PayloadRepr::MsgPack(bytes))
+    }
+
+    /// The empty MessagePack map.
+    pub(crate) const fn msgpack_empty_map() -> Self {
+        Self(PayloadRepr::MsgPack(Bytes::from_static(&[0x80])))
+    }
+
+    /// Whether this is a MessagePack payload.
+    pub fn is_msgpack(&self) -> bool {
+        matches!(self.0, PayloadRepr::MsgPack(_))
+    }
+
+    /// The MessagePack bytes, or `None` for a JSON or binary payload.
+    pub fn as_msgpack(&self) -> Option<&[u8]> {
+        match &self.0 {
+            PayloadRepr::MsgPack(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// This payload as MessagePack bytes: a JSON one transcoded, a MessagePack one copied.
+    pub(crate) fn to_msgpack_bytes(&self) -> Result<Vec<u8>, String> {
+        match &self.0 {
+            PayloadRepr::MsgPack(b) => Ok(b.to_vec()),
+            PayloadRepr::Json(_) | PayloadRepr::JsonText(_) => {
+                let mut out = Vec::with_capacity(self.as_bytes().len());
+                let mut from = serde_json::Deserializer::from_slice(self.as_bytes());
+                let mut to = rmp_serde::Serializer::new(&mut out);
+                serde_transcode::transcode(&mut from, &mut to).map_err(|e| e.to_string())?;
+                Ok(out)
+            }
+            PayloadRepr::Binary(_) => Err("a binary payload has no MessagePack form".into()),
+        }
+    }
+
+    /// This payload as JSON text: a MessagePack one transcoded (a value JSON cannot hold,
+    /// such as an extension type, is an error), a JSON one as it is.
+    pub(crate) fn to_json_text(&self) -> Result<Cow<'_, str>, String> {
+        match &self.0 {
+            PayloadRepr::MsgPack(b) => {
+                let mut out = Vec::with_capacity(b.len() + b.len() / 2);
+                let mut from = rmp_serde::Deserializer::from_read_ref(b.as_ref());
+                let mut to = serde_json::Serializer::new(&mut out);
+                serde_transcode::transcode(&mut from, &mut to).map_err(|e| e.to_string())?;
+                String::from_utf8(out)
+                    .map(Cow::Owned)
+                    .map_err(|e| e.to_string())
+            }
+            _ => self
+                .as_json()
+                .map(Cow::Borrowed)
+                .ok_or_else(|| "a binary payload has no JSON form".to_owned()),
+        }
+    }
+
     /// A binary payload, sent and received as a binary WebSocket frame.
     pub fn binary(bytes: impl Into<Bytes>) -> Self {
         Self(PayloadRepr::Binary(bytes.into()))
@@ -117,41 +225,45 @@ impl Payload {
         matches!(self.0, PayloadRepr::Binary(_))
     }
 
-    /// The JSON text, or `None` for a binary payload.
+    /// The JSON text, or `None` for a binary or MessagePack payload.
     pub fn as_json(&self) -> Option<&str> {
         match &self.0 {
             PayloadRepr::Json(b) => std::str::from_utf8(b).ok(),
             PayloadRepr::JsonText(s) => Some(s),
-            PayloadRepr::Binary(_) => None,
+            PayloadRepr::MsgPack(_) | PayloadRepr::Binary(_) => None,
         }
     }
 
-    /// The bytes, or `None` for a JSON payload.
+    /// The bytes, or `None` for a JSON or MessagePack payload.
     pub fn as_binary(&self) -> Option<&Bytes> {
         match &self.0 {
             PayloadRepr::Binary(b) => Some(b),
-            PayloadRepr::Json(_) | PayloadRepr::JsonText(_) => None,
+            _ => None,
         }
     }
 
-    /// The raw bytes: the JSON text or the binary content.
+    /// The raw bytes: the JSON text, the MessagePack value or the binary content.
     pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
-            PayloadRepr::Json(b) | PayloadRepr::Binary(b) => b,
+            PayloadRepr::Json(b) | PayloadRepr::MsgPack(b) | PayloadRepr::Binary(b) => b,
             PayloadRepr::JsonText(s) => s.as_bytes(),
         }
     }
 
-    /// Deserializes a JSON payload into `T`.
+    /// Deserializes a JSON or MessagePack payload into `T` (MessagePack straight, with
+    /// `rmp-serde`).
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
         match &self.0 {
             PayloadRepr::Json(b) => Ok(serde_json::from_slice(b)?),
             PayloadRepr::JsonText(s) => Ok(serde_json::from_str(s)?),
+            PayloadRepr::MsgPack(b) => {
+                rmp_serde::from_slice(b).map_err(|e| PayloadError::MessagePack(e.to_string()))
+            }
             PayloadRepr::Binary(_) => Err(PayloadError::Binary),
         }
     }
 
-    /// Parses a JSON payload into a [`serde_json::Value`].
+    /// Parses a JSON or MessagePack payload into a [`serde_json::Value`].
     pub fn to_value(&self) -> Result<serde_json::Value, PayloadError> {
         self.deserialize()
     }
@@ -161,7 +273,7 @@ impl Payload {
     pub fn to_display_value(&self) -> serde_json::Value {
         use base64::Engine as _;
         match &self.0 {
-            PayloadRepr::Json(_) | PayloadRepr::JsonText(_) => {
+            PayloadRepr::Json(_) | PayloadRepr::JsonText(_) | PayloadRepr::MsgPack(_) => {
                 self.deserialize().unwrap_or(serde_json::Value::Null)
             }
             PayloadRepr::Binary(b) => serde_json::json!({
@@ -213,6 +325,7 @@ impl fmt::Debug for Payload {
                     Err(_) => write!(f, "Json({} bytes)", self.as_bytes().len()),
                 }
             }
+            PayloadRepr::MsgPack(b) => write!(f, "MessagePack({} bytes)", b.len()),
             PayloadRepr::Binary(b) => write!(f, "Binary({} bytes)", b.len()),
         }
     }

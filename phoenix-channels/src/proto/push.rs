@@ -11,7 +11,7 @@ use super::message::{Event, Payload, Ref, Reply};
 use super::output::Output;
 use super::socket::SocketCore;
 use super::timer::{Timer, Timers, deadline};
-use crate::frame::{self, EncodeError};
+use crate::frame::{self, EncodeError, Serializer};
 
 /// Why a push got no reply.
 ///
@@ -296,6 +296,15 @@ impl<T> SocketCore<T> {
         {
             return Err((PushError::Encode(e), token));
         }
+        if payload.is_binary()
+            && token.is_some()
+            && self.config.serializer == Serializer::MessagePack
+        {
+            return Err((
+                PushError::Encode(EncodeError::BinaryReplyUnsupported),
+                token,
+            ));
+        }
         match chan.state {
             ChannelState::Closed if chan.joined_once || chan.detached => {
                 Err((PushError::ChannelClosed, token))
@@ -306,7 +315,9 @@ impl<T> SocketCore<T> {
                 let join_ref = chan.join_ref;
                 let topic = chan.topic.clone();
                 let r = self.make_ref();
-                self.transmit(join_ref, r, &topic, &event, &payload);
+                if let Err(e) = self.transmit(join_ref, r, &topic, &event, &payload) {
+                    return Err((PushError::Encode(e), token));
+                }
                 if let Some(token) = token {
                     let deadline = deadline(now, timeout);
                     let in_fifo = self.arm_push(deadline, r);
@@ -376,8 +387,12 @@ impl<T> SocketCore<T> {
                 continue;
             };
             let is_cast = push.token.is_none();
-            self.transmit(join_ref, r, &topic, &event, &payload);
-            if is_cast && let Some(Pending::Push(push)) = self.pending.remove(&r) {
+            let sent = self.transmit(join_ref, r, &topic, &event, &payload);
+            if let Err(e) = sent {
+                if let Some(Pending::Push(push)) = self.pending.remove(&r) {
+                    self.end_push(r, push, Err(PushError::Encode(e)));
+                }
+            } else if is_cast && let Some(Pending::Push(push)) = self.pending.remove(&r) {
                 self.disarm_push(r, &push);
             }
         }

@@ -206,19 +206,25 @@ impl<T> SocketCore<T> {
         topic: &str,
         event: &str,
         payload: &Payload,
-    ) {
-        match frame::encode(
+    ) -> Result<(), frame::EncodeError> {
+        match frame::encode_with(
+            self.config.serializer,
             join_ref.map(Ref::new).as_ref(),
             Some(&Ref::new(msg_ref)),
             topic,
             event,
             payload,
         ) {
-            Ok(f) => self.out.push_back(Output::Transmit(f)),
-            // Binary pushes are checked before they are accepted, and JSON always encodes; a
-            // frame that still cannot be encoded is dropped and its ref times out.
+            Ok(f) => {
+                self.out.push_back(Output::Transmit(f));
+                Ok(())
+            }
+            // Binary pushes are checked before they are accepted; a payload that cannot be
+            // transcoded to the socket's format is not sent (a push fails with the error, a
+            // join or leave times out).
             Err(e) => {
-                tracing::warn!(topic, event, error = %e, "dropping a frame that cannot be encoded")
+                tracing::warn!(topic, event, error = %e, "dropping a frame that cannot be encoded");
+                Err(e)
             }
         }
     }
@@ -433,7 +439,7 @@ impl<T> SocketCore<T> {
             *next_ref
         });
         if let Some(r) = sent {
-            self.transmit(None, r, PHOENIX_TOPIC, Event::HEARTBEAT, &Payload::empty());
+            let _ = self.transmit(None, r, PHOENIX_TOPIC, Event::HEARTBEAT, &Payload::empty());
             self.pending.insert(r, Pending::Heartbeat);
         }
     }

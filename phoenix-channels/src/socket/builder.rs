@@ -14,6 +14,7 @@ use super::{
 use crate::backoff::{ReconnectPolicy, RejoinPolicy};
 use crate::driver::{Driver, SocketDriver};
 use crate::error::BuildError;
+use crate::frame::Serializer;
 use crate::proto::{CoreConfig, SocketStatus};
 use crate::transport::{Connector, WebSocketConnector};
 
@@ -99,6 +100,24 @@ impl SocketBuilder {
     /// reopened (default: the heartbeat interval, as phoenix.js).
     pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
         self.heartbeat_timeout = Some(timeout);
+        self
+    }
+
+    /// The wire format: [`Serializer::Json`] (`vsn=2.0.0`, the default) or
+    /// [`Serializer::MessagePack`] (`vsn=3.0.0`). The connect URL's `vsn` follows it (a `vsn`
+    /// param set with [`param`](Self::param) is replaced).
+    ///
+    /// ```no_run
+    /// use phoenix_channels::{Serializer, Socket};
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let socket = Socket::builder("ws://localhost:4000/ws")
+    ///     .serializer(Serializer::MessagePack)
+    ///     .connect()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn serializer(mut self, serializer: Serializer) -> Self {
+        self.core.serializer = serializer;
         self
     }
 
@@ -268,6 +287,7 @@ impl SocketBuilder {
             url,
             fixed: self.fixed,
             provider: self.provider,
+            vsn: core.serializer.vsn(),
         };
         let driver = Driver::new(
             core,

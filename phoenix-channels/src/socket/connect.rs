@@ -106,6 +106,8 @@ pub(crate) struct ConnectSetup {
     pub(super) url: Url,
     pub(super) fixed: ConnectParams,
     pub(super) provider: Option<Arc<dyn ConnectParamsProvider>>,
+    /// The serializer's `vsn`, sent on every connect.
+    pub(super) vsn: &'static str,
 }
 
 impl ConnectSetup {
@@ -126,12 +128,12 @@ impl ConnectSetup {
                 .chain(dynamic.params.iter())
                 .collect();
             let mut query = url.query_pairs_mut();
-            for (name, value) in &params {
+            // The serializer's `vsn` is the one sent: another would make the server speak a
+            // format this socket does not read.
+            for (name, value) in params.iter().filter(|(name, _)| name != "vsn") {
                 query.append_pair(name, value);
             }
-            if !params.iter().any(|(name, _)| name == "vsn") {
-                query.append_pair("vsn", "2.0.0");
-            }
+            query.append_pair("vsn", self.vsn);
         }
         let mut request = ConnectRequest::new(url);
         request.headers = self
@@ -263,6 +265,7 @@ mod tests {
     #[tokio::test]
     async fn requests_carry_params_vsn_headers_and_the_token_subprotocol() {
         let setup = ConnectSetup {
+            vsn: "2.0.0",
             url: websocket_url("ws://h/socket").unwrap(),
             fixed: ConnectParams::new().param("a", "1").header("x-app", "demo"),
             provider: Some(Arc::new(|| async {
@@ -324,6 +327,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_provider_fails_the_attempt_with_its_message() {
         let setup = ConnectSetup {
+            vsn: "2.0.0",
             url: websocket_url("ws://h/socket").unwrap(),
             fixed: ConnectParams::new(),
             provider: Some(Arc::new(|| async {

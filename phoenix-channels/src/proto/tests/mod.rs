@@ -148,4 +148,5 @@ fn ok_reply(join_ref: u64, r: u64, topic: &str, response: &str) -> String {
 mod channels;
 mod connection;
 mod frames;
+mod msgpack;
 mod pushes;
