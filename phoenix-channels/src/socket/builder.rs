@@ -315,3 +315,55 @@ impl SocketBuilder {
         Ok((Socket { shared }, SocketDriver::new(driver)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use tokio::sync::mpsc;
+
+    use crate::proto::DisconnectReason;
+    use crate::transport::{BoxTransport, ConnectRequest, Connector};
+    use crate::{Serializer, Socket};
+
+    /// Reports the URL of each connect attempt, and fails it.
+    #[derive(Debug)]
+    struct UrlProbe(mpsc::UnboundedSender<String>);
+
+    #[async_trait]
+    impl Connector for UrlProbe {
+        async fn connect(
+            &self,
+            request: &ConnectRequest,
+        ) -> Result<BoxTransport, DisconnectReason> {
+            let _ = self.0.send(request.url.to_string());
+            Err(DisconnectReason::Http { status: 403 })
+        }
+    }
+
+    async fn first_url(builder: crate::SocketBuilder) -> String {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let socket = builder.connector(UrlProbe(tx)).connect().unwrap();
+        let url = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        socket.disconnect().await;
+        url
+    }
+
+    #[tokio::test]
+    async fn the_urls_vsn_follows_the_serializer() {
+        let json = first_url(Socket::builder("ws://h/socket")).await;
+        assert_eq!(json, "ws://h/socket/websocket?vsn=2.0.0");
+        let msgpack = Socket::builder("ws://h/socket")
+            .param("vsn", "2.0.0")
+            .param("a", "1")
+            .serializer(Serializer::MessagePack);
+        assert_eq!(
+            first_url(msgpack).await,
+            "ws://h/socket/websocket?a=1&vsn=3.0.0"
+        );
+    }
+}
