@@ -37,8 +37,9 @@ pub enum PayloadError {
 ///
 /// Payloads are kept as their encoded bytes: a decoded frame's payload is checked once and
 /// kept as received (copied out of the frame up to [`COPY_LIMIT`] bytes, a slice of it beyond),
-/// and a payload built with [`Payload::json`] is serialized once, when it is created. Cloning is
-/// cheap (reference counted).
+/// and a payload built with [`Payload::json`] or [`Payload::msgpack`] is serialized once, when
+/// it is created. Cloning is cheap (reference counted). Two payloads are equal when they have
+/// the same format and the same bytes (a JSON and a MessagePack payload of one value differ).
 ///
 /// [`COPY_LIMIT`]: crate::frame::COPY_LIMIT
 ///
@@ -378,5 +379,42 @@ mod tests {
         let p = Payload::from_json_text(text).unwrap();
         let shown = format!("{p:?}");
         assert!(shown.contains("bytes)"));
+    }
+
+    #[test]
+    fn msgpack_payloads_encode_from_and_decode_into_your_types() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct Note {
+            id: u32,
+            tags: Vec<String>,
+        }
+        let note = Note {
+            id: 1,
+            tags: vec!["a".into()],
+        };
+        let packed = Payload::msgpack(&note).unwrap();
+        assert!(packed.is_msgpack() && !packed.is_binary() && packed.as_json().is_none());
+        assert_eq!(packed.deserialize::<Note>().unwrap(), note);
+        assert_eq!(
+            packed.to_value().unwrap(),
+            serde_json::json!({"id": 1, "tags": ["a"]})
+        );
+        let bytes = packed.as_msgpack().unwrap().to_vec();
+        assert_eq!(Payload::from_msgpack_bytes(bytes).unwrap(), packed);
+        assert!(matches!(
+            packed.deserialize::<Vec<u8>>(),
+            Err(PayloadError::MessagePack(_))
+        ));
+        assert!(matches!(
+            Payload::from_msgpack_bytes(vec![0x92, 0x01]),
+            Err(PayloadError::MessagePack(_))
+        ));
+        // The same value in JSON is another payload, and each transcodes to the other.
+        let json = Payload::json(&note).unwrap();
+        assert_ne!(json, packed);
+        assert_eq!(json.to_msgpack_bytes().unwrap(), packed.as_bytes());
+        assert_eq!(packed.to_json_text().unwrap(), json.as_json().unwrap());
+        assert!(Payload::binary(vec![1u8]).to_msgpack_bytes().is_err());
+        assert!(format!("{packed:?}").starts_with("MessagePack("));
     }
 }
