@@ -7,7 +7,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 
 cd "$root"
-cargo build -p dust-conformance --bin dust-conformance-server
+cargo build -p dust-conformance --features server-bin --bin dust-conformance-server
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 case "$target_dir" in
   /*) ;;
