@@ -22,4 +22,4 @@ if [ -f package-lock.json ]; then
 else
   npm install --no-audit --no-fund --loglevel=error
 fi
-DUST_CONFORMANCE_BIN="$bin" node --test --test-reporter=spec crosscheck.test.mjs dust.test.mjs presence.test.mjs
+DUST_CONFORMANCE_BIN="$bin" node --test --test-reporter=spec crosscheck.test.mjs dust.test.mjs dust_msgpack.test.mjs presence.test.mjs

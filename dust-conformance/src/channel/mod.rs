@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -195,6 +196,7 @@ pub(crate) enum ChannelMsg {
         event: String,
         payload: Payload,
         ref_: Ref,
+        msgpack: Option<Bytes>,
     },
     Leave {
         ref_: Ref,
@@ -210,6 +212,8 @@ pub struct ChannelContext {
     shared: Arc<Shared>,
     inbox: mpsc::WeakUnboundedSender<ChannelMsg>,
     current_ref: Option<Ref>,
+    /// Under MessagePack, the push being handled's payload as the server would pack it back.
+    current_msgpack: Option<Bytes>,
 }
 
 impl fmt::Debug for ChannelContext {
@@ -279,6 +283,24 @@ impl ChannelContext {
     /// (`None` outside `handle_in`).
     pub fn reply_ref(&self) -> Option<ReplyRef> {
         self.current_ref.clone().map(|ref_| ReplyRef { ref_ })
+    }
+
+    /// The payload of the push being handled as its client sent it: over MessagePack, a
+    /// [`Payload::Dual`] whose MessagePack rendering keeps what JSON cannot (integer map keys,
+    /// timestamps); otherwise `payload` itself. Use it to echo a payload back.
+    pub fn as_sent(&self, payload: Payload) -> Payload {
+        match (payload, &self.current_msgpack) {
+            (Payload::Json(json), Some(msgpack)) => Payload::Dual {
+                json,
+                msgpack: msgpack.clone(),
+            },
+            (payload, _) => payload,
+        }
+    }
+
+    /// The MessagePack payload of the push being handled, as the server would pack it back.
+    pub(crate) fn msgpack_payload(&self) -> Option<&Bytes> {
+        self.current_msgpack.as_ref()
     }
 
     /// Replies to an earlier push.

@@ -222,6 +222,7 @@ async fn run_channel(
         shared: shared.clone(),
         inbox: inbox_tx,
         current_ref: None,
+        current_msgpack: None,
     };
     let join_reply = |status: &str, response: Value| Outgoing::Reply {
         join_ref: msg_join_ref.clone(),
@@ -292,8 +293,10 @@ async fn run_channel(
                 event,
                 payload,
                 ref_,
+                msgpack,
             } => {
                 ctx.current_ref = Some(ref_);
+                ctx.current_msgpack = msgpack;
                 tokio::select! {
                     biased;
                     reason = stopped(&mut stop, &mut draining) => {
@@ -327,6 +330,7 @@ async fn run_channel(
             Some(Handled::Stop(reply)) => (reply, Some(Exit::Closed)),
         };
         let current_ref = ctx.current_ref.take();
+        ctx.current_msgpack = None;
         match (reply, current_ref) {
             (Some(reply), Some(ref_)) => match link.send(&ctx.reply_message(ref_, reply)) {
                 Ok(()) => {}

@@ -10,7 +10,8 @@ use super::*;
 pub(crate) fn decode_text(protocol: Protocol, text: &str) -> Result<Incoming, DecodeError> {
     let value: Value = serde_json::from_str(text).map_err(|e| DecodeError::Json(e.to_string()))?;
     match protocol {
-        Protocol::V2 => decode_v2_array(value, text),
+        // The MessagePack serializer reads text frames as V2 JSON.
+        Protocol::V2 | Protocol::MessagePack => decode_v2_array(value, text),
         Protocol::V1 => decode_v1_object(value, text),
     }
 }
@@ -29,6 +30,7 @@ pub(crate) fn decode_binary(protocol: Protocol, bytes: &[u8]) -> Result<Incoming
             decode_text(Protocol::V1, text)
         }
         Protocol::V2 => decode_v2_binary(bytes),
+        Protocol::MessagePack => super::msgpack::decode_binary(bytes),
     }
 }
 
@@ -59,6 +61,7 @@ pub(super) fn decode_v2_array(value: Value, text: &str) -> Result<Incoming, Deco
         topic,
         event,
         payload: Payload::Json(payload),
+        msgpack: None,
     })
 }
 
@@ -83,6 +86,7 @@ pub(super) fn decode_v1_object(value: Value, text: &str) -> Result<Incoming, Dec
         topic,
         event,
         payload: Payload::Json(payload),
+        msgpack: None,
     })
 }
 
@@ -123,6 +127,7 @@ pub(super) fn decode_v2_binary(bytes: &[u8]) -> Result<Incoming, DecodeError> {
         topic,
         event,
         payload: Payload::Binary(Bytes::copy_from_slice(rest)),
+        msgpack: None,
     })
 }
 

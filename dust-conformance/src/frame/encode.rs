@@ -10,6 +10,7 @@ pub(crate) fn encode(protocol: Protocol, message: &Outgoing) -> Result<Wire, Enc
     match protocol {
         Protocol::V2 => encode_v2(message),
         Protocol::V1 => encode_v1(message),
+        Protocol::MessagePack => super::msgpack::encode(message),
     }
 }
 
@@ -22,7 +23,9 @@ pub(super) fn encode_v2(message: &Outgoing) -> Result<Wire, EncodeError> {
             event,
             payload,
         } => match payload {
-            Payload::Json(p) => text(&(join_ref, ref_, topic, event, p)),
+            Payload::Json(p) | Payload::Dual { json: p, .. } => {
+                text(&(join_ref, ref_, topic, event, p))
+            }
             Payload::Binary(data) => {
                 let join_ref = ref_string(join_ref, "join_ref")?;
                 let mut buf = BytesMut::new();
@@ -43,7 +46,7 @@ pub(super) fn encode_v2(message: &Outgoing) -> Result<Wire, EncodeError> {
             status,
             response,
         } => match response {
-            Payload::Json(r) => text(&(
+            Payload::Json(r) | Payload::Dual { json: r, .. } => text(&(
                 join_ref,
                 ref_,
                 topic,
@@ -70,7 +73,7 @@ pub(super) fn encode_v2(message: &Outgoing) -> Result<Wire, EncodeError> {
             event,
             payload,
         } => match payload {
-            Payload::Json(p) => text(&((), (), topic, event, p)),
+            Payload::Json(p) | Payload::Dual { json: p, .. } => text(&((), (), topic, event, p)),
             Payload::Binary(data) => {
                 let mut buf = BytesMut::new();
                 buf.put_u8(KIND_BROADCAST);

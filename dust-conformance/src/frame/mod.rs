@@ -8,6 +8,7 @@
 
 mod decode;
 mod encode;
+pub(crate) mod msgpack;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,11 +27,17 @@ pub enum Protocol {
     /// `vsn=2.0.x`: JSON arrays `[join_ref, ref, topic, event, payload]` and binary frames.
     #[serde(rename = "2.0.0")]
     V2,
+    /// `vsn=3.0.0` exactly: Dust's MessagePack serializer (`DustWeb.MsgpackSerializer`): map
+    /// payloads as binary frames holding a MessagePack array, binary payloads in the V2 binary
+    /// frames, text frames read as V2 JSON.
+    #[serde(rename = "3.0.0")]
+    MessagePack,
 }
 
 impl Protocol {
-    /// Picks the serializer for a `vsn` query value the way Phoenix does (`~> 1.0.0` or
-    /// `~> 2.0.0`; no `vsn` means `1.0.0`). `None` means the version is refused (HTTP 403).
+    /// Picks the serializer for a `vsn` query value the way Phoenix does (`~> 1.0.0`,
+    /// `~> 2.0.0`, or exactly `3.0.0` as Dust's endpoint registers its MessagePack serializer;
+    /// no `vsn` means `1.0.0`). `None` means the version is refused (HTTP 403).
     pub fn negotiate(vsn: Option<&str>) -> Option<Self> {
         let vsn = vsn.unwrap_or("1.0.0");
         let mut parts = vsn.split('.');
@@ -43,9 +50,14 @@ impl Protocol {
         if !(numeric(major) && numeric(minor) && numeric(patch)) {
             return None;
         }
-        match (major.parse::<u64>().ok()?, minor.parse::<u64>().ok()?) {
-            (1, 0) => Some(Self::V1),
-            (2, 0) => Some(Self::V2),
+        match (
+            major.parse::<u64>().ok()?,
+            minor.parse::<u64>().ok()?,
+            patch.parse::<u64>().ok()?,
+        ) {
+            (1, 0, _) => Some(Self::V1),
+            (2, 0, _) => Some(Self::V2),
+            (3, 0, 0) => Some(Self::MessagePack),
             _ => None,
         }
     }
@@ -59,13 +71,23 @@ pub enum Payload {
     Json(Value),
     /// A binary payload (binary frames).
     Binary(Bytes),
+    /// A payload with a rendering of its own for MessagePack connections: JSON connections
+    /// get `json`, MessagePack ones `msgpack` (one encoded MessagePack value), e.g. an event
+    /// that echoes integer map keys or a timestamp as a MessagePack client sent them. Only
+    /// for what the server sends; a client's payload never arrives as one.
+    Dual {
+        /// What JSON connections get.
+        json: Value,
+        /// What MessagePack connections get: one MessagePack value.
+        msgpack: Bytes,
+    },
 }
 
 impl Payload {
     /// The JSON value, if this is a JSON payload.
     pub fn as_json(&self) -> Option<&Value> {
         match self {
-            Self::Json(v) => Some(v),
+            Self::Json(v) | Self::Dual { json: v, .. } => Some(v),
             Self::Binary(_) => None,
         }
     }
@@ -74,7 +96,7 @@ impl Payload {
     pub fn as_binary(&self) -> Option<&Bytes> {
         match self {
             Self::Binary(b) => Some(b),
-            Self::Json(_) => None,
+            Self::Json(_) | Self::Dual { .. } => None,
         }
     }
 }
@@ -111,6 +133,8 @@ pub(crate) enum DecodeError {
     Truncated,
     #[error("binary frame field {0} is not UTF-8")]
     NotUtf8(&'static str),
+    #[error("invalid MessagePack: {0}")]
+    MessagePack(String),
 }
 
 /// Why a server message could not be encoded. Phoenix raises in the process that encodes, which
@@ -135,6 +159,12 @@ pub enum EncodeError {
     /// The JSON serializer failed (not expected: every key is a string).
     #[error("cannot serialize the message: {0}")]
     Json(String),
+    /// The MessagePack serializer takes only map payloads for messages and broadcasts.
+    #[error("the MessagePack serializer encodes only map payloads (or binary ones)")]
+    NotAMap,
+    /// The MessagePack serializer failed.
+    #[error("cannot serialize the message as MessagePack: {0}")]
+    MessagePack(String),
 }
 
 /// A decoded client message.
@@ -145,6 +175,9 @@ pub(crate) struct Incoming {
     pub(crate) topic: String,
     pub(crate) event: String,
     pub(crate) payload: Payload,
+    /// Under MessagePack, the payload as the server would pack it back (its
+    /// [`msgpack::normalize`]d value, encoded), for channels that echo what a client sent.
+    pub(crate) msgpack: Option<Bytes>,
 }
 
 /// A join_ref or ref as the client sent it: its JSON value, and, for a number that a `Value`
@@ -235,14 +268,16 @@ pub(crate) enum Wire {
 
 /// Runs one client frame through the decoder, as the connection does, and, when it decodes,
 /// encodes the reply the server would echo (its join_ref, ref and topic): for the fuzz target
-/// and its corpus replay. `data[0]` picks the case (bit 0: binary frame, bit 1: V1), the rest
+/// and its corpus replay. `data[0]` picks the case (bit 0: binary frame, bit 1: V1, bit 2: MessagePack), the rest
 /// is the frame. Returns whether it decoded. It must never panic, whatever the bytes.
 #[doc(hidden)]
 pub fn fuzz_decode(data: &[u8]) -> bool {
     let Some((selector, frame)) = data.split_first() else {
         return false;
     };
-    let protocol = if selector & 2 == 0 {
+    let protocol = if selector & 4 != 0 {
+        Protocol::MessagePack
+    } else if selector & 2 == 0 {
         Protocol::V2
     } else {
         Protocol::V1
@@ -288,7 +323,13 @@ mod tests {
         assert_eq!(Protocol::negotiate(Some("2.0.0")), Some(Protocol::V2));
         assert_eq!(Protocol::negotiate(Some("2.0.7")), Some(Protocol::V2));
         assert_eq!(Protocol::negotiate(Some("2.1.0")), None);
-        assert_eq!(Protocol::negotiate(Some("3.0.0")), None);
+        assert_eq!(
+            Protocol::negotiate(Some("3.0.0")),
+            Some(Protocol::MessagePack)
+        );
+        assert_eq!(Protocol::negotiate(Some("3.0.1")), None);
+        assert_eq!(Protocol::negotiate(Some("3.1.0")), None);
+        assert_eq!(Protocol::negotiate(Some("2.0.5")), Some(Protocol::V2));
         assert_eq!(Protocol::negotiate(Some("2.0")), None);
         assert_eq!(Protocol::negotiate(Some("2.0.0.0")), None);
         assert_eq!(Protocol::negotiate(Some("2.0.x")), None);

@@ -12,6 +12,7 @@ mod history;
 mod lease;
 mod plan;
 mod replay;
+mod rollback;
 mod validate;
 mod wire;
 
@@ -30,6 +31,7 @@ use replay::SeqBound;
 use validate::{base64_engine, iodata, truthy, unsupported_type, validate_value};
 
 pub(crate) use replay::BatchEnd;
+pub(crate) use rollback::RollbackError;
 pub(crate) use validate::{client_op_id_text, resolve_incoming_path};
 pub(crate) use wire::{event_value, live_event, write_reply};
 
