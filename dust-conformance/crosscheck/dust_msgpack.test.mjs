@@ -270,6 +270,10 @@ describe("dust store channel over MessagePack (vsn 3.0.0)", () => {
       .map((f) => mapUnpackr.unpack(f))
       .find((m) => m[3] === "event" && m[4].get("store_seq") === 2);
     assert.deepEqual([...caught[4].get("value").keys()], ["1", "k"]);
+    // A timestamp stored as a datetime comes back as a timestamp in a MessagePack catch-up.
+    const stamped = pushed.find(([, p]) => p.store_seq === 3)[1].value;
+    assert.ok(stamped instanceof Date, `a Date, got ${stamped}`);
+    assert.equal(stamped.getTime(), when.getTime());
     for (const s of [a, j, c]) s.socket.disconnect();
   });
 

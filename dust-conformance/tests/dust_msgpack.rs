@@ -211,4 +211,17 @@ async fn timestamps_are_datetimes_truncated_to_microseconds() {
     let mut late = StoreClient::connect(&d.server, "dust_tok_dev", "dev_l", TOPIC).await;
     let (events, _) = late.join_caught_up(json!(0)).await;
     assert_eq!(events[0][4]["value"], iso);
+    // A MessagePack catch-up gets a timestamp back (the stored envelope unwraps to a DateTime);
+    // nested in a map, a timestamp is the ISO-8601 text in the op, as Jason wrote it.
+    a.set("n", map(&[("at", timestamp64(1_700_000_000, 5_000))]), "2")
+        .await;
+    let (_c, pushed) = MpStore::joined(&d, "dev_m", 0).await;
+    assert_eq!(
+        *get(&pushed[0][4], "value"),
+        timestamp64(1_700_000_000, 123_456_000)
+    );
+    assert_eq!(
+        json(get(&pushed[1][4], "value")),
+        json!({"at": "2023-11-14T22:13:20.000005Z"})
+    );
 }

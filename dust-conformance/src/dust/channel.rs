@@ -266,7 +266,6 @@ impl Channel for StoreChannel {
             CatchUp::AfterSnapshot(seq) => json!(seq),
         };
         let batch = data.catch_up_batch(&last_seq);
-        drop(data);
         let (events, end) = match batch {
             Ok((events, end)) => (events, Some(end)),
             Err((events, raised)) => {
@@ -274,6 +273,18 @@ impl Channel for StoreChannel {
                 (events, None)
             }
         };
+        let msgpack = ctx.protocol() == Protocol::MessagePack;
+        let events: Vec<Payload> = events
+            .into_iter()
+            .map(|event| {
+                if msgpack {
+                    super::msgpack::catch_up_event(&data, event)
+                } else {
+                    Payload::Json(event)
+                }
+            })
+            .collect();
+        drop(data);
         for event in events {
             if crashes(ctx.push("event", event)) {
                 return Handled::Crash;

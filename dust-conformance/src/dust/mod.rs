@@ -91,10 +91,11 @@
 //! Over `vsn=3.0.0`, as measured on the real server: a `bin` value is a string (one that is
 //! not UTF-8 gets an error reply and uses no seq); integer and boolean map keys come back as
 //! sent in the live `event` to MessagePack joiners, as strings to JSON joiners and in every
-//! catch-up; a timestamp (ext -1) is stored as a `datetime` (its envelope), and the live
-//! `event` gives MessagePack joiners a timestamp (truncated to microseconds), JSON joiners
-//! its ISO-8601 text. Known difference: a catch-up gives the ISO-8601 text to MessagePack
-//! clients too (the real server sends a timestamp for a value stored as a `datetime`).
+//! catch-up; a timestamp (ext -1) written as the value itself is stored as a `datetime` (its
+//! envelope), and MessagePack clients get a timestamp back (truncated to microseconds), live
+//! and in catch-up, JSON clients its ISO-8601 text; nested in a map or list, it is stored as
+//! that text (as Jason writes the op). Known difference: a map's timestamp leaf becomes a
+//! string entry here, a `datetime` entry on the real server (seen in snapshots).
 //!
 //! Faults and inspection are on [`DustControl`] (lost or late replies, crashing writes,
 //! disconnects, archive, reset, restart, the write cost); durability with

@@ -14,11 +14,14 @@ use bytes::Bytes;
 use rmpv::Value as Mp;
 use serde_json::{Map, Value, json};
 
-use super::store::{Op, OpRow};
+use super::clock::days_from_civil;
+use super::store::{Op, OpRow, StoreData};
 use super::value;
 use crate::channel::ChannelContext;
 use crate::frame::Payload;
-use crate::frame::msgpack::{from_json, has_invalid_utf8, json_view, key_text, timestamp_micros};
+use crate::frame::msgpack::{
+    from_json, has_invalid_utf8, json_view, key_text, pack_timestamp, timestamp_micros,
+};
 
 /// A write's params as the emulation's value model holds them, and its `value` as sent.
 pub(super) struct WriteParams {
@@ -42,7 +45,12 @@ pub(super) fn write_params(ctx: &ChannelContext, json: Map<String, Value>) -> Wr
     let mut as_sent = None;
     for (key, value) in entries {
         let key = key_text(&key);
-        params.insert(key.clone(), stored_view(&value, false));
+        let view = if key == "value" {
+            stored_view(&value)
+        } else {
+            json_view(&value)
+        };
+        params.insert(key.clone(), view);
         if key == "value" {
             as_sent = Some(value);
         }
@@ -50,22 +58,15 @@ pub(super) fn write_params(ctx: &ChannelContext, json: Map<String, Value>) -> Wr
     WriteParams { params, as_sent }
 }
 
-/// The value as the store keeps it: [`json_view`], but a timestamp outside a list is the
-/// `datetime` envelope `ValueCodec.wrap/1` stores.
-fn stored_view(value: &Mp, in_list: bool) -> Value {
+/// The value as the store keeps it: [`json_view`], but a timestamp given as the value itself
+/// is the `datetime` envelope `ValueCodec.wrap/1` stores (nested, Jason writes its ISO-8601
+/// text into the op).
+fn stored_view(value: &Mp) -> Value {
     match value {
-        Mp::Ext(-1, data) if !in_list => match timestamp_micros(data) {
+        Mp::Ext(-1, data) => match timestamp_micros(data) {
             Ok(_) => json!({"_typed": json_view(value), "_type": "datetime"}),
             Err(_) => Value::Null,
         },
-        Mp::Array(items) => Value::Array(items.iter().map(|i| stored_view(i, true)).collect()),
-        Mp::Map(entries) => {
-            let mut map = Map::new();
-            for (k, v) in entries {
-                map.insert(key_text(k), stored_view(v, in_list));
-            }
-            Value::Object(map)
-        }
         other => json_view(other),
     }
 }
@@ -126,4 +127,78 @@ pub(super) fn live_event(row: &OpRow, event: Value, as_sent: Option<&Mp>) -> Opt
         json,
         msgpack: Bytes::from(msgpack),
     })
+}
+
+/// A catch-up `event` for a MessagePack joiner: a `set` whose stored value is a `datetime`
+/// envelope comes back as a timestamp (`ValueCodec.unwrap/1` hands the serializer a
+/// `DateTime`); anything else as JSON renders it.
+pub(super) fn catch_up_event(data: &StoreData, event: Value) -> Payload {
+    let envelope = event
+        .get("store_seq")
+        .and_then(Value::as_u64)
+        .and_then(|seq| data.ops.get(&seq))
+        .filter(|row| row.op == Op::Set)
+        .and_then(|row| row.value.as_object())
+        .filter(|map| map.get("_type").and_then(Value::as_str) == Some("datetime"));
+    let Some(us) = envelope
+        .and_then(|map| map.get("_typed"))
+        .and_then(Value::as_str)
+        .and_then(iso_micros)
+    else {
+        return Payload::Json(event);
+    };
+    let timestamp = Mp::Ext(-1, pack_timestamp(us));
+    let Mp::Map(mut entries) = from_json(&event) else {
+        return Payload::Json(event);
+    };
+    for (key, value) in &mut entries {
+        if key.as_str() == Some("value") {
+            *value = timestamp.clone();
+        }
+    }
+    let mut msgpack = Vec::new();
+    if rmpv::encode::write_value(&mut msgpack, &Mp::Map(entries)).is_err() {
+        return Payload::Json(event);
+    }
+    Payload::Dual {
+        json: event,
+        msgpack: Bytes::from(msgpack),
+    }
+}
+
+/// Microseconds since the epoch of an ISO-8601 date-time as `DateTime.from_iso8601/1` reads it.
+fn iso_micros(text: &str) -> Option<i64> {
+    // Normalized to `YYYY-MM-DDTHH:MM:SS[.ffffff]Z` in UTC.
+    let utc = value::parse_datetime(text)?;
+    let num = |range: std::ops::Range<usize>| utc.get(range)?.parse::<i64>().ok();
+    let days = days_from_civil(num(0..4)?, num(5..7)?, num(8..10)?);
+    let seconds = days * 86_400 + num(11..13)? * 3600 + num(14..16)? * 60 + num(17..19)?;
+    let fraction = utc.get(19..utc.len() - 1).unwrap_or("");
+    let micros = match fraction.strip_prefix('.') {
+        Some(digits) => format!("{digits:0<6}").parse::<i64>().ok()?,
+        None => 0,
+    };
+    Some(seconds * 1_000_000 + micros)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_texts_read_back_to_microseconds() {
+        assert_eq!(
+            iso_micros("2023-11-14T22:13:20.123456Z"),
+            Some(1_700_000_000_123_456)
+        );
+        assert_eq!(
+            iso_micros("2023-11-14T22:13:20Z"),
+            Some(1_700_000_000_000_000)
+        );
+        assert_eq!(
+            iso_micros("2023-11-14T23:13:20.5+01:00"),
+            Some(1_700_000_000_500_000)
+        );
+        assert_eq!(iso_micros("not a date"), None);
+    }
 }
