@@ -454,6 +454,8 @@ async fn build_server() -> Result<PathBuf, BoxError> {
             "build",
             "-p",
             "dust-conformance",
+            "--features",
+            "server-bin",
             "--bin",
             "dust-conformance-server",
             "--message-format=json-render-diagnostics",
