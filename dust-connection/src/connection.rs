@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use phoenix_channels::{Socket, SocketDriver, SocketStatus};
 use tokio::sync::broadcast;

@@ -17,9 +17,12 @@ use tracing::span::{Attributes, Id};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Records every span's name and the names of its ancestors, nearest first.
+/// A span's name and the names of its ancestors, nearest first.
+type Lineage = (String, Vec<String>);
+
+/// Records every span's lineage.
 #[derive(Clone, Default)]
-struct Ancestry(Arc<Mutex<Vec<(String, Vec<String>)>>>);
+struct Ancestry(Arc<Mutex<Vec<Lineage>>>);
 
 impl<S> tracing_subscriber::Layer<S> for Ancestry
 where

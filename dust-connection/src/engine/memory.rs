@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::{Capabilities, Change, ServerEvent, Snapshot, StoreStatus, SyncEngine, codec};
-use crate::write::{ClientOpId, Path, Rejection, WriteAck};
+use crate::write::Path;
 
 #[derive(Debug, Default)]
 struct StoreState {

@@ -16,7 +16,7 @@ use tower::Service;
 
 use super::{EntryState, JoinEnd, Phase, Task};
 use crate::Notice;
-use crate::engine::{Capabilities, Snapshot, StoreStatus};
+use crate::engine::{Capabilities, ServerEvent, Snapshot, StoreStatus};
 use crate::error::WriteError;
 use crate::layer::SendWrite;
 use crate::write::{Rejection, WriteAck};
