@@ -83,6 +83,7 @@ impl OutboxLayer {
             .channel(format!("store:{}", self.store))
             .params(default_join_params())
             .rejoin_policy(SharedRejoinPolicy(self.config.rejoin_policy.clone()))
+            .rejoin_after_server_close(true)
             .handler(StoreHandler { inputs: inputs_tx });
         drop(channel.join());
         Outbox::pair(

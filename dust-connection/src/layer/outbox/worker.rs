@@ -213,10 +213,6 @@ struct Task<S> {
     asked_seq: Option<u64>,
     /// A leave was started to resynchronize: join again once it is done.
     resync_pending: bool,
-    /// A rejoin after the server closed the channel (phoenix-channels does not rejoin a
-    /// channel the server closed; the delay comes from the channel's own rejoin policy).
-    rejoin_at: Option<Instant>,
-    rejoin_attempt: u32,
 }
 
 /// Builds a store's worker: it serves `submissions` through `leaf`.
@@ -253,8 +249,6 @@ where
         gap_deadline: None,
         asked_seq: None,
         resync_pending: false,
-        rejoin_at: None,
-        rejoin_attempt: 0,
     };
     Worker {
         store,
@@ -270,7 +264,6 @@ where
     /// Runs until every handle of the store's outbox is gone.
     async fn run(mut self) {
         loop {
-            let rejoin_at = self.rejoin_at;
             let gap_deadline = self.gap_deadline;
             let settle_until = match &self.phase {
                 Phase::Settling { until, .. } => Some(*until),
@@ -289,10 +282,6 @@ where
                     Some(submission) => self.on_submission(submission).await,
                     None => break,
                 },
-                () = sleep_until(rejoin_at), if rejoin_at.is_some() => {
-                    self.rejoin_at = None;
-                    drop(self.channel.join());
-                }
                 () = sleep_until(gap_deadline), if gap_deadline.is_some() => {
                     self.gap_deadline = None;
                     self.join_ended(JoinEnd::Ended).await;

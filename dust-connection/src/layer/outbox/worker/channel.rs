@@ -11,7 +11,6 @@ use phoenix_channels::{
 };
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 use tower::Service;
 
 use super::{EntryState, JoinEnd, Phase, Task};
@@ -73,8 +72,9 @@ impl ChannelHandler for StoreHandler {
     }
 }
 
-/// The store channel's rejoin policy, shared by the channel and by the worker (which rejoins
-/// after a server close), so one policy governs every rejoin of the store.
+/// The store channel's rejoin policy as the builder holds it (shared by every store's
+/// channel). The channel alone schedules rejoins: after a failed join, a crash, and a server
+/// close (the store channel is built with `rejoin_after_server_close`).
 #[derive(Clone, Debug)]
 pub(crate) struct SharedRejoinPolicy(pub(crate) Arc<dyn RejoinPolicy>);
 
@@ -112,6 +112,8 @@ where
             StoreInput::Errored(cause) => {
                 let how = match cause {
                     ErrorCause::Crashed => JoinEnd::Crashed,
+                    // The server ended the channel's process: like a leave, not a crash.
+                    ErrorCause::ServerClosed => JoinEnd::Ended,
                     _ => JoinEnd::Lost,
                 };
                 self.join_ended(how).await;
@@ -130,7 +132,6 @@ where
     pub(super) async fn on_joined(&mut self, joined: Joined) {
         let reply = joined.response.to_value().unwrap_or(Value::Null);
         let capabilities = Capabilities::from_join_reply(&reply);
-        self.rejoin_attempt = 0;
         let asked = match self.asked_seq.take() {
             Some(asked) => asked,
             None => self.engine.last_store_seq(&self.store).await,
@@ -241,38 +242,6 @@ where
                 drop(self.channel.join());
             }
             CloseCause::Left => {}
-            CloseCause::ServerClosed => {
-                // The store goes reconnecting and rejoins when the channel's rejoin policy
-                // says (a server close is handed to it as the end of the channel's process).
-                self.rejoin_attempt += 1;
-                match self
-                    .config
-                    .rejoin_policy
-                    .rejoin_delay(self.rejoin_attempt, &RejoinCause::Crashed)
-                {
-                    Some(delay) => {
-                        self.rejoin_at = Some(Instant::now() + delay);
-                        self.set_status(
-                            StoreStatus::Reconnecting,
-                            Some("closed by the server".into()),
-                        )
-                        .await;
-                    }
-                    None => {
-                        let rejection = Rejection::from_payload(
-                            &json!({"reason": "closed by the server; the rejoin policy gave up"}),
-                        );
-                        self.phase = Phase::Failed(rejection.clone());
-                        self.fail_all(
-                            WriteError::JoinFailed(rejection.clone()),
-                            "the store's channel was closed by the server",
-                        )
-                        .await;
-                        self.set_status(StoreStatus::Failed, Some(rejection.to_string()))
-                            .await;
-                    }
-                }
-            }
             CloseCause::RejoinStopped(cause) => {
                 let rejection = match &cause {
                     RejoinCause::Rejected(payload) => {
