@@ -129,10 +129,20 @@ impl Store {
     }
 
     /// Rolls the whole store back to what it was at `to_seq`, as new ops (deletes of the
-    /// entries made since, then sets of the entries that changed, each in path order). The
-    /// server broadcasts no event for them: the store learns them at its next catch-up.
+    /// entries made since, then sets of the entries that changed, each in path order).
+    ///
+    /// The server broadcasts no event for these ops, so when it wrote any the store catches
+    /// up again (it leaves and rejoins from the engine's seq, [`Notice::Resync`](crate::Notice::Resync)):
+    /// the replica holds the rolled-back state after that catch-up. Other clients learn it at
+    /// their next join.
     pub async fn rollback(&self, to_seq: u64) -> Result<StoreRollback, ControlError> {
-        call(self.outbox.channel(), "rollback", json!({"to_seq": to_seq})).await
+        let rolled: StoreRollback =
+            call(self.outbox.channel(), "rollback", json!({"to_seq": to_seq})).await?;
+        if rolled.ops_written > 0 {
+            self.outbox
+                .resync("a store rollback wrote ops the server does not broadcast");
+        }
+        Ok(rolled)
     }
 
     /// The server's report on the store (its seq, counts, latest snapshot).

@@ -87,9 +87,7 @@ impl<T> SocketCore<T> {
                     }
                     Event::CLOSE => match state {
                         ChannelState::Leaving => self.finish_leave(now, id),
-                        ChannelState::Joined | ChannelState::Joining
-                            if rejoin_after_close =>
-                        {
+                        ChannelState::Joined | ChannelState::Joining if rejoin_after_close => {
                             self.channel_went_down(
                                 now,
                                 id,

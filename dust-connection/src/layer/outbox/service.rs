@@ -31,6 +31,9 @@ pub(crate) enum Submission {
     Cancel { ticket: u64 },
     /// Rejoin a store whose join was refused for good.
     Rejoin,
+    /// Leave and rejoin the store from the engine's seq, to catch up with ops the server
+    /// wrote without broadcasting them.
+    Resync(&'static str),
 }
 
 /// The outbox handle: a `Service<EncodedWrite>` whose calls are queued, in issue order, for
@@ -46,6 +49,11 @@ impl Outbox {
     /// Asks the worker to rejoin the store after a permanent join failure.
     pub(crate) fn rejoin(&self) {
         let _ = self.submissions.send(Submission::Rejoin);
+    }
+
+    /// Asks the worker to catch the store up again (leave, rejoin from the engine's seq).
+    pub(crate) fn resync(&self, reason: &'static str) {
+        let _ = self.submissions.send(Submission::Resync(reason));
     }
 
     /// A store's outbox in front of `leaf`, and the worker that serves it (to be spawned).

@@ -360,6 +360,15 @@ where
                     drop(self.channel.join());
                 }
             }
+            Submission::Resync(reason) => {
+                if matches!(
+                    self.phase,
+                    Phase::Live(_) | Phase::CatchingUp(_) | Phase::Settling { .. }
+                ) {
+                    self.join_ended(JoinEnd::Ended).await;
+                    self.resync(reason);
+                }
+            }
         }
     }
 
