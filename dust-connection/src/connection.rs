@@ -13,7 +13,7 @@ use phoenix_channels::backoff::{RejoinPolicy, RejoinSchedule};
 use phoenix_channels::{
     ConnectParams, ProviderError, Socket, SocketBuilder, SocketDriver, SocketStatus,
 };
-use rand::RngCore as _;
+use rand::Rng as _;
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 use tower::util::BoxCloneSyncService;
