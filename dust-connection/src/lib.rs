@@ -93,23 +93,30 @@
 //! - **Drop**: the connection runs until [`DustConnection::disconnect`] or until every
 //!   [`DustConnection`] and [`Store`] handle is dropped.
 
+mod config;
 mod connection;
-pub mod engine;
+mod control;
+mod device;
+mod engine;
 mod error;
 pub mod layer;
-pub mod store;
-pub mod write;
+mod notice;
+mod status;
+mod store;
+mod write;
 
-pub use connection::{
-    ConnectionStatus, DeviceId, DustConnection, DustConnectionBuilder, Info, PERMANENT_JOIN_ERRORS,
-    StateChange, Store, TokenProvider, WriteService,
-};
+pub use config::{DustConnectionBuilder, PERMANENT_JOIN_ERRORS, UnknownOutcome};
+pub use connection::DustConnection;
+pub use control::{ControlError, PathRollback, StoreReport, StoreRollback};
+pub use device::{DeviceId, TokenProvider};
 pub use engine::{
     Capabilities, Change, MemoryEngine, ServerEvent, Snapshot, SnapshotEntry, StoreStatus,
-    SyncEngine,
+    SyncEngine, unwrap_stored,
 };
-pub use error::{BuildError, WriteError};
-pub use store::{Notice, UnknownOutcome};
+pub use error::{BuildError, UnknownStore, WriteError};
+pub use notice::Notice;
+pub use status::{ConnectionStatus, Info, StateChange};
+pub use store::{Store, WriteService};
 pub use write::{
     ClientOpId, EncodedWrite, Fence, FileContent, IntoSegments, Lease, Path, PathError,
     RejectReason, Rejection, WriteAck, WriteOp, WriteRequest,

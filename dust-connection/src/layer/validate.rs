@@ -9,7 +9,9 @@ use tower::{Layer, Service};
 use crate::error::WriteError;
 use crate::write::{EncodedWrite, WriteAck, WriteRequest, encode};
 
-/// Checks and encodes writes; see [`crate::write::encode`].
+/// Checks and encodes writes ([`WriteRequest`] → [`EncodedWrite`]): a write that is invalid
+/// (an empty path or segment, a value its operation does not take, an unsupported
+/// precondition) fails here with a [`Rejection`](crate::Rejection), before it is queued.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ValidateLayer;
 

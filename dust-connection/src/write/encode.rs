@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::op::{ClientOpId, FileContent, WriteOp, WriteRequest};
 use super::path::{Path, PathError};
 use super::reply::{RejectReason, Rejection};
-use crate::layer::outbox::Order;
+use crate::layer::outbox_internal::Order;
 
 /// A write checked and encoded for the wire, ready for the outbox.
 #[derive(Clone, Debug)]
@@ -69,7 +69,7 @@ fn segments_value(path: &Path) -> Value {
 
 /// Checks a write the way the server would, and encodes it. Fails, before anything is queued,
 /// with the rejection the server would have sent.
-pub async fn encode(mut request: WriteRequest) -> Result<EncodedWrite, Rejection> {
+pub(crate) async fn encode(mut request: WriteRequest) -> Result<EncodedWrite, Rejection> {
     // The write's place in its store's issue order goes along (a failed write gives it up).
     let order = std::mem::take(&mut request.order);
     let mut encoded = encode_checked(request).await?;
