@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use base64::Engine as _;
 use phoenix_channels::ProviderError;
-use rand::RngCore as _;
+use rand::Rng as _;
 
 /// A device id: `dev_` + base64url of 8 random bytes, unless chosen.
 ///

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use rand::RngCore as _;
+use rand::Rng as _;
 use serde_json::Value;
 
 use super::path::IntoSegments;

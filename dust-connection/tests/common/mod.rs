@@ -232,7 +232,7 @@ impl futures_util::Sink<phoenix_channels::transport::Outgoing> for Counting {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::pin::Pin::new(&mut self.inner).poll_ready(cx)
+        std::pin::Pin::new(&mut *self.inner).poll_ready(cx)
     }
 
     fn start_send(
@@ -257,21 +257,21 @@ impl futures_util::Sink<phoenix_channels::transport::Outgoing> for Counting {
         if is_write {
             self.sent.send_modify(|n| *n += 1);
         }
-        std::pin::Pin::new(&mut self.inner).start_send(item)
+        std::pin::Pin::new(&mut *self.inner).start_send(item)
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
     }
 
     fn poll_close(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::pin::Pin::new(&mut self.inner).poll_close(cx)
+        std::pin::Pin::new(&mut *self.inner).poll_close(cx)
     }
 }
 

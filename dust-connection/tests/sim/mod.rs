@@ -18,7 +18,7 @@ use dust_connection::{DeviceId, DustConnection, Format, MemoryEngine};
 use phoenix_channels::backoff::ReconnectSchedule;
 use phoenix_channels::transport::{ConnectRequest, StreamConnector};
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use tokio::time::Instant;
 
 use net::Net;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use common::*;
 use dust_connection::{Change, DustConnection, Lease, MemoryEngine, Store, WriteRequest};
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use serde_json::{Map, Value, json};
 
 /// Two JSON values are the same entry value: numbers compare as numbers (1 equals 1.0;
