@@ -102,6 +102,7 @@ mod device;
 mod engine;
 mod error;
 mod format;
+mod glob;
 pub mod layer;
 mod notice;
 mod status;
@@ -118,6 +119,7 @@ pub use engine::{
 };
 pub use error::{BuildError, UnknownStore, WriteError};
 pub use format::Format;
+pub use glob::{Glob, GlobError, IntoGlob};
 pub use notice::Notice;
 pub use status::{ConnectionStatus, Info, StateChange};
 pub use store::{Store, WriteService};
