@@ -159,6 +159,28 @@ impl Glob {
         Path::parse(rendered).is_ok_and(|path| self.matches(&path))
     }
 
+    /// The rendered prefix every matching path starts with: the literal segments before the
+    /// first wildcard, rendered and followed by `/` (empty when the pattern starts with one,
+    /// the whole rendered path when it has none). Matching paths sort inside that prefix's
+    /// range, which is how reads avoid scanning a whole store.
+    pub(crate) fn literal_prefix(&self) -> String {
+        let mut literals = Vec::new();
+        for token in &self.tokens {
+            match token {
+                Token::Literal(literal) => literals.push(literal.clone()),
+                Token::One | Token::Many => {
+                    return match Path::new(literals) {
+                        Ok(path) => format!("{}/", path.render()),
+                        Err(_) => String::new(),
+                    };
+                }
+            }
+        }
+        Path::new(literals)
+            .map(|path| path.render())
+            .unwrap_or_default()
+    }
+
     /// The pattern as a rendered string.
     pub fn as_str(&self) -> &str {
         &self.rendered
@@ -243,5 +265,22 @@ impl IntoGlob for String {
 impl IntoGlob for &String {
     fn into_glob(self) -> Result<Glob, GlobError> {
         Glob::parse(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_prefixes_bound_the_matching_range() {
+        assert_eq!(
+            Glob::parse("users/*/name").unwrap().literal_prefix(),
+            "users/"
+        );
+        assert_eq!(Glob::parse("**").unwrap().literal_prefix(), "");
+        assert_eq!(Glob::parse("a~1b/**").unwrap().literal_prefix(), "a~1b/");
+        assert_eq!(Glob::parse("a/b").unwrap().literal_prefix(), "a/b");
+        assert_eq!(Glob::parse("a/\\*").unwrap().literal_prefix(), "a/*");
     }
 }

@@ -105,6 +105,7 @@ mod format;
 mod glob;
 pub mod layer;
 mod notice;
+mod replica;
 mod status;
 mod store;
 mod write;
@@ -121,6 +122,10 @@ pub use error::{BuildError, UnknownStore, WriteError};
 pub use format::Format;
 pub use glob::{Glob, GlobError, IntoGlob};
 pub use notice::Notice;
+pub use replica::{
+    DEFAULT_SUBSCRIBER_CAPACITY, Entry, IntoPath, Lagged, MAX_PAGE, Order, Page, Paging, ReadError,
+    Replica, ReplicaStatus, SubscribeOptions, Subscription, Update,
+};
 pub use status::{ConnectionStatus, Info, StateChange};
 pub use store::{Store, WriteService};
 pub use write::{

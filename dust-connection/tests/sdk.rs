@@ -96,3 +96,238 @@ mod glob {
         assert_eq!("**".parse::<Glob>().unwrap(), Glob::all());
     }
 }
+
+mod reads {
+    use std::collections::BTreeMap;
+
+    use dust_connection::{MemoryEngine, Order, Paging, ReadError, StoreStatus};
+    use serde_json::{Value, json};
+
+    use crate::common::*;
+
+    /// Waits (on the engine's changes, not by polling) until the engine has applied `seq`.
+    pub(crate) async fn wait_seq(engine: &MemoryEngine, seq: u64) {
+        wait_engine(engine, "the replica reaches the server's seq", || {
+            engine.seq(STORE) >= seq
+        })
+        .await;
+    }
+
+    /// Every entry the server holds reads back from the replica with its value, type and
+    /// revision; maps read at their leaves and whole; nothing is wrapped in `_scalar`; and
+    /// all of it still reads once the connection is gone.
+    #[tokio::test]
+    async fn entries_read_back_as_the_server_holds_them_without_the_network() {
+        let server = server().await;
+        let engine = MemoryEngine::new();
+        let connection = connect(&server, &engine).await;
+        let app = connection.store(STORE).unwrap();
+        within("writes", async {
+            app.set(
+                ["users", "alice"],
+                json!({"name": "Alice", "tags": {"a": true}}),
+            )
+            .await
+            .unwrap();
+            app.merge(["users", "alice"], json!({"age": 36, "tags": {"b": 1.5}}))
+                .await
+                .unwrap();
+            app.set(["users", "bob"], json!({"name": "Bob"}))
+                .await
+                .unwrap();
+            app.set(["users", "bob", "name"], Value::Null)
+                .await
+                .unwrap();
+            app.increment(["stats", "visits"], 3).await.unwrap();
+            app.add(["stats", "seen"], "x").await.unwrap();
+            app.set(["files", "a/b"], "slash").await.unwrap();
+            app.set(["gone"], 1).await.unwrap();
+            app.delete(["gone"]).await.unwrap();
+        })
+        .await;
+        let info = dust(&server).store_info(STORE).await.unwrap();
+        wait_seq(&engine, info.seq).await;
+        connection.disconnect().await;
+
+        let replica = engine.replica(STORE);
+        let server_entries = dust(&server).entries(STORE).await.unwrap();
+        assert!(server_entries.len() >= 7, "{server_entries:?}");
+        for expected in &server_entries {
+            let entry = replica.entry(expected.path.as_str()).unwrap().unwrap();
+            assert_eq!(
+                (&entry.path, &entry.value, &entry.kind, entry.revision),
+                (
+                    &expected.path,
+                    &expected.value,
+                    &expected.kind,
+                    expected.revision
+                ),
+                "{}",
+                expected.path
+            );
+        }
+        assert_eq!(replica.status().entry_count, server_entries.len());
+
+        assert_eq!(
+            replica.get("users/alice/name").unwrap(),
+            Some(json!("Alice"))
+        );
+        assert_eq!(
+            replica.get(["users", "alice"]).unwrap(),
+            Some(json!({"name": "Alice", "age": 36, "tags": {"b": 1.5}})),
+            "a merge sets each of its keys: the map at `tags` replaced the old one"
+        );
+        assert_eq!(replica.get("users/bob/name").unwrap(), Some(Value::Null));
+        assert_eq!(replica.get(["files", "a/b"]).unwrap(), Some(json!("slash")));
+        assert_eq!(replica.get("files/a~1b").unwrap(), Some(json!("slash")));
+        assert_eq!(replica.get("gone").unwrap(), None);
+        assert_eq!(replica.get("nobody").unwrap(), None);
+        let subtree = replica.entry("users").unwrap().unwrap();
+        assert_eq!(subtree.kind, "map");
+        assert_eq!(
+            subtree.revision,
+            server_entries
+                .iter()
+                .filter(|e| e.path.starts_with("users/"))
+                .map(|e| e.revision)
+                .max()
+                .unwrap()
+        );
+        assert_eq!(
+            replica
+                .get_many(["stats/visits", "stats/seen", "nobody"])
+                .unwrap(),
+            [Some(json!(3)), Some(json!(["x"])), None]
+        );
+        assert_eq!(
+            replica.get("a//b").unwrap_err(),
+            dust_connection::PathError::EmptySegment
+        );
+    }
+
+    /// `enumerate` pages through exactly the matching entries, in both orders, each page
+    /// within its limit, the last one without a cursor; `range` is half-open.
+    #[tokio::test]
+    async fn enumerate_and_range_page_through_every_matching_entry() {
+        let server = server().await;
+        let engine = MemoryEngine::new();
+        let connection = connect(&server, &engine).await;
+        let app = connection.store(STORE).unwrap();
+        within("writes", async {
+            for i in 0..23 {
+                app.set(
+                    ["users", &format!("u{i:02}")],
+                    json!({"name": i, "deep": {"x": i}}),
+                )
+                .await
+                .unwrap();
+            }
+            app.set(["usersx"], 1).await.unwrap();
+            app.set(["user"], json!({"top": 1})).await.unwrap();
+        })
+        .await;
+        let info = dust(&server).store_info(STORE).await.unwrap();
+        wait_seq(&engine, info.seq).await;
+        let replica = engine.replica(STORE);
+
+        let all: BTreeMap<String, Value> = engine.entries(STORE);
+        let names: Vec<String> = all
+            .keys()
+            .filter(|p| p.starts_with("users/") && p.ends_with("/name"))
+            .cloned()
+            .collect();
+        assert_eq!(names.len(), 23);
+        for order in [Order::Asc, Order::Desc] {
+            let mut seen = Vec::new();
+            let mut paging = Paging::new().limit(5).order(order);
+            loop {
+                let page = replica.enumerate("users/*/name", paging.clone()).unwrap();
+                assert!(page.entries.len() <= 5);
+                seen.extend(page.entries.iter().map(|e| e.path.clone()));
+                match page.next_cursor {
+                    Some(cursor) => paging = paging.after(cursor),
+                    None => break,
+                }
+            }
+            let mut expected = names.clone();
+            if order == Order::Desc {
+                expected.reverse();
+            }
+            assert_eq!(seen, expected, "{order:?}");
+        }
+        let below = replica
+            .enumerate("users/**", Paging::new().limit(1000))
+            .unwrap();
+        assert_eq!(below.entries.len(), 46);
+        assert_eq!(below.next_cursor, None);
+        let exact = replica.enumerate("usersx", Paging::new()).unwrap();
+        assert_eq!(exact.entries.len(), 1);
+        assert_eq!(exact.entries[0].value, json!(1));
+
+        let range = replica
+            .range("users/u03", "users/u05", Paging::new())
+            .unwrap();
+        let paths: Vec<&str> = range.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "users/u03/deep/x",
+                "users/u03/name",
+                "users/u04/deep/x",
+                "users/u04/name"
+            ]
+        );
+        assert!(
+            replica
+                .range("z", "a", Paging::new())
+                .unwrap()
+                .entries
+                .is_empty()
+        );
+        assert_eq!(
+            replica.enumerate("users/*", Paging::new().limit(0)),
+            Err(ReadError::Limit(0))
+        );
+        assert!(matches!(
+            replica.enumerate("a/**/b", Paging::new()),
+            Err(ReadError::Glob(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn status_reports_the_store_as_the_replica_sees_it() {
+        let server = server().await;
+        let engine = MemoryEngine::new();
+        let replica = engine.replica(STORE);
+        let before = replica.status();
+        assert_eq!(
+            (before.connection, before.last_seq, before.pending_ops),
+            (None, 0, None)
+        );
+        assert_eq!(before.permissions(), Value::Null);
+
+        let connection = connect(&server, &engine).await;
+        let app = connection.store(STORE).unwrap();
+        let replica = replica.with_writes(&app);
+        within("a write", app.set(["a"], 1)).await.unwrap();
+        wait_seq(&engine, 1).await;
+        let status = replica.status();
+        assert_eq!(status.connection, Some(StoreStatus::Connected));
+        assert_eq!(status.last_seq, 1);
+        assert_eq!(status.pending_ops, Some(0));
+        assert_eq!(status.entry_count, 1);
+        assert_eq!(status.permissions(), json!({"read": true, "write": true}));
+        assert!(!status.scopes().is_empty(), "{status:?}");
+
+        // A write the server takes its time to commit is pending.
+        dust(&server).set_write_cost(std::time::Duration::from_secs(600));
+        let mut pending = Box::pin(app.set(["b"], 2));
+        assert!(poll_once(&mut pending).await.is_pending());
+        assert_eq!(replica.status().pending_ops, Some(1));
+        assert_eq!(
+            replica.get("b").unwrap(),
+            None,
+            "reads show what the server confirmed"
+        );
+    }
+}
