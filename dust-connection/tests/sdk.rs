@@ -331,3 +331,231 @@ mod reads {
         );
     }
 }
+
+mod subscriptions {
+    use dust_connection::{Lagged, MemoryEngine, SubscribeOptions, Subscription, Update};
+    use futures_util::StreamExt as _;
+    use serde_json::{Value, json};
+
+    use crate::common::*;
+    use crate::reads::wait_seq;
+
+    async fn next(subscription: &mut Subscription) -> Result<Update, Lagged> {
+        within("a subscription item", subscription.next())
+            .await
+            .expect("a subscription never ends")
+    }
+
+    fn seen(update: &Update) -> (String, Option<Value>, u64, bool) {
+        (
+            update.path.render(),
+            update.value.clone(),
+            update.seq,
+            update.current,
+        )
+    }
+
+    /// With `with_current`, a subscriber first gets the entries matching now, then every
+    /// change of a matching entry, in seq order: sets, removals (`None`) and merges, and
+    /// nothing that does not match.
+    #[tokio::test]
+    async fn subscribers_get_the_current_entries_then_each_change_in_seq_order() {
+        let server = server().await;
+        let engine = MemoryEngine::new();
+        let connection = connect(&server, &engine).await;
+        let app = connection.store(STORE).unwrap();
+        within("writes", async {
+            app.set(["users", "a"], json!({"name": "A", "age": 1}))
+                .await
+                .unwrap();
+            app.set(["users", "b", "name"], "B").await.unwrap();
+        })
+        .await;
+        wait_seq(&engine, 2).await;
+        let replica = engine.replica(STORE);
+        let mut names = replica
+            .on_with("users/*/name", SubscribeOptions::new().with_current(true))
+            .unwrap();
+        let mut everything = replica.on("**").unwrap();
+        within("more writes", async {
+            app.set(["users", "c"], json!({"name": "C"})).await.unwrap();
+            app.delete(["users", "a"]).await.unwrap();
+            app.set(["other"], 1).await.unwrap();
+            app.merge(["users", "b"], json!({"name": "B2", "x": 1}))
+                .await
+                .unwrap();
+            app.set(["users", "b"], 5).await.unwrap();
+        })
+        .await;
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            got.push(seen(&next(&mut names).await.unwrap()));
+        }
+        let s = |p: &str| p.to_owned();
+        assert_eq!(
+            got,
+            [
+                (s("users/a/name"), Some(json!("A")), 1, true),
+                (s("users/b/name"), Some(json!("B")), 2, true),
+                (s("users/c/name"), Some(json!("C")), 3, false),
+                (s("users/a/name"), None, 4, false),
+                (s("users/b/name"), Some(json!("B2")), 6, false),
+                (s("users/b/name"), None, 7, false),
+            ]
+        );
+        // Nothing else matched: the next item is the next matching change.
+        within("a write", app.set(["users", "d", "name"], "D"))
+            .await
+            .unwrap();
+        assert_eq!(
+            seen(&next(&mut names).await.unwrap()),
+            (s("users/d/name"), Some(json!("D")), 8, false)
+        );
+        // `**` saw every entry that changed after it subscribed, in seq order.
+        let mut all = Vec::new();
+        for _ in 0..9 {
+            let update = next(&mut everything).await.unwrap();
+            all.push((update.path.render(), update.seq));
+        }
+        assert_eq!(
+            all,
+            [
+                (s("users/c/name"), 3),
+                (s("users/a/age"), 4),
+                (s("users/a/name"), 4),
+                (s("other"), 5),
+                (s("users/b/name"), 6),
+                (s("users/b/x"), 6),
+                (s("users/b/name"), 7),
+                (s("users/b/x"), 7),
+                (s("users/b"), 7),
+            ]
+        );
+    }
+
+    /// A subscriber that does not keep up holds at most its capacity: the changes that do
+    /// not fit are counted and reported once, where they were lost, and it then goes on in
+    /// order with the changes that come after.
+    #[tokio::test]
+    async fn a_slow_subscriber_gets_a_lag_report_then_continues_in_order() {
+        let server = server().await;
+        let engine = MemoryEngine::new();
+        let connection = connect(&server, &engine).await;
+        let app = connection.store(STORE).unwrap();
+        let mut slow = engine
+            .replica(STORE)
+            .on_with("n", SubscribeOptions::new().capacity(4))
+            .unwrap();
+        within("ten writes", async {
+            for i in 0..10 {
+                app.set(["n"], i).await.unwrap();
+            }
+        })
+        .await;
+        wait_seq(&engine, 10).await;
+        assert_eq!(slow.queued(), 4, "bounded by its capacity");
+        for i in 0..4 {
+            let update = next(&mut slow).await.unwrap();
+            assert_eq!((update.value, update.seq), (Some(json!(i)), i + 1));
+        }
+        assert_eq!(next(&mut slow).await.unwrap_err().missed, 6);
+        within("two more writes", async {
+            app.set(["n"], 10).await.unwrap();
+            app.set(["n"], 11).await.unwrap();
+        })
+        .await;
+        for seq in [11, 12] {
+            let update = next(&mut slow).await.unwrap();
+            assert_eq!((update.value, update.seq), (Some(json!(seq - 1)), seq));
+        }
+    }
+
+    /// A lag that happens while the subscriber still holds changes is reported between the
+    /// last change it kept and the first one after the loss.
+    #[tokio::test]
+    async fn a_lag_is_reported_in_place_between_the_changes_around_it() {
+        let server = server().await;
+        let engine = MemoryEngine::new();
+        let connection = connect(&server, &engine).await;
+        let app = connection.store(STORE).unwrap();
+        let mut slow = engine
+            .replica(STORE)
+            .on_with("n", SubscribeOptions::new().capacity(2))
+            .unwrap();
+        within("writes", async {
+            for i in 0..5 {
+                app.set(["n"], i).await.unwrap();
+            }
+        })
+        .await;
+        wait_seq(&engine, 5).await;
+        assert_eq!(next(&mut slow).await.unwrap().seq, 1);
+        // Room for one: the next change goes in after the loss of seq 3, 4 and 5.
+        within("a write", app.set(["n"], 5)).await.unwrap();
+        wait_seq(&engine, 6).await;
+        assert_eq!(next(&mut slow).await.unwrap().seq, 2);
+        assert_eq!(next(&mut slow).await.unwrap_err().missed, 3);
+        assert_eq!(next(&mut slow).await.unwrap().seq, 6);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_subscription_unsubscribes() {
+        let engine = MemoryEngine::new();
+        let replica = engine.replica(STORE);
+        let first = replica.on("a/*").unwrap();
+        let second = replica.on("**").unwrap();
+        assert_eq!(replica.status().subscriptions, 2);
+        drop(first);
+        assert_eq!(replica.status().subscriptions, 1);
+        drop(second);
+        assert_eq!(replica.status().subscriptions, 0);
+        assert!(replica.on("a/**/b").is_err());
+    }
+
+    /// A device joining after a compaction gets a snapshot: its subscribers see each entry
+    /// it brings (at the snapshot's seq), then the events after it.
+    #[tokio::test]
+    async fn a_snapshot_reaches_subscribers_entry_by_entry() {
+        let server = server().await;
+        let writer_engine = MemoryEngine::new();
+        let writer = connect(&server, &writer_engine).await;
+        let app = writer.store(STORE).unwrap();
+        within("writes", async {
+            app.set(["a"], json!({"x": 1, "y": 2})).await.unwrap();
+            app.set(["b"], "B").await.unwrap();
+        })
+        .await;
+        assert_eq!(dust(&server).compact(STORE).await.unwrap(), Some(2));
+        within("a write", app.set(["c"], true)).await.unwrap();
+
+        let engine = MemoryEngine::new();
+        let mut all = engine
+            .replica(STORE)
+            .on_with("**", SubscribeOptions::new().with_current(true))
+            .unwrap();
+        let _reader = connect(&server, &engine).await;
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(seen(&next(&mut all).await.unwrap()));
+        }
+        let s = |p: &str| p.to_owned();
+        assert_eq!(
+            got,
+            [
+                (s("a/x"), Some(json!(1)), 2, false),
+                (s("a/y"), Some(json!(2)), 2, false),
+                (s("b"), Some(json!("B")), 2, false),
+                (s("c"), Some(json!(true)), 3, false),
+            ]
+        );
+        assert_eq!(
+            engine
+                .replica(STORE)
+                .entry("a/x")
+                .unwrap()
+                .unwrap()
+                .revision,
+            2
+        );
+    }
+}
