@@ -498,6 +498,53 @@ mod subscriptions {
         assert_eq!(next(&mut slow).await.unwrap().seq, 6);
     }
 
+    /// The callback form gets the same items; dropping its handle stops its task and
+    /// unsubscribes.
+    #[tokio::test]
+    async fn callbacks_get_the_changes_until_their_handle_is_dropped() {
+        let server = server().await;
+        let engine = MemoryEngine::new();
+        let connection = connect(&server, &engine).await;
+        let app = connection.store(STORE).unwrap();
+        let replica = engine.replica(STORE);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let watch = replica
+            .on_each("users/*", SubscribeOptions::new(), move |item| {
+                tx.try_send(item).unwrap();
+            })
+            .unwrap();
+        within("writes", async {
+            app.set(["users", "a"], 1).await.unwrap();
+            app.set(["other"], 2).await.unwrap();
+            app.set(["users", "b"], 3).await.unwrap();
+        })
+        .await;
+        for (path, seq) in [("users/a", 1), ("users/b", 3)] {
+            let update = within("a callback", rx.recv()).await.unwrap().unwrap();
+            assert_eq!((update.path.render().as_str(), update.seq), (path, seq));
+        }
+        assert_eq!(replica.status().subscriptions, 1);
+        drop(watch);
+        assert!(
+            within("the callback's task ends", rx.recv())
+                .await
+                .is_none(),
+            "nothing after the drop"
+        );
+        assert_eq!(replica.status().subscriptions, 0);
+    }
+
+    #[test]
+    fn a_callback_needs_a_runtime() {
+        let engine = MemoryEngine::new();
+        let error = engine
+            .replica(STORE)
+            .on_each("**", SubscribeOptions::new(), |_| {})
+            .unwrap_err();
+        assert_eq!(error, dust_connection::WatchError::NoRuntime);
+        assert_eq!(engine.replica(STORE).status().subscriptions, 0);
+    }
+
     #[tokio::test]
     async fn dropping_a_subscription_unsubscribes() {
         let engine = MemoryEngine::new();

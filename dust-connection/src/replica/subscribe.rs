@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use serde_json::Value;
 
 use crate::engine::MemoryEngine;
@@ -318,5 +318,45 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         let id = self.id;
         self.engine.with(&self.store, |s| s.subscribers.remove(id));
+    }
+}
+
+/// Why [`Replica::on_each`](crate::Replica::on_each) could not subscribe.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WatchError {
+    /// The glob pattern is invalid.
+    #[error("invalid glob: {0}")]
+    Glob(#[from] crate::glob::GlobError),
+    /// Not called from within a Tokio runtime, where the callback's task runs.
+    #[error("no Tokio runtime to run the callback on")]
+    NoRuntime,
+}
+
+/// A callback subscription ([`Replica::on_each`](crate::Replica::on_each)): a task that
+/// feeds the callback; dropping the handle stops it and unsubscribes.
+#[derive(Debug)]
+pub struct Watch {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    pub(crate) fn spawn(
+        mut subscription: Subscription,
+        mut callback: impl FnMut(Result<Update, Lagged>) + Send + 'static,
+    ) -> Result<Self, WatchError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| WatchError::NoRuntime)?;
+        let task = runtime.spawn(async move {
+            while let Some(item) = subscription.next().await {
+                callback(item);
+            }
+        });
+        Ok(Self { task })
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
