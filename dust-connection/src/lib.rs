@@ -4,7 +4,9 @@
 //! One socket to the Dust server's `/ws/sync`, one `store:{name}` channel per store, and for each
 //! store a write path made of tower layers — telemetry, your layers, validation and encoding,
 //! the outbox, and the push on the channel. A [`SyncEngine`] keeps the local state; the
-//! [`MemoryEngine`] is included.
+//! [`MemoryEngine`] is included, and its [`Replica`] handles read a store's replica without the
+//! network (`get`, `get_many`, `entry`, `enumerate` by [`Glob`], `range`, `status`) and
+//! subscribe to its changes by glob (a bounded [`Subscription`] stream, lag reported).
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -6,7 +6,7 @@ use crate::engine::{Capabilities, StoreStatus, Stored};
 use crate::glob::GlobError;
 use crate::write::{IntoSegments, Path, PathError};
 
-/// The largest page [`Replica::enumerate`] and [`Replica::range`] return.
+/// The largest page [`Replica::enumerate`](crate::Replica::enumerate) and [`Replica::range`](crate::Replica::range) return.
 pub const MAX_PAGE: usize = 1000;
 
 /// Why a read was refused.
@@ -92,7 +92,7 @@ impl Paging {
     }
 }
 
-/// One entry of a replica, as [`Replica::entry`] reads it.
+/// One entry of a replica, as [`Replica::entry`](crate::Replica::entry) reads it.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Entry {
@@ -141,7 +141,7 @@ pub struct ReplicaStatus {
     /// The `through_seq` of the last completed catch-up.
     pub caught_up_through: Option<u64>,
     /// Writes of this store not answered yet (queued or in flight in its outbox), when the
-    /// replica was made with [`Replica::with_writes`]; `None` otherwise.
+    /// replica was made with [`Replica::with_writes`](crate::Replica::with_writes); `None` otherwise.
     pub pending_ops: Option<usize>,
     /// How many entries the replica holds.
     pub entry_count: usize,
