@@ -15,6 +15,7 @@ use crate::connection::{ConnInner, DustConnection};
 use crate::device::{DeviceId, TokenProvider, TokenSource};
 use crate::engine::{MemoryEngine, SyncEngine};
 use crate::error::{BuildError, WriteError};
+use crate::format::Format;
 use crate::layer::outbox_internal::{Spawn, WorkerConfig};
 use crate::layer::{ChannelService, OutboxLayer, TelemetryLayer, ValidateLayer, Worker};
 use crate::status::{ConnectionStatus, Reported, shown_url, watch_status};
@@ -66,6 +67,7 @@ pub struct DustConnectionBuilder {
     crash_limit: u32,
     rejoin_policy: Option<Arc<dyn RejoinPolicy>>,
     spawn: Option<Spawn>,
+    format: Format,
 }
 
 impl fmt::Debug for DustConnectionBuilder {
@@ -99,6 +101,7 @@ impl DustConnectionBuilder {
             gap_timeout: Duration::from_secs(5),
             crash_limit: 2,
             rejoin_policy: None,
+            format: Format::Json,
         }
     }
 
@@ -227,6 +230,13 @@ impl DustConnectionBuilder {
         self
     }
 
+    /// The wire format (default [`Format::Json`]; [`Format::MessagePack`] is Dust's
+    /// `vsn=3.0.0`). Every guarantee holds in both, and the replica is the same.
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+
     /// The rejoin policy of every store's channel, which also governs the rejoin after the
     /// server closes a store's channel (default: [`RejoinSchedule::default`], stopping on
     /// [`PERMANENT_JOIN_ERRORS`]).
@@ -313,6 +323,8 @@ impl DustConnectionBuilder {
         for configure in self.socket {
             builder = configure(builder);
         }
+        // The format decides the serializer, whatever a socket closure set.
+        builder = builder.serializer(self.format.serializer());
         let (socket, driver) = builder.build()?;
         let url = shown_url(socket.url(), device_id.as_str());
 
@@ -349,7 +361,7 @@ impl DustConnectionBuilder {
             )
             .layer(ChannelService::new(self.write_timeout));
             let mut service: WriteService =
-                BoxCloneSyncService::new(ValidateLayer.layer(outbox.clone()));
+                BoxCloneSyncService::new(ValidateLayer::new(self.format).layer(outbox.clone()));
             for layer in self.layers.iter().rev() {
                 service = layer(service);
             }

@@ -79,9 +79,7 @@ pub struct StoreReport {
 fn read<T: DeserializeOwned>(reply: Result<Reply, PushError>) -> Result<T, ControlError> {
     let reply = reply.map_err(ControlError::Transport)?;
     let ok = reply.is_ok();
-    let response = reply
-        .into_response()
-        .to_value()
+    let response = crate::format::value(reply.response())
         .map_err(|e| ControlError::UnexpectedReply(e.to_string()))?;
     match (ok, &response) {
         (true, Value::Object(_)) => serde_json::from_value(response.clone())

@@ -68,7 +68,9 @@
 //!   [`DustConnectionBuilder::unknown_outcome_settle`] (default 3 s) while their events may
 //!   arrive. The ones still unknown then follow [`UnknownOutcome`]: by default
 //!   ([`UnknownOutcome::AtMostOnce`]) they fail with [`WriteError::Indeterminate`] and are
-//!   never resent (at most once: such a write may have been applied, or lost);
+//!   never resent (at most once: such a write may have been applied, or lost, or be applied
+//!   by the old process after the settle time, and so after newer writes: issue order holds
+//!   for every write answered `Ok`);
 //!   [`UnknownOutcome::AtLeastOnce`] resends them instead (at least once: a write the old
 //!   process applies after the settle time is applied twice). Then the queue goes on, in
 //!   issue order.
@@ -99,6 +101,7 @@ mod control;
 mod device;
 mod engine;
 mod error;
+mod format;
 pub mod layer;
 mod notice;
 mod status;
@@ -114,6 +117,7 @@ pub use engine::{
     SyncEngine, unwrap_stored,
 };
 pub use error::{BuildError, UnknownStore, WriteError};
+pub use format::Format;
 pub use notice::Notice;
 pub use status::{ConnectionStatus, Info, StateChange};
 pub use store::{Store, WriteService};

@@ -3,6 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+/// The wire format of this suite's connections (`common::builder` uses it).
+const FORMAT: dust_connection::Format = dust_connection::Format::Json;
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -10,6 +10,7 @@ use serde_json::Value;
 use tower::Service;
 
 use crate::error::WriteError;
+use crate::format;
 use crate::write::{EncodedWrite, Rejection, WriteAck};
 
 /// An encoded write to push on a store's channel, under one join of it.
@@ -46,7 +47,7 @@ impl ChannelService {
 pub(crate) fn read_reply(reply: Reply) -> Result<WriteAck, WriteError> {
     let ok = reply.is_ok();
     let status = reply.status().as_str().to_owned();
-    let response = reply.into_response().to_value().unwrap_or(Value::Null);
+    let response = format::value(reply.response()).unwrap_or(Value::Null);
     match (ok, status.as_str(), &response) {
         (true, _, Value::Object(_)) => Ok(WriteAck::from_reply(response)),
         (false, "error", Value::Object(map)) if map.get("reason").is_some_and(Value::is_string) => {

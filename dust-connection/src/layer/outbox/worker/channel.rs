@@ -17,6 +17,7 @@ use super::{EntryState, JoinEnd, Phase, Task};
 use crate::Notice;
 use crate::engine::{Capabilities, ServerEvent, Snapshot, StoreStatus};
 use crate::error::WriteError;
+use crate::format;
 use crate::layer::SendWrite;
 use crate::write::{Rejection, WriteAck};
 
@@ -130,7 +131,7 @@ where
     }
 
     pub(super) async fn on_joined(&mut self, joined: Joined) {
-        let reply = joined.response.to_value().unwrap_or(Value::Null);
+        let reply = format::value(&joined.response).unwrap_or(Value::Null);
         let capabilities = Capabilities::from_join_reply(&reply);
         let asked = match self.asked_seq.take() {
             Some(asked) => asked,
@@ -164,14 +165,14 @@ where
 
     pub(super) async fn on_message(&mut self, message: Message) {
         match message.event.as_str() {
-            "event" => match message.payload.deserialize::<ServerEvent>() {
+            "event" => match format::read::<ServerEvent>(&message.payload) {
                 Ok(event) => self.on_event(event).await,
                 Err(e) => {
                     tracing::warn!(store = %self.store, error = %e, "malformed event; ignored")
                 }
             },
             "snapshot" => {
-                let snapshot: Snapshot = match message.payload.deserialize() {
+                let snapshot: Snapshot = match format::read(&message.payload) {
                     Ok(snapshot) => snapshot,
                     Err(e) => {
                         tracing::warn!(store = %self.store, error = %e, "malformed snapshot; ignored");
@@ -204,7 +205,7 @@ where
                 self.settle_if_done().await;
             }
             "catch_up_complete" => {
-                let payload = message.payload.to_value().unwrap_or(Value::Null);
+                let payload = format::value(&message.payload).unwrap_or(Value::Null);
                 let through_seq = payload
                     .get("through_seq")
                     .and_then(Value::as_u64)
@@ -245,7 +246,7 @@ where
             CloseCause::RejoinStopped(cause) => {
                 let rejection = match &cause {
                     RejoinCause::Rejected(payload) => {
-                        Rejection::from_payload(&payload.to_value().unwrap_or(Value::Null))
+                        Rejection::from_payload(&format::value(payload).unwrap_or(Value::Null))
                     }
                     other => Rejection::from_payload(&json!({"reason": other.to_string()})),
                 };
