@@ -126,7 +126,7 @@ pub use glob::{Glob, GlobError, IntoGlob};
 pub use notice::Notice;
 pub use replica::{
     DEFAULT_SUBSCRIBER_CAPACITY, Entry, IntoPath, Lagged, MAX_PAGE, Order, Page, Paging, ReadError,
-    Replica, ReplicaStatus, SubscribeOptions, Subscription, Update, Watch, WatchError,
+    Replica, ReplicaStatus, SubscribeOptions, Subscription, SyncedStore, Update, Watch, WatchError,
 };
 pub use status::{ConnectionStatus, Info, StateChange};
 pub use store::{Store, WriteService};

@@ -606,3 +606,143 @@ mod subscriptions {
         );
     }
 }
+
+mod optimistic {
+    use dust_connection::{MemoryEngine, SubscribeOptions, Subscription, Update, WriteError};
+    use futures_util::StreamExt as _;
+    use serde_json::{Value, json};
+
+    use crate::common::*;
+    use crate::reads::wait_seq;
+
+    async fn next(subscription: &mut Subscription) -> Update {
+        within("a subscription item", subscription.next())
+            .await
+            .expect("a subscription never ends")
+            .unwrap()
+    }
+
+    fn seen(update: &Update) -> (String, Option<Value>, bool) {
+        (update.path.render(), update.value.clone(), update.pending)
+    }
+
+    /// A write reads back at once (a map at its leaves too), marked pending, before any
+    /// answer; subscribers get it pending, then confirmed by its own event; once confirmed,
+    /// the entry is the server's, with its revision.
+    #[tokio::test]
+    async fn a_write_reads_at_once_and_is_confirmed_by_its_own_event() {
+        let server = server().await;
+        let engine = MemoryEngine::new();
+        let connection = connect(&server, &engine).await;
+        let store = connection.store(STORE).unwrap();
+        within("setup", async {
+            store.increment(["n"], 5).await.unwrap();
+            store.add(["tags"], "a").await.unwrap();
+        })
+        .await;
+        wait_seq(&engine, 2).await;
+        let replica = engine.replica(STORE);
+        let mut users = replica.on("users/**").unwrap();
+        let app = replica.optimistic(&store);
+
+        let put = app.put(["users", "alice"], json!({"name": "Alice"}));
+        let increment = app.increment(["n"], 2);
+        let add = app.add(["tags"], "b");
+        // Before any await: the replica already shows the writes.
+        assert_eq!(
+            replica.get("users/alice/name").unwrap(),
+            Some(json!("Alice"))
+        );
+        assert_eq!(
+            replica.get(["users", "alice"]).unwrap(),
+            Some(json!({"name": "Alice"}))
+        );
+        assert!(replica.entry("users/alice/name").unwrap().unwrap().pending);
+        assert_eq!(replica.get("n").unwrap(), Some(json!(7)));
+        assert_eq!(replica.get("tags").unwrap(), Some(json!(["b", "a"])));
+        assert_eq!(replica.status().optimistic, 3);
+        assert_eq!(
+            seen(&next(&mut users).await),
+            (s("users/alice/name"), Some(json!("Alice")), true)
+        );
+
+        let ack = within("the put", put).await.unwrap();
+        within("the rest", async {
+            increment.await.unwrap();
+            add.await.unwrap();
+        })
+        .await;
+        let confirmed = next(&mut users).await;
+        assert_eq!(
+            seen(&confirmed),
+            (s("users/alice/name"), Some(json!("Alice")), false)
+        );
+        assert_eq!(Some(confirmed.seq), ack.store_seq());
+        wait_seq(&engine, 5).await;
+        assert_eq!(replica.status().optimistic, 0);
+        let entry = replica.entry("users/alice/name").unwrap().unwrap();
+        assert!(!entry.pending);
+        assert_eq!(Some(entry.revision), ack.store_seq());
+        assert_eq!(replica.get("n").unwrap(), Some(json!(7)));
+        assert_eq!(replica.get("tags").unwrap(), Some(json!(["b", "a"])));
+        assert_eq!(
+            serde_json::to_value(engine.entries(STORE)).unwrap(),
+            json!({"n": 7, "tags": ["b", "a"], "users/alice/name": "Alice"})
+        );
+    }
+
+    fn s(path: &str) -> String {
+        path.to_owned()
+    }
+
+    /// A rejected write is rolled back: reads see the entry as it was, and subscribers see
+    /// the revert.
+    #[tokio::test]
+    async fn a_rejected_write_is_rolled_back_and_subscribers_see_the_revert() {
+        let server = server().await;
+        let engine = MemoryEngine::new();
+        let connection = connect(&server, &engine).await;
+        let store = connection.store(STORE).unwrap();
+        within("setup", store.set(["a"], 1)).await.unwrap();
+        wait_seq(&engine, 1).await;
+        let replica = engine.replica(STORE);
+        let mut a = replica.on_with("a", SubscribeOptions::new()).unwrap();
+        let app = replica.optimistic(&store);
+
+        let write = app.write(dust_connection::WriteRequest::set(["a"], 2).if_match(99));
+        assert_eq!(replica.get("a").unwrap(), Some(json!(2)));
+        let error = within("the write", write).await.unwrap_err();
+        assert!(matches!(error, WriteError::Rejected(_)), "{error:?}");
+        assert_eq!(replica.get("a").unwrap(), Some(json!(1)));
+        assert!(!replica.entry("a").unwrap().unwrap().pending);
+        assert_eq!(seen(&next(&mut a).await), (s("a"), Some(json!(2)), true));
+        assert_eq!(seen(&next(&mut a).await), (s("a"), Some(json!(1)), false));
+        assert_eq!(replica.status().optimistic, 0);
+
+        // A write of a new path that is rejected disappears.
+        let write = app.write(dust_connection::WriteRequest::set(["b"], 1).if_match(99));
+        assert_eq!(replica.get("b").unwrap(), Some(json!(1)));
+        within("the write", write).await.unwrap_err();
+        assert_eq!(replica.get("b").unwrap(), None);
+    }
+
+    /// A write dropped before it was sent gives up its place: its local value goes too.
+    #[tokio::test]
+    async fn a_write_dropped_before_it_is_sent_is_reverted() {
+        let server = server().await;
+        let engine = MemoryEngine::new();
+        let connection = connect(&server, &engine).await;
+        let store = connection.store(STORE).unwrap();
+        let replica = engine.replica(STORE);
+        let app = replica.optimistic(&store);
+        let write = app.put(["x"], 1);
+        assert_eq!(replica.get("x").unwrap(), Some(json!(1)));
+        drop(write);
+        assert_eq!(replica.get("x").unwrap(), None);
+        assert_eq!(replica.status().optimistic, 0);
+        // The next write goes through as usual.
+        within("a write", app.put(["y"], 2)).await.unwrap();
+        assert_eq!(replica.get("y").unwrap(), Some(json!(2)));
+        assert!(dust(&server).entry(STORE, "x").await.unwrap().is_none());
+    }
+}

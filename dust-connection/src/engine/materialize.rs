@@ -15,6 +15,8 @@ pub(crate) struct Stored {
     pub(crate) value: Value,
     pub(crate) kind: String,
     pub(crate) revision: u64,
+    /// Written by a pending optimistic write (only in a replica's overlay view).
+    pub(crate) pending: bool,
 }
 
 impl Stored {
@@ -61,6 +63,7 @@ impl Diff {
             value: codec::wrap(value),
             kind: kind.to_owned(),
             revision: seq,
+            pending: false,
         };
         self.set.push((path.clone(), stored.rendered()));
         entries.insert(path, stored);
@@ -206,4 +209,17 @@ pub(crate) fn materialize(
         "lease" | "renew" => diff.upsert(entries, rendered, value, "lease", seq),
         other => tracing::warn!(path = %rendered, op = other, "an event of an unknown op; ignored"),
     }
+}
+
+/// Applies an op to `entries` (see [`materialize`]) and returns the rendered paths it set.
+pub(crate) fn materialize_into(
+    entries: &mut Entries,
+    path: &Path,
+    op: &str,
+    value: &Value,
+    seq: u64,
+) -> Vec<String> {
+    let mut diff = Diff::default();
+    materialize(entries, path, op, value, seq, &mut diff);
+    diff.set.into_iter().map(|(path, _)| path).collect()
 }

@@ -11,8 +11,8 @@ use tokio::sync::broadcast;
 
 use super::materialize::{Diff, Entries, Stored, detect_type, materialize};
 use super::{Capabilities, Change, ServerEvent, Snapshot, StoreStatus, SyncEngine};
-use crate::replica::Subscribers;
-use crate::write::Path;
+use crate::replica::{Overlay, Subscribers};
+use crate::write::{ClientOpId, Path, Rejection, WriteAck};
 
 #[derive(Debug, Default)]
 pub(crate) struct StoreState {
@@ -26,6 +26,30 @@ pub(crate) struct StoreState {
     /// The replica's subscribers ([`Replica::on`](crate::Replica::on)), served under the same
     /// lock as the entries change, so each sees the changes in seq order.
     pub(crate) subscribers: Subscribers,
+    /// The pending optimistic writes ([`SyncedStore`](crate::SyncedStore)) over the entries.
+    pub(crate) overlay: Overlay,
+}
+
+impl StoreState {
+    /// After the entries changed by `diff` at `seq`: the overlay's writes it confirms leave,
+    /// and subscribers get what changed for a reader.
+    fn publish(&mut self, seq: u64, client_op_id: Option<&str>, diff: &Diff) {
+        if self.overlay.active() {
+            let changes = self.overlay.confirmed(&self.entries, seq, client_op_id);
+            self.subscribers.dispatch_visible(seq, changes);
+        } else {
+            self.subscribers.dispatch(seq, diff.leaves());
+        }
+    }
+
+    /// A pending write left the overlay (confirmed, rejected, failed or dropped).
+    fn settle(&mut self, client_op_id: &str) {
+        if self.overlay.settle(client_op_id) {
+            let seq = self.last_seq;
+            let changes = self.overlay.rebuild(&self.entries, seq);
+            self.subscribers.dispatch_visible(seq, changes);
+        }
+    }
 }
 
 /// An in-memory [`SyncEngine`]: a replica of each store's entries, materialized from the
@@ -178,6 +202,11 @@ impl MemoryEngine {
         self.with(store, |s| s.gaps.clone())
     }
 
+    /// Takes a pending optimistic write out of a store's overlay.
+    pub(crate) fn settle_pending(&self, store: &str, client_op_id: &str) {
+        self.with(store, |s| s.settle(client_op_id));
+    }
+
     fn apply(&self, store: &str, event: &ServerEvent) {
         let path = event
             .path_segments
@@ -207,7 +236,7 @@ impl MemoryEngine {
                 seq,
                 &mut diff,
             );
-            s.subscribers.dispatch(seq, diff.leaves());
+            s.publish(seq, event.client_op_id.as_deref(), &diff);
             Ok(gap)
         });
         match outcome {
@@ -279,6 +308,7 @@ impl SyncEngine for MemoryEngine {
                             .to_owned()
                     }),
                     revision: seq,
+                    pending: false,
                 };
                 (path.clone(), stored)
             })
@@ -287,7 +317,7 @@ impl SyncEngine for MemoryEngine {
             let mut diff = Diff::default();
             diff.replace_all(&mut s.entries, entries);
             s.last_seq = seq;
-            s.subscribers.dispatch(seq, diff.leaves());
+            s.publish(seq, None, &diff);
         });
         self.emit(Change::Snapshot {
             store: store.to_owned(),
@@ -303,13 +333,29 @@ impl SyncEngine for MemoryEngine {
         });
     }
 
+    async fn handle_write_accepted(&self, store: &str, client_op_id: &ClientOpId, ack: &WriteAck) {
+        self.with(store, |s| match ack.store_seq() {
+            Some(seq) if seq > s.last_seq => s.overlay.acked(client_op_id.as_str(), seq),
+            _ => s.settle(client_op_id.as_str()),
+        });
+    }
+
+    async fn handle_write_rejected(
+        &self,
+        store: &str,
+        client_op_id: &ClientOpId,
+        _rejection: &Rejection,
+    ) {
+        self.settle_pending(store, client_op_id.as_str());
+    }
+
     async fn handle_server_reset(&self, store: &str, server_seq: u64) {
         self.with(store, |s| {
             let mut diff = Diff::default();
             diff.clear(&mut s.entries);
             s.last_seq = 0;
             s.caught_up = None;
-            s.subscribers.dispatch(0, diff.leaves());
+            s.publish(0, None, &diff);
         });
         self.emit(Change::Reset {
             store: store.to_owned(),

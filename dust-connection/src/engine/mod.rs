@@ -13,7 +13,7 @@ mod codec;
 mod materialize;
 mod memory;
 
-pub(crate) use materialize::{Entries, Stored};
+pub(crate) use materialize::{Entries, Stored, materialize_into};
 
 pub use memory::MemoryEngine;
 

@@ -11,9 +11,12 @@ use crate::glob::{Glob, GlobError, IntoGlob};
 use crate::store::Store;
 use crate::write::{Path, PathError};
 
+mod optimistic;
 mod subscribe;
 mod types;
 
+pub(crate) use optimistic::Overlay;
+pub use optimistic::SyncedStore;
 pub(crate) use subscribe::Subscribers;
 pub use subscribe::{
     DEFAULT_SUBSCRIBER_CAPACITY, Lagged, SubscribeOptions, Subscription, Update, Watch, WatchError,
@@ -93,7 +96,8 @@ impl Replica {
     }
 
     fn read<R>(&self, f: impl FnOnce(&Entries) -> R) -> R {
-        self.engine.with(&self.store, |s| f(&s.entries))
+        self.engine
+            .with(&self.store, |s| f(s.overlay.view(&s.entries)))
     }
 
     /// The value at `path` ([`IntoPath`]: a rendered path or segments): its entry's value, or, when there
@@ -201,7 +205,8 @@ impl Replica {
             last_seq: s.last_seq,
             caught_up_through: s.caught_up,
             pending_ops,
-            entry_count: s.entries.len(),
+            entry_count: s.overlay.view(&s.entries).len(),
+            optimistic: s.overlay.len(),
             capabilities: s.capabilities.clone(),
             subscriptions: s.subscribers.len(),
         })
@@ -293,6 +298,7 @@ fn lookup(entries: &Entries, path: &str) -> Option<Entry> {
     let mut map = Map::new();
     let mut revision = 0;
     let mut found = false;
+    let mut pending = false;
     for (key, stored) in entries
         .range(prefix.clone()..)
         .take_while(|(key, _)| key.starts_with(&prefix))
@@ -302,6 +308,7 @@ fn lookup(entries: &Entries, path: &str) -> Option<Entry> {
         };
         found = true;
         revision = revision.max(stored.revision);
+        pending |= stored.pending;
         insert(&mut map, relative.segments(), stored.rendered());
     }
     found.then(|| Entry {
@@ -309,6 +316,7 @@ fn lookup(entries: &Entries, path: &str) -> Option<Entry> {
         value: Value::Object(map),
         kind: "map".to_owned(),
         revision,
+        pending,
     })
 }
 
@@ -404,6 +412,7 @@ mod tests {
             value: serde_json::json!({"_scalar": value}),
             kind: "integer".into(),
             revision,
+            pending: false,
         };
         let entries: Entries = BTreeMap::from([
             ("m/y".to_owned(), stored(5.into(), 3)),

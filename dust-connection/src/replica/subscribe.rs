@@ -83,6 +83,10 @@ pub struct Update {
     pub seq: u64,
     /// Whether this is a current entry listed at subscription, not a change.
     pub current: bool,
+    /// Whether the value comes from a write of this replica not confirmed yet
+    /// ([`SyncedStore`](crate::SyncedStore)); its confirmation comes as an update with
+    /// `pending` unset, its revert as the entry's confirmed state.
+    pub pending: bool,
 }
 
 /// Changes a slow subscriber lost: its queue was full when they came. Delivered in place: the
@@ -152,7 +156,24 @@ impl Subscribers {
         if self.list.is_empty() {
             return;
         }
-        for (rendered, value) in leaves {
+        let leaves = leaves
+            .into_iter()
+            .map(|(path, value)| (path, value, false))
+            .collect();
+        self.dispatch_visible(seq, leaves);
+    }
+
+    /// Offers each changed leaf, marked pending or not, to every subscriber whose glob
+    /// matches it.
+    pub(crate) fn dispatch_visible(
+        &mut self,
+        seq: u64,
+        leaves: Vec<(String, Option<Value>, bool)>,
+    ) {
+        if self.list.is_empty() {
+            return;
+        }
+        for (rendered, value, pending) in leaves {
             let Ok(path) = Path::parse(&rendered) else {
                 tracing::warn!(path = %rendered, "an entry with an invalid path; not delivered");
                 continue;
@@ -164,6 +185,7 @@ impl Subscribers {
                         value: value.clone(),
                         seq,
                         current: false,
+                        pending,
                     });
                 }
             }
@@ -239,7 +261,8 @@ impl Subscription {
     ) -> Self {
         let (id, shared, current) = engine.with(store, |s| {
             let current = if options.current {
-                s.entries
+                s.overlay
+                    .view(&s.entries)
                     .iter()
                     .filter_map(|(rendered, stored)| {
                         let path = Path::parse(rendered).ok()?;
@@ -248,6 +271,7 @@ impl Subscription {
                             value: Some(stored.rendered()),
                             seq: stored.revision,
                             current: true,
+                            pending: stored.pending,
                         })
                     })
                     .collect()

@@ -106,6 +106,9 @@ pub struct Entry {
     /// The seq of the op that last wrote it (what `if_match` compares with); for a subtree,
     /// the latest of its entries'; for an entry that came in a snapshot, the snapshot's seq.
     pub revision: u64,
+    /// Whether it holds a write of this replica not confirmed yet
+    /// ([`SyncedStore`](crate::SyncedStore)); for a subtree, whether any of its entries does.
+    pub pending: bool,
 }
 
 impl Entry {
@@ -115,6 +118,7 @@ impl Entry {
             value: stored.rendered(),
             kind: stored.kind.clone(),
             revision: stored.revision,
+            pending: stored.pending,
         }
     }
 }
@@ -143,8 +147,11 @@ pub struct ReplicaStatus {
     /// Writes of this store not answered yet (queued or in flight in its outbox), when the
     /// replica was made with [`Replica::with_writes`](crate::Replica::with_writes); `None` otherwise.
     pub pending_ops: Option<usize>,
-    /// How many entries the replica holds.
+    /// How many entries the replica holds (pending writes included).
     pub entry_count: usize,
+    /// How many optimistic writes ([`SyncedStore`](crate::SyncedStore)) are applied locally
+    /// and not confirmed yet.
+    pub optimistic: usize,
     /// What the last join reply granted (`None` before a join).
     pub capabilities: Option<Capabilities>,
     /// How many subscriptions are open.
