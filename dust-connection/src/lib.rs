@@ -6,7 +6,8 @@
 //! the outbox, and the push on the channel. A [`SyncEngine`] keeps the local state; the
 //! [`MemoryEngine`] is included, and its [`Replica`] handles read a store's replica without the
 //! network (`get`, `get_many`, `entry`, `enumerate` by [`Glob`], `range`, `status`) and
-//! subscribe to its changes by glob (a bounded [`Subscription`] stream, lag reported).
+//! subscribe to its changes by glob (a bounded [`Subscription`] stream, lag reported); a
+//! [`SyncedStore`] writes optimistically (applied to the replica at once, reverted if refused).
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -357,3 +357,40 @@ impl SyncedStore {
         self.write(WriteRequest::remove(path, member))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn counters_add_as_the_server_adds_them() {
+        assert_eq!(add_numbers(None, &json!(2)), json!(2));
+        assert_eq!(add_numbers(Some(&json!("x")), &json!(2)), json!(2));
+        assert_eq!(add_numbers(Some(&json!(5)), &json!(-7)), json!(-2));
+        assert_eq!(add_numbers(Some(&json!(1.5)), &json!(1)), json!(2.5));
+        assert_eq!(
+            add_numbers(Some(&json!(i64::MAX)), &json!(1)),
+            json!(i64::MAX as f64 + 1.0)
+        );
+    }
+
+    #[test]
+    fn sets_prepend_new_members_and_remove_the_first_match() {
+        let op = |op: &'static str, member: Value| PendingOp {
+            client_op_id: "op".into(),
+            path: Path::parse("s").unwrap(),
+            op,
+            value: member,
+            acked_seq: None,
+        };
+        let mut view = Entries::new();
+        op("add", json!("a")).apply(&mut view, 0);
+        op("add", json!("b")).apply(&mut view, 0);
+        op("add", json!("a")).apply(&mut view, 0);
+        assert_eq!(view["s"].rendered(), json!(["b", "a"]));
+        assert!(view["s"].pending);
+        op("remove", json!("b")).apply(&mut view, 0);
+        assert_eq!(view["s"].rendered(), json!(["a"]));
+    }
+}
