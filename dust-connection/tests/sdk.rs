@@ -746,3 +746,125 @@ mod optimistic {
         assert!(dust(&server).entry(STORE, "x").await.unwrap().is_none());
     }
 }
+
+mod differential {
+    use std::collections::BTreeMap;
+
+    use dust_connection::{MemoryEngine, SubscribeOptions, WriteRequest};
+    use futures_util::StreamExt as _;
+    use futures_util::future::join_all;
+    use rand::rngs::SmallRng;
+    use rand::{RngExt, SeedableRng};
+    use serde_json::{Value, json};
+
+    use crate::common::*;
+    use crate::reads::wait_seq;
+
+    const DOCS: [&[&str]; 5] = [&["a"], &["a", "x"], &["b"], &["b", "y", "z"], &["c~/d"]];
+
+    fn request(rng: &mut SmallRng) -> WriteRequest {
+        let doc = DOCS[rng.random_range(0..DOCS.len())].to_vec();
+        let key = ["p", "q"][rng.random_range(0..2)];
+        let scalar = [json!(1), json!("s"), json!(null), json!(2.5), json!(true)]
+            [rng.random_range(0..5)]
+        .clone();
+        match rng.random_range(0..9) {
+            0 | 1 => WriteRequest::set(doc, scalar),
+            2 => WriteRequest::set(doc, json!({"m": scalar, "n": {"o": 1}})),
+            3 => WriteRequest::merge(doc, json!({"m": scalar, "k": {"deep": 2}})),
+            4 => WriteRequest::delete(doc),
+            5 => WriteRequest::increment(["ctr", key], rng.random_range(-3..4)),
+            6 => WriteRequest::add(["tags", key], ["x", "y"][rng.random_range(0..2)]),
+            7 => WriteRequest::remove(["tags", key], ["x", "y"][rng.random_range(0..2)]),
+            // Often rejected: a revision that is not the path's.
+            _ => WriteRequest::set(doc, scalar).if_match(rng.random_range(0..6)),
+        }
+    }
+
+    /// Two devices write at once, one of them optimistically with many writes in flight
+    /// (some rejected): once everything is answered, the optimistic replica holds exactly
+    /// the server's entries with nothing pending, and a `**` subscriber that folds its
+    /// updates (pending ones, confirmations and reverts alike), which come in seq order, ends
+    /// with the same entries.
+    #[tokio::test]
+    async fn optimistic_writes_and_subscribers_end_equal_to_the_server() {
+        for seed in [3_u64, 11, 29] {
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let server = server().await;
+            let engine = MemoryEngine::new();
+            let connection = connect(&server, &engine).await;
+            let other_engine = MemoryEngine::new();
+            let other = connect(&server, &other_engine).await;
+            let replica = engine.replica(STORE);
+            let mut all = replica
+                .on_with("**", SubscribeOptions::new().capacity(100_000))
+                .unwrap();
+            let app = replica.optimistic(&connection.store(STORE).unwrap());
+            let other_store = other.store(STORE).unwrap();
+
+            let mut mine = Vec::new();
+            let mut theirs = Vec::new();
+            for _ in 0..150 {
+                if rng.random_bool(0.7) {
+                    mine.push(app.write(request(&mut rng)));
+                } else {
+                    theirs.push(other_store.write(request(&mut rng)));
+                }
+            }
+            let (mine, _) = within("every write answered", async {
+                tokio::join!(join_all(mine), join_all(theirs))
+            })
+            .await;
+            let rejected = mine.iter().filter(|r| r.is_err()).count();
+            assert!(
+                rejected > 0 && rejected < mine.len(),
+                "seed {seed}: {rejected} rejected"
+            );
+            let seq = dust(&server).store_info(STORE).await.unwrap().seq;
+            wait_seq(&engine, seq).await;
+
+            let server_entries: BTreeMap<String, Value> = dust(&server)
+                .entries(STORE)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.path, e.value))
+                .collect();
+            assert_eq!(
+                engine.entries(STORE),
+                server_entries,
+                "seed {seed}: confirmed"
+            );
+            let status = replica.status();
+            assert_eq!(status.optimistic, 0, "seed {seed}");
+            let page = replica
+                .enumerate("**", dust_connection::Paging::new().limit(1000))
+                .unwrap();
+            let visible: BTreeMap<String, Value> = page
+                .entries
+                .iter()
+                .map(|e| {
+                    assert!(!e.pending, "seed {seed}: {} still pending", e.path);
+                    (e.path.clone(), e.value.clone())
+                })
+                .collect();
+            assert_eq!(visible, server_entries, "seed {seed}: visible");
+
+            let mut folded = BTreeMap::new();
+            let mut last_seq = 0;
+            let mut updates = 0;
+            while all.queued() > 0 {
+                let update = within("an update", all.next()).await.unwrap().unwrap();
+                assert!(update.seq >= last_seq, "seed {seed}: out of seq order");
+                last_seq = update.seq;
+                updates += 1;
+                match update.value {
+                    Some(value) => folded.insert(update.path.render(), value),
+                    None => folded.remove(&update.path.render()),
+                };
+            }
+            assert!(updates > 100, "seed {seed}: {updates} updates");
+            assert_eq!(folded, server_entries, "seed {seed}: folded updates");
+        }
+    }
+}
