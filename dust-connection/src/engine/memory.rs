@@ -33,9 +33,17 @@ pub(crate) struct StoreState {
 impl StoreState {
     /// After the entries changed by `diff` at `seq`: the overlay's writes it confirms leave,
     /// and subscribers get what changed for a reader.
-    fn publish(&mut self, seq: u64, client_op_id: Option<&str>, diff: &Diff) {
+    fn publish(
+        &mut self,
+        seq: u64,
+        client_op_id: Option<&str>,
+        touched: Option<&Path>,
+        diff: &Diff,
+    ) {
         if self.overlay.active() {
-            let changes = self.overlay.confirmed(&self.entries, seq, client_op_id);
+            let changes = self
+                .overlay
+                .confirmed(&self.entries, seq, client_op_id, touched);
             self.subscribers.dispatch_visible(seq, changes);
         } else {
             self.subscribers.dispatch(seq, diff.leaves());
@@ -44,11 +52,9 @@ impl StoreState {
 
     /// A pending write left the overlay (confirmed, rejected, failed or dropped).
     fn settle(&mut self, client_op_id: &str) {
-        if self.overlay.settle(client_op_id) {
-            let seq = self.last_seq;
-            let changes = self.overlay.rebuild(&self.entries, seq);
-            self.subscribers.dispatch_visible(seq, changes);
-        }
+        let seq = self.last_seq;
+        let changes = self.overlay.settle(client_op_id, &self.entries, seq);
+        self.subscribers.dispatch_visible(seq, changes);
     }
 }
 
@@ -236,7 +242,7 @@ impl MemoryEngine {
                 seq,
                 &mut diff,
             );
-            s.publish(seq, event.client_op_id.as_deref(), &diff);
+            s.publish(seq, event.client_op_id.as_deref(), Some(&path), &diff);
             Ok(gap)
         });
         match outcome {
@@ -317,7 +323,7 @@ impl SyncEngine for MemoryEngine {
             let mut diff = Diff::default();
             diff.replace_all(&mut s.entries, entries);
             s.last_seq = seq;
-            s.publish(seq, None, &diff);
+            s.publish(seq, None, None, &diff);
         });
         self.emit(Change::Snapshot {
             store: store.to_owned(),
@@ -355,7 +361,7 @@ impl SyncEngine for MemoryEngine {
             diff.clear(&mut s.entries);
             s.last_seq = 0;
             s.caught_up = None;
-            s.publish(0, None, &diff);
+            s.publish(0, None, None, &diff);
         });
         self.emit(Change::Reset {
             store: store.to_owned(),
