@@ -2,6 +2,11 @@
 //! push, the server's apply and reply, and the answer back), against the in-process Dust
 //! emulation: `cargo bench -p dust-connection`, in both wire formats (JSON, MessagePack).
 //!
+//! Beside each row, the raw push rate of the same run: the same writes pushed straight on a
+//! `phoenix-channels` channel of the store (no tower stack, no outbox, no engine), with the
+//! same number in flight. The ratio `stack / raw` is what the stack costs (issue 13's goal:
+//! at least 50%).
+//!
 //! Prints one line per format and workload, and a JSON line each for machines.
 
 #![allow(missing_docs, clippy::print_stdout, clippy::unwrap_used)]
@@ -13,6 +18,17 @@ use dust_conformance::dust::{DustConfig, TokenConfig};
 use dust_connection::{DustConnection, Format, MemoryEngine, WriteRequest};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use phoenix_channels::{Channel, Payload, Serializer, Socket};
+use serde_json::json;
+
+const TOKEN: &str = "dust_tok_bench";
+
+/// How many writes are in flight at once, by workload.
+const WORKLOADS: [(&str, usize); 3] = [
+    ("sequential", 1),
+    ("pipelined_100", 100),
+    ("pipelined_1000", 1000),
+];
 
 async fn run(quick: bool, format: Format) {
     let name = match format {
@@ -20,13 +36,13 @@ async fn run(quick: bool, format: Format) {
         _ => "json",
     };
     let server = dust_conformance::start(
-        ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new("dust_tok_bench"))),
+        ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new(TOKEN))),
     )
     .await
     .unwrap();
     let engine = MemoryEngine::new();
     let connection = DustConnection::builder(server.url("/ws/sync"))
-        .token("dust_tok_bench")
+        .token(TOKEN)
         .store("bench/s")
         .engine(engine)
         .format(format)
@@ -41,50 +57,108 @@ async fn run(quick: bool, format: Format) {
             .await
             .unwrap();
     }
+    let raw = raw_channel(&server, format).await;
     let n = if quick { 2_000 } else { 20_000 };
 
-    let started = Instant::now();
-    for _ in 0..n {
-        store
-            .write(WriteRequest::increment(["seq"], 1))
-            .await
-            .unwrap();
-    }
-    report(name, "sequential", n, started.elapsed());
-
-    for window in [100usize, 1000] {
-        let started = Instant::now();
-        let mut in_flight = FuturesUnordered::new();
-        let mut issued = 0;
-        let mut done = 0;
-        while done < n {
-            while issued < n && in_flight.len() < window {
-                let store = store.clone();
-                in_flight.push(async move {
-                    store
-                        .write(WriteRequest::set(["k", "v"], issued as u64))
-                        .await
-                });
-                issued += 1;
+    for (workload, window) in WORKLOADS {
+        let stack = windowed(n, window, |i| {
+            let store = store.clone();
+            async move {
+                store
+                    .write(WriteRequest::set(["k", "v"], i as u64))
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
             }
-            in_flight.next().await.unwrap().unwrap();
-            done += 1;
-        }
-        report(name, &format!("pipelined_{window}"), n, started.elapsed());
+        })
+        .await;
+        let pushed = windowed(n, window, |i| {
+            let params = match format {
+                Format::MessagePack => Payload::msgpack(&write_params(i)),
+                _ => Payload::json(&write_params(i)),
+            };
+            let push = raw.push_payload("write", params.unwrap());
+            async move {
+                match push.await {
+                    Ok(reply) if reply.is_ok() => Ok(()),
+                    Ok(reply) => Err(format!("{:?}", reply.response())),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        report(name, workload, n, stack, pushed);
     }
     connection.disconnect().await;
 }
 
-fn report(format: &str, workload: &str, n: usize, elapsed: Duration) {
-    let per_s = n as f64 / elapsed.as_secs_f64();
-    let us = elapsed.as_secs_f64() * 1e6 / n as f64;
+/// A plain phoenix-channels channel on another store of the same server, joined.
+async fn raw_channel(server: &dust_conformance::Server, format: Format) -> Channel {
+    let serializer = match format {
+        Format::MessagePack => Serializer::MessagePack,
+        _ => Serializer::Json,
+    };
+    let socket = Socket::builder(server.url("/ws/sync"))
+        .param("capver", "3")
+        .param("device_id", "dev_raw")
+        .param("token", TOKEN)
+        .serializer(serializer)
+        .connect()
+        .unwrap();
+    let (channel, messages) = socket
+        .channel("store:bench/raw")
+        .params(Payload::from(json!({"last_store_seq": 0})))
+        .stream();
+    // The store's events are read and dropped, as an app with no replica would.
+    tokio::spawn(messages.for_each(|_| async {}));
+    channel.join().await.unwrap();
+    channel
+}
+
+/// The params the stack sends for `set k/v = i` (a fresh `client_op_id` each).
+fn write_params(i: usize) -> serde_json::Value {
+    json!({
+        "client_op_id": format!("op_raw_{i}"),
+        "op": "set",
+        "path": "k/v",
+        "path_segments": ["k", "v"],
+        "value": i,
+    })
+}
+
+/// Runs `n` operations with at most `window` in flight; the elapsed time.
+async fn windowed<F, Fut>(n: usize, window: usize, mut op: F) -> Duration
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    let mut issued = 0;
+    let mut done = 0;
+    while done < n {
+        while issued < n && in_flight.len() < window {
+            in_flight.push(op(issued));
+            issued += 1;
+        }
+        in_flight.next().await.unwrap().unwrap();
+        done += 1;
+    }
+    started.elapsed()
+}
+
+fn report(format: &str, workload: &str, n: usize, stack: Duration, raw: Duration) {
+    let per_s = |d: Duration| n as f64 / d.as_secs_f64();
+    let (stack_s, raw_s) = (per_s(stack), per_s(raw));
+    let us = stack.as_secs_f64() * 1e6 / n as f64;
     println!(
-        "dust-connection {format:>7} {workload:>14}: {n} acknowledged writes in {:.2?} = {per_s:.0} writes/s ({us:.1} µs each)",
-        elapsed
+        "dust-connection {format:>7} {workload:>14}: {n} acknowledged writes in {stack:.2?} = {stack_s:.0} writes/s ({us:.1} µs each); raw pushes {raw_s:.0}/s; stack/raw {:.2}",
+        stack_s / raw_s
     );
     println!(
-        "{{\"bench\":\"dust_writes\",\"format\":\"{format}\",\"workload\":\"{workload}\",\"writes\":{n},\"wall_s\":{:.4},\"writes_per_s\":{per_s:.0}}}",
-        elapsed.as_secs_f64()
+        "{{\"bench\":\"dust_writes\",\"format\":\"{format}\",\"workload\":\"{workload}\",\"writes\":{n},\"wall_s\":{:.4},\"writes_per_s\":{stack_s:.0},\"raw_pushes_per_s\":{raw_s:.0},\"stack_over_raw\":{:.3}}}",
+        stack.as_secs_f64(),
+        stack_s / raw_s
     );
 }
 
