@@ -79,7 +79,8 @@ pub struct Update {
     /// a server reset).
     pub value: Option<Value>,
     /// The seq of the op (or snapshot) that made the change; 0 for a server reset; for a
-    /// current entry, the seq that last wrote it.
+    /// current entry, the seq that last wrote it; for a pending change or its revert, the
+    /// replica's last seq at the time.
     pub seq: u64,
     /// Whether this is a current entry listed at subscription, not a change.
     pub current: bool,

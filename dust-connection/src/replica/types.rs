@@ -104,7 +104,9 @@ pub struct Entry {
     /// `counter`, `set`, `file`, `lease`); `map` for an assembled subtree.
     pub kind: String,
     /// The seq of the op that last wrote it (what `if_match` compares with); for a subtree,
-    /// the latest of its entries'; for an entry that came in a snapshot, the snapshot's seq.
+    /// the latest of its entries'; for an entry that came in a snapshot, the snapshot's seq;
+    /// for a pending entry, the replica's last seq when it was applied locally (not a
+    /// revision for `if_match`).
     pub revision: u64,
     /// Whether it holds a write of this replica not confirmed yet
     /// ([`SyncedStore`](crate::SyncedStore)); for a subtree, whether any of its entries does.
