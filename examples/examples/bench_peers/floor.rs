@@ -1,34 +1,34 @@
-//! The floor: a minimal tokio-tungstenite client that writes pre-encoded V2 frames and matches
-//! replies by their ref alone. No channel machinery: what the transport alone costs.
+//! The floor: the fastest client this harness can have for each workload, written by hand for
+//! it. A raw WebSocket over one TCP stream (`bench_peers/wire.rs`): pre-encoded V2 frames
+//! masked in place into one reused buffer, every push of a batch in one write, replies parsed
+//! in place out of one reused read buffer and matched by their ref alone, no allocation per
+//! message. No channel machinery: what the transport alone costs.
 
 use std::time::Instant;
 
-use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
 use crate::measure::{self, BenchResult, BoxError, Meter};
 use crate::spec::{Spec, Workload};
+use crate::wire::{Wire, reply_ref};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// The join ref of every floor push.
-const HEAD: &str = "[\"1\",\"";
+/// The join ref of every floor push, and the opening of its ref.
+const HEAD: &[u8] = b"[\"1\",\"";
 
 /// Runs one workload.
 pub(crate) async fn run(spec: &Spec) -> Result<BenchResult, BoxError> {
     let url = format!("{}/websocket?vsn=2.0.0", spec.url);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    let mut ws = Wire::connect(url.as_str()).await?;
     if spec.workload == Workload::Channels {
         return channels(spec, ws).await;
     }
-    ws.send(Message::text(format!(
-        "[\"1\",\"1\",\"{}\",\"phx_join\",{{}}]",
-        spec.topic
-    )))
-    .await?;
-    while reply_ref(&next(&mut ws).await?) != Some(1) {}
+    let join = format!("[\"1\",\"1\",\"{}\",\"phx_join\",{{}}]", spec.topic);
+    ws.text(&[join.as_bytes()]);
+    ws.flush().await?;
+    loop {
+        let frame = ws.next().await?;
+        if reply_ref(ws.payload(frame)) == Some(1) {
+            break;
+        }
+    }
 
     // Everything after the ref: `","TOPIC","echo",PAYLOAD]`.
     let tail = format!(
@@ -36,17 +36,13 @@ pub(crate) async fn run(spec: &Spec) -> Result<BenchResult, BoxError> {
         spec.topic,
         measure::payload_text(spec.payload)
     );
-    let frame = |r: u64| {
-        let mut s = String::with_capacity(HEAD.len() + 20 + tail.len());
-        s.push_str(HEAD);
-        s.push_str(itoa::Buffer::new().format(r));
-        s.push_str(&tail);
-        Message::text(s)
+    let push = Push {
+        tail: tail.into_bytes(),
     };
     let work = async {
         match spec.workload {
-            Workload::Sequential => sequential(spec, &mut ws, frame).await,
-            Workload::Pipelined => pipelined(spec, &mut ws, frame).await,
+            Workload::Sequential => sequential(spec, &mut ws, &push).await,
+            Workload::Pipelined => pipelined(spec, &mut ws, &push).await,
             Workload::Fanout => fanout(spec, &mut ws).await,
             Workload::Channels => Err("unreachable".into()),
         }
@@ -56,49 +52,58 @@ pub(crate) async fn run(spec: &Spec) -> Result<BenchResult, BoxError> {
         .map_err(|_| format!("floor {}: timed out", spec.workload))?
 }
 
-async fn sequential(
-    spec: &Spec,
-    ws: &mut Ws,
-    frame: impl Fn(u64) -> Message,
-) -> Result<BenchResult, BoxError> {
+/// The pre-encoded push: `HEAD`, the ref's digits, `tail`.
+struct Push {
+    tail: Vec<u8>,
+}
+
+impl Push {
+    fn append(&self, ws: &mut Wire, r: u64) {
+        let mut digits = itoa::Buffer::new();
+        ws.text(&[HEAD, digits.format(r).as_bytes(), &self.tail]);
+    }
+}
+
+async fn sequential(spec: &Spec, ws: &mut Wire, push: &Push) -> Result<BenchResult, BoxError> {
     let mut latencies = Vec::with_capacity(spec.ops as usize);
     let meter = Meter::start();
     for i in 0..spec.ops {
         let r = i + 2;
         let t = Instant::now();
-        ws.send(frame(r)).await?;
-        while reply_ref(&next(ws).await?) != Some(r) {}
+        push.append(ws, r);
+        ws.flush().await?;
+        loop {
+            let frame = ws.next().await?;
+            if reply_ref(ws.payload(frame)) == Some(r) {
+                break;
+            }
+        }
         latencies.push(t.elapsed().as_nanos() as u64);
     }
     let times = meter.stop();
     Ok(result(spec, spec.ops, times).with_latencies(latencies))
 }
 
-async fn pipelined(
-    spec: &Spec,
-    ws: &mut Ws,
-    frame: impl Fn(u64) -> Message,
-) -> Result<BenchResult, BoxError> {
+async fn pipelined(spec: &Spec, ws: &mut Wire, push: &Push) -> Result<BenchResult, BoxError> {
     let window = spec.window as u64;
     let (mut sent, mut done) = (0u64, 0u64);
     let meter = Meter::start();
     while done < spec.ops {
-        // Refill the window, then one flush for the whole batch.
-        let batch = sent < spec.ops && sent - done < window;
-        while sent < spec.ops && sent - done < window {
-            ws.feed(frame(sent + 2)).await?;
-            sent += 1;
-        }
-        if batch {
+        // Refill the window, then one write for the whole batch.
+        if sent < spec.ops && sent - done < window {
+            while sent < spec.ops && sent - done < window {
+                push.append(ws, sent + 2);
+                sent += 1;
+            }
             ws.flush().await?;
         }
         // Wait for one reply, then take every reply already read.
-        if reply_ref(&next(ws).await?).is_some() {
+        let frame = ws.next().await?;
+        if reply_ref(ws.payload(frame)).is_some() {
             done += 1;
         }
-        while let Some(message) = ws.next().now_or_never() {
-            let message = message.ok_or("connection closed")??;
-            if reply_ref(&message).is_some() {
+        while let Some(frame) = ws.buffered()? {
+            if reply_ref(ws.payload(frame)).is_some() {
                 done += 1;
             }
         }
@@ -109,14 +114,13 @@ async fn pipelined(
     Ok(result)
 }
 
-async fn fanout(spec: &Spec, ws: &mut Ws) -> Result<BenchResult, BoxError> {
+async fn fanout(spec: &Spec, ws: &mut Wire) -> Result<BenchResult, BoxError> {
     let meter = Meter::start();
     measure::say_ready()?;
     let mut events = 0;
     while events < spec.ops {
-        if let Message::Text(text) = next(ws).await?
-            && text.as_str().starts_with("[null,null,")
-        {
+        let frame = ws.next().await?;
+        if ws.payload(frame).starts_with(b"[null,null,") {
             events += 1;
         }
     }
@@ -127,19 +131,32 @@ async fn fanout(spec: &Spec, ws: &mut Ws) -> Result<BenchResult, BoxError> {
     Ok(result)
 }
 
-async fn channels(spec: &Spec, mut ws: Ws) -> Result<BenchResult, BoxError> {
+async fn channels(spec: &Spec, mut ws: Wire) -> Result<BenchResult, BoxError> {
     let before = measure::status_kib("VmRSS");
     let meter = Meter::start();
+    let topic = spec.topic.as_bytes();
     let work = async {
         for i in 1..=spec.ops {
-            let r = itoa::Buffer::new().format(i).to_owned();
-            let join = format!("[\"{r}\",\"{r}\",\"{}:{r}\",\"phx_join\",{{}}]", spec.topic);
-            ws.feed(Message::text(join)).await?;
+            let mut digits = itoa::Buffer::new();
+            let r = digits.format(i).as_bytes();
+            let parts: [&[u8]; 9] = [
+                b"[\"",
+                r,
+                b"\",\"",
+                r,
+                b"\",\"",
+                topic,
+                b":",
+                r,
+                b"\",\"phx_join\",{}]",
+            ];
+            ws.text(&parts);
         }
         ws.flush().await?;
         let mut joined = 0;
         while joined < spec.ops {
-            if reply_ref(&next(&mut ws).await?).is_some() {
+            let frame = ws.next().await?;
+            if reply_ref(ws.payload(frame)).is_some() {
                 joined += 1;
             }
         }
@@ -164,22 +181,4 @@ fn result(spec: &Spec, ops: u64, times: (std::time::Duration, std::time::Duratio
         ops,
         times,
     )
-}
-
-async fn next(ws: &mut Ws) -> Result<Message, BoxError> {
-    Ok(ws.next().await.ok_or("connection closed")??)
-}
-
-/// The ref of a reply frame `["JOIN_REF","REF",...` when it is a number; `None` for anything
-/// else (broadcasts have `null` refs).
-fn reply_ref(message: &Message) -> Option<u64> {
-    let Message::Text(text) = message else {
-        return None;
-    };
-    let rest = text.as_str().strip_prefix('[')?;
-    let rest = rest.strip_prefix('"')?;
-    let rest = &rest[rest.find('"')? + 1..];
-    let rest = rest.strip_prefix(",\"")?;
-    let end = rest.find('"')?;
-    rest[..end].parse().ok()
 }

@@ -18,31 +18,33 @@ pub(crate) async fn run(spec: &Spec) -> Result<BenchResult, BoxError> {
     if let Some(capacity) = spec.queue_capacity {
         builder = builder.queue_capacity(capacity);
     }
-    // `connect` spawns the socket's driver; with `--inline-driver` this task awaits it
-    // alongside the workload, so pushes and replies never cross between tasks.
-    let (socket, driver) = builder.build()?;
-    let inline = spec.inline_driver;
-    let mut driver = std::pin::pin!(async move {
-        if inline {
-            driver.await;
-        } else {
-            let _ = tokio::spawn(driver).await;
-        }
-    });
-    let work = async {
+    let work = async |socket: &Socket| {
         socket.connected().await?;
         match spec.workload {
-            Workload::Sequential => sequential(spec, &socket).await,
-            Workload::Pipelined => pipelined(spec, &socket).await,
-            Workload::Fanout => fanout(spec, &socket).await,
-            Workload::Channels => channels(spec, &socket).await,
+            Workload::Sequential => sequential(spec, socket).await,
+            Workload::Pipelined => pipelined(spec, socket).await,
+            Workload::Fanout => fanout(spec, socket).await,
+            Workload::Channels => channels(spec, socket).await,
         }
     };
-    let work = tokio::time::timeout(spec.timeout, work);
-    let mut result = tokio::select! {
-        biased;
-        outcome = work => outcome.map_err(|_| format!("{NAME} {}: timed out", spec.workload))??,
-        () = &mut driver => return Err(format!("{NAME}: the socket driver ended").into()),
+    let inline = spec.inline_driver;
+    let mut result = if inline {
+        // `build` returns the driver; this task awaits it alongside the workload, so pushes
+        // and replies never cross between tasks.
+        let (socket, driver) = builder.build()?;
+        tokio::select! {
+            biased;
+            outcome = tokio::time::timeout(spec.timeout, work(&socket)) => {
+                outcome.map_err(|_| format!("{NAME} {}: timed out", spec.workload))??
+            }
+            () = driver => return Err(format!("{NAME}: the socket driver ended").into()),
+        }
+    } else {
+        // What a user writes: `connect` spawns the driver on the current runtime.
+        let socket = builder.connect()?;
+        tokio::time::timeout(spec.timeout, work(&socket))
+            .await
+            .map_err(|_| format!("{NAME} {}: timed out", spec.workload))??
     };
     if inline {
         result.driver = Some("inline".to_owned());
