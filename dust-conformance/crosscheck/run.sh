@@ -7,7 +7,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 
 cd "$root"
-cargo build -p dust-conformance --bin dust-conformance-server
+cargo build -p dust-conformance --features server-bin --bin dust-conformance-server
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 case "$target_dir" in
   /*) ;;
@@ -22,4 +22,4 @@ if [ -f package-lock.json ]; then
 else
   npm install --no-audit --no-fund --loglevel=error
 fi
-DUST_CONFORMANCE_BIN="$bin" node --test --test-reporter=spec crosscheck.test.mjs dust.test.mjs presence.test.mjs
+DUST_CONFORMANCE_BIN="$bin" node --test --test-reporter=spec crosscheck.test.mjs dust.test.mjs dust_msgpack.test.mjs presence.test.mjs

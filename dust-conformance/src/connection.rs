@@ -388,6 +388,7 @@ impl Conn {
                     event: msg.event,
                     payload: msg.payload,
                     ref_: msg.ref_,
+                    msgpack: msg.msgpack,
                 });
             }
             _ => {

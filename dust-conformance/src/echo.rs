@@ -73,8 +73,8 @@ impl Channel for EchoChannel {
 
     async fn handle_in(&mut self, event: &str, payload: Payload, ctx: &ChannelContext) -> Handled {
         match event {
-            "echo" => Handled::Reply(Reply::ok(payload)),
-            "error_reply" => Handled::Reply(Reply::error(payload)),
+            "echo" => Handled::Reply(Reply::ok(ctx.as_sent(payload))),
+            "error_reply" => Handled::Reply(Reply::error(ctx.as_sent(payload))),
             "noreply" => Handled::NoReply,
             "slow" => {
                 let (Payload::Json(payload), Some(to)) = (payload, ctx.reply_ref()) else {
@@ -88,11 +88,11 @@ impl Channel for EchoChannel {
                 Handled::NoReply
             }
             "broadcast" => {
-                ctx.broadcast("broadcasted", payload);
+                ctx.broadcast("broadcasted", ctx.as_sent(payload));
                 Handled::Reply(Reply::ok(json!({})))
             }
             // Pushes to a gone connection (a draining channel) are lost, nothing more.
-            "push_me" => match ctx.push("pushed", payload) {
+            "push_me" => match ctx.push("pushed", ctx.as_sent(payload)) {
                 Ok(()) | Err(SendError::Disconnected) => Handled::Reply(Reply::ok(json!({}))),
                 Err(_) => Handled::Crash,
             },
@@ -112,7 +112,7 @@ impl Channel for EchoChannel {
                     "event": other,
                     "payload": payload,
                 }))),
-                Payload::Binary(_) => Handled::Crash,
+                _ => Handled::Crash,
             },
         }
     }

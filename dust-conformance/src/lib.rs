@@ -149,7 +149,7 @@ mod socket;
 
 pub mod channel;
 pub mod command;
-pub mod control;
+mod control;
 pub mod dust;
 pub mod echo;
 pub mod presence;

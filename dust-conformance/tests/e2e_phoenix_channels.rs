@@ -492,3 +492,65 @@ async fn disconnect_closes_everything() {
     );
     wait_connections(&control, 0).await;
 }
+
+/// The MessagePack serializer (`vsn=3.0.0`) against the emulation's echo channel: pushes in
+/// either payload format get their replies, a broadcast reaches a JSON and a MessagePack joiner
+/// alike, a binary cast travels in the server-push layout, a server's binary push arrives, and
+/// a binary push awaiting a reply is refused before it is sent.
+#[tokio::test]
+async fn the_messagepack_serializer_speaks_to_the_echo_channel() {
+    use phoenix_channels::Serializer;
+    use phoenix_channels::frame::EncodeError;
+    let server = server().await;
+    let packed = socket_builder(&server)
+        .serializer(Serializer::MessagePack)
+        .connect()
+        .unwrap();
+    let plain = socket(&server);
+    let (channel, mut messages) = joined(&packed, "echo:room").await;
+    let (_plain_channel, mut plain_messages) = joined(&plain, "echo:room").await;
+
+    let reply = within("echo json", channel.push("echo", json!({"hello": "world"})))
+        .await
+        .unwrap();
+    assert!(reply.response().is_msgpack());
+    assert_eq!(value(reply.response()), json!({"hello": "world"}));
+    let payload = Payload::msgpack(&json!({"n": [1, 2]})).unwrap();
+    let reply = within("echo msgpack", channel.push_payload("echo", payload))
+        .await
+        .unwrap();
+    assert_eq!(value(reply.response()), json!({"n": [1, 2]}));
+
+    within("broadcast", channel.push("broadcast", json!({"b": 1})))
+        .await
+        .unwrap();
+    for messages in [&mut messages, &mut plain_messages] {
+        let message = next_message(messages).await;
+        assert_eq!(message.event.as_str(), "broadcasted");
+        assert_eq!(value(&message.payload), json!({"b": 1}));
+    }
+
+    channel.cast_payload("broadcast", Payload::binary(&b"\x00\x01"[..]));
+    for messages in [&mut messages, &mut plain_messages] {
+        let message = next_message(messages).await;
+        assert_eq!(message.event.as_str(), "broadcasted");
+        assert_eq!(
+            message.payload.as_binary().map(|b| b.as_ref()),
+            Some(&b"\x00\x01"[..])
+        );
+    }
+
+    channel.cast_payload("push_binary", Payload::empty());
+    let message = next_message(&mut messages).await;
+    assert_eq!(message.event.as_str(), "pushed_binary");
+    assert_eq!(
+        message.payload.as_binary().map(|b| b.as_ref()),
+        Some(&b"hi"[..])
+    );
+
+    let refused = channel.push_payload("echo", Payload::binary(&b"x"[..]));
+    assert_eq!(
+        within("binary push", refused).await.unwrap_err(),
+        PushError::Encode(EncodeError::BinaryReplyUnsupported)
+    );
+}

@@ -17,7 +17,15 @@ fn every_corpus_input_decodes_or_is_refused_without_panicking() {
         replayed += 1;
     }
     assert!(replayed >= 10, "only {replayed} corpus files");
-    for valid in ["v2_join", "v1_object", "bin_push", "v2_heartbeat"] {
+    for valid in [
+        "v2_join",
+        "v1_object",
+        "bin_push",
+        "v2_heartbeat",
+        "msgpack_push",
+        "msgpack_header_push",
+        "msgpack_text",
+    ] {
         assert!(decoded.iter().any(|d| d == valid), "{valid} did not decode");
     }
     for malformed in [
@@ -25,6 +33,7 @@ fn every_corpus_input_decodes_or_is_refused_without_panicking() {
         "bin_truncated",
         "bin_wrong_kind",
         "v1_missing_key",
+        "msgpack_trailing",
     ] {
         assert!(
             !decoded.iter().any(|d| d == malformed),

@@ -52,7 +52,7 @@ async fn bad_token_is_403() {
 #[tokio::test]
 async fn unsupported_vsn_is_403() {
     let server = server().await;
-    for vsn in ["3.0.0", "2.1.0", "abc"] {
+    for vsn in ["3.0.1", "2.1.0", "abc"] {
         let url = format!("{}/websocket?vsn={vsn}", server.socket_url());
         assert_eq!(refused_status(&url).await, 403, "vsn {vsn}");
     }

@@ -279,7 +279,7 @@ where
         builder = builder.device_id(DeviceId::new(id));
     }
     if let Some(heartbeat) = options.heartbeat {
-        builder = builder.socket(move |s| s.heartbeat(heartbeat));
+        builder = builder.socket(move |s| s.heartbeat_interval(heartbeat));
     }
     if let Some(path) = &options.ca_file {
         let pem = std::fs::read(path).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use phoenix_channels::{
     Channel, ChannelContext, ChannelHandler, CloseCause, DisconnectReason, Joined, Message,
-    Payload, PushError, RejoinCause, Socket, SocketStatus,
+    Payload, PushError, RejoinCause, Serializer, Socket, SocketStatus,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite};
@@ -35,10 +35,13 @@ pub struct Options {
     /// The bound of the output queue, in bytes (`--output-buffer`, default
     /// [`DEFAULT_OUTPUT_BUFFER`]): lines that do not fit are dropped and reported.
     pub output_buffer: usize,
+    /// The wire format (`--format json|msgpack`, default `json`: `vsn=2.0.0`; `msgpack` is
+    /// `vsn=3.0.0`). Commands and events are JSON lines either way.
+    pub format: Serializer,
 }
 
 /// The usage text.
-pub const USAGE: &str = "usage: phx --url ws://HOST:PORT/socket [--param k=v]... [--heartbeat-ms N] [--timeout-ms N] [--ca-file PATH] [--output-buffer BYTES]";
+pub const USAGE: &str = "usage: phx --url ws://HOST:PORT/socket [--param k=v]... [--heartbeat-ms N] [--timeout-ms N] [--ca-file PATH] [--output-buffer BYTES] [--format json|msgpack]";
 
 impl Options {
     /// Parses the command-line arguments (without the program name).
@@ -49,6 +52,7 @@ impl Options {
         let mut timeout = None;
         let mut ca_file = None;
         let mut output_buffer = DEFAULT_OUTPUT_BUFFER;
+        let mut format = Serializer::Json;
         let mut args = args.into_iter();
         let millis = |flag: &str, value: Option<String>| -> Result<Duration, String> {
             let value = value.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -75,6 +79,17 @@ impl Options {
                 "--timeout-ms" => timeout = Some(millis("--timeout-ms", args.next())?),
                 "--ca-file" => ca_file = Some(args.next().ok_or("--ca-file needs a path")?.into()),
                 "--output-buffer" => output_buffer = parse_output_buffer(args.next())?,
+                "--format" => {
+                    format = match args.next().as_deref() {
+                        Some("json") => Serializer::Json,
+                        Some("msgpack") => Serializer::MessagePack,
+                        other => {
+                            return Err(format!(
+                                "--format needs `json` or `msgpack`, not {other:?}"
+                            ));
+                        }
+                    }
+                }
                 "-h" | "--help" => return Err(USAGE.to_owned()),
                 other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
             }
@@ -87,6 +102,7 @@ impl Options {
             timeout,
             ca_file,
             output_buffer,
+            format,
         })
     }
 }
@@ -327,12 +343,12 @@ where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = Socket::builder(&options.url);
+    let mut builder = Socket::builder(&options.url).serializer(options.format);
     for (k, v) in &options.params {
         builder = builder.param(k, v);
     }
     if let Some(heartbeat) = options.heartbeat {
-        builder = builder.heartbeat(heartbeat);
+        builder = builder.heartbeat_interval(heartbeat);
     }
     if let Some(timeout) = options.timeout {
         builder = builder.push_timeout(timeout).join_timeout(timeout);
@@ -421,6 +437,15 @@ mod tests {
                 .contains("--url is required")
         );
         assert!(Options::parse(args("--url u --param nope")).is_err());
+        assert_eq!(
+            Options::parse(args("--url u --format msgpack")).map(|o| o.format),
+            Ok(Serializer::MessagePack)
+        );
+        assert_eq!(
+            Options::parse(args("--url u")).map(|o| o.format),
+            Ok(Serializer::Json)
+        );
+        assert!(Options::parse(args("--url u --format xml")).is_err());
         assert!(Options::parse(args("--url u --timeout-ms 0")).is_err());
         assert!(
             Options::parse(args("--url u --bogus"))

@@ -7,7 +7,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use phoenix_channels::frame;
-use phoenix_channels::{Payload, Ref};
+use phoenix_channels::{Payload, Ref, Serializer};
 
 fn payload(bytes: usize) -> Payload {
     let body = "x".repeat(bytes.saturating_sub(12));
@@ -59,6 +59,54 @@ fn bench(c: &mut Criterion) {
             BenchmarkId::new("decode_binary_broadcast", size),
             &binary,
             |b, f| b.iter(|| frame::decode_binary(black_box(f)).unwrap()),
+        );
+
+        // The same rows in MessagePack (`vsn=3.0.0`).
+        let body = p.to_value().unwrap();
+        let packed = Payload::msgpack(&body).unwrap();
+        group.bench_with_input(
+            BenchmarkId::new("msgpack_encode_push", size),
+            &packed,
+            |b, p| {
+                b.iter(|| {
+                    frame::encode_with(
+                        Serializer::MessagePack,
+                        Some(&join_ref),
+                        Some(&msg_ref),
+                        "room:lobby",
+                        "new_msg",
+                        black_box(p),
+                    )
+                })
+            },
+        );
+        let reply = rmp_serde::to_vec(&serde_json::json!(
+            ["12", "3456", "room:lobby", "phx_reply", {"status": "ok", "response": body}]
+        ))
+        .unwrap();
+        let reply = Bytes::from(reply);
+        group.bench_with_input(
+            BenchmarkId::new("msgpack_decode_reply", size),
+            &reply,
+            |b, f| {
+                b.iter(|| frame::decode_binary_with(Serializer::MessagePack, black_box(f)).unwrap())
+            },
+        );
+        let push = rmp_serde::to_vec(&serde_json::json!([
+            null,
+            null,
+            "room:lobby",
+            "new_msg",
+            body
+        ]))
+        .unwrap();
+        let push = Bytes::from(push);
+        group.bench_with_input(
+            BenchmarkId::new("msgpack_decode_broadcast", size),
+            &push,
+            |b, f| {
+                b.iter(|| frame::decode_binary_with(Serializer::MessagePack, black_box(f)).unwrap())
+            },
         );
     }
     group.finish();

@@ -11,11 +11,11 @@ use futures_util::Stream;
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
+use crate::backoff::RejoinPolicy;
 use crate::driver::Command;
 use crate::driver::queue::{self, Delivery, Item, QueueRx};
 use crate::error::{JoinError, Lagged, PushError};
 use crate::handler::{ChannelContext, ChannelHandler, HandlerTask};
-use crate::proto::backoff::RejoinPolicy;
 use crate::proto::channel::{ChannelId, ChannelOptions, ChannelState, CloseCause, JoinParams};
 use crate::proto::message::{Event, Message, Payload, Ref, Reply, Topic};
 use crate::proto::push::PushRequest;

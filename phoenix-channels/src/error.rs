@@ -2,9 +2,9 @@
 
 use std::fmt;
 
+use crate::proto::DisconnectReason;
 use crate::proto::channel::{CloseCause, RejoinCause};
 use crate::proto::message::Payload;
-use crate::proto::socket::DisconnectReason;
 
 pub use crate::proto::push::PushError;
 
@@ -70,6 +70,7 @@ pub enum BuildError {
 
 /// The socket stopped for good (disconnected by the user, or its reconnect policy gave up).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub struct SocketClosed {
     /// Why, when it was not the user's choice.
     pub reason: Option<DisconnectReason>,

@@ -14,7 +14,7 @@ use crate::driver::queue::{Delivery, Item, QueueRx};
 use crate::error::PushError;
 use crate::proto::channel::{ChannelId, CloseCause, ErrorCause, RejoinCause};
 use crate::proto::message::{Event, Message, Payload, Ref, Topic};
-use crate::proto::socket::{DisconnectReason, SocketStatus};
+use crate::proto::{DisconnectReason, SocketStatus};
 
 /// Reacts to what happens on a channel: Slipstream's callbacks, made Rust.
 ///

@@ -54,6 +54,11 @@
 //!   in a bounded buffer (their timeout runs meanwhile). Pushes in flight when the connection
 //!   drops fail at once with [`PushError::Disconnected`] instead of waiting for their timeout.
 //! - **Binary** payloads in both directions ([`Payload::binary`]).
+//! - **Serializers** per socket ([`SocketBuilder::serializer`]): Phoenix's V2 JSON (the
+//!   default) or MessagePack (`vsn=3.0.0`, as Dust speaks it). [`Payload::json`] and
+//!   [`Payload::msgpack`] encode from your `Serialize` type and [`Payload::deserialize`] reads
+//!   either format into your type; a payload of the other format is transcoded when sent (see
+//!   [`Serializer`] for the one limit: a binary push awaiting a reply under `3.0.0`).
 //! - **Presence**: [`presence::Presence`] keeps a channel's presence list in sync from
 //!   `presence_state` and `presence_diff`, with the joins and leaves of each.
 //!
@@ -108,21 +113,22 @@
 //!   shows the placeholders. A custom [`transport::Connector`] that calls tungstenite itself
 //!   does not get this.
 
+pub mod backoff;
 pub mod channel;
 pub mod driver;
 pub mod error;
+pub mod frame;
 pub mod handler;
 pub mod presence;
 pub mod proto;
 pub mod socket;
+pub mod transport;
 
 pub use channel::{Channel, ChannelBuilder, Messages, Push, PushOptions};
 pub use driver::SocketDriver;
-pub use driver::transport;
 pub use error::{BuildError, JoinError, Lagged, PushError, SocketClosed};
+pub use frame::Serializer;
 pub use handler::{ChannelContext, ChannelHandler, Joined};
-pub use proto::backoff;
-pub use proto::frame;
 pub use proto::message::{
     Event, Inbound, Message, Payload, PayloadError, Ref, Reply, ReplyMessage, ReplyStatus, Topic,
 };

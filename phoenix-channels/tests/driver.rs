@@ -841,7 +841,7 @@ async fn a_slow_consumer_keeps_the_connection_and_every_drop_is_reported() {
     let (connector, mut server) = fake_server();
     let socket = Socket::builder("ws://phoenix.test/socket")
         .connector(connector)
-        .heartbeat(Duration::from_secs(1))
+        .heartbeat_interval(Duration::from_secs(1))
         .connect()
         .unwrap();
     let (channel, mut messages) = socket.channel("room:1").stream();
@@ -936,7 +936,7 @@ async fn huge_timeouts_do_not_kill_the_socket_task() {
     let (connector, mut server) = fake_server();
     let socket = Socket::builder("ws://phoenix.test/socket")
         .connector(connector)
-        .heartbeat(Duration::MAX)
+        .heartbeat_interval(Duration::MAX)
         .join_timeout(Duration::MAX)
         .push_timeout(Duration::MAX)
         .connect_timeout(Duration::MAX)

@@ -47,3 +47,8 @@ fn the_text_frame_corpus_decodes_without_breaking_an_invariant() {
 fn the_binary_frame_corpus_decodes_without_breaking_an_invariant() {
     replay("binary_frame", checks::check_binary_frame);
 }
+
+#[test]
+fn the_msgpack_frame_corpus_decodes_without_breaking_an_invariant() {
+    replay("msgpack_frame", checks::check_msgpack_frame);
+}

@@ -18,8 +18,8 @@ use crate::socket::{Assigns, ConnectDecision, SocketConfig};
 /// The capability version the server speaks and the lowest it accepts.
 const CAPVER: u64 = 3;
 
-/// The socket: `connect/3` of `DustWeb.StoreSocket`, the JSON V2 serializer only (the real
-/// one also offers MessagePack as `vsn=3.0.0`), socket id `store_socket:{device_id}`.
+/// The socket: `connect/3` of `DustWeb.StoreSocket`, the JSON V2 serializer (`~> 2.0.0`) and
+/// Dust's MessagePack one (`3.0.0`), socket id `store_socket:{device_id}`.
 pub(crate) fn socket(dust: Arc<DustShared>) -> SocketConfig {
     let connect_dust = dust.clone();
     SocketConfig::new(move |request| {
@@ -44,7 +44,7 @@ pub(crate) fn socket(dust: Arc<DustShared>) -> SocketConfig {
         assigns.insert("capver".into(), json!(capver));
         ConnectDecision::Accept(assigns)
     })
-    .protocols([Protocol::V2])
+    .protocols([Protocol::V2, Protocol::MessagePack])
     .id(|_, assigns| {
         assigns
             .get("device_id")
@@ -177,7 +177,9 @@ impl Channel for StoreChannel {
                 let Payload::Json(Value::Object(params)) = payload else {
                     return Handled::Crash;
                 };
-                self.commit(joined, params, WriteKind::Write, ctx).await
+                let sent = super::msgpack::write_params(ctx, params);
+                self.commit(joined, sent.params, sent.as_sent, WriteKind::Write, ctx)
+                    .await
             }
             "put_file" => {
                 // Only a map with path, content and client_op_id matches the clause.
@@ -193,7 +195,8 @@ impl Channel for StoreChannel {
                 if let Err(reply) = self.admit(joined, "files:write") {
                     return Handled::Reply(reply);
                 }
-                self.commit(joined, params, WriteKind::PutFile, ctx).await
+                self.commit(joined, params, None, WriteKind::PutFile, ctx)
+                    .await
             }
             "ack_seq" => {
                 let Some(seq) = payload
@@ -208,6 +211,29 @@ impl Channel for StoreChannel {
                 Handled::Reply(Reply::ok(json!({})))
             }
             "status" => Handled::Reply(Reply::ok(self.status(joined).await)),
+            // %{"path" => _, "to_seq" => _} or %{"to_seq" => _}; anything else matches no clause.
+            "rollback" => {
+                let Payload::Json(Value::Object(params)) = payload else {
+                    return Handled::Crash;
+                };
+                if !params.contains_key("to_seq") {
+                    return Handled::Crash;
+                }
+                let allowed =
+                    DustShared::authorize(&joined.token, &joined.store, "entries:write").is_ok();
+                let outcome = tokio::spawn(super::rollback::rollback(
+                    self.dust.clone(),
+                    joined.store.clone(),
+                    allowed,
+                    params,
+                    ctx.broadcaster(),
+                ))
+                .await;
+                match outcome {
+                    Ok(super::rollback::RollbackOutcome::Reply(reply)) => Handled::Reply(reply),
+                    _ => Handled::Crash,
+                }
+            }
             // Any other event matches no clause of handle_in/3: the channel crashes.
             _ => Handled::Crash,
         }
@@ -240,7 +266,6 @@ impl Channel for StoreChannel {
             CatchUp::AfterSnapshot(seq) => json!(seq),
         };
         let batch = data.catch_up_batch(&last_seq);
-        drop(data);
         let (events, end) = match batch {
             Ok((events, end)) => (events, Some(end)),
             Err((events, raised)) => {
@@ -248,6 +273,18 @@ impl Channel for StoreChannel {
                 (events, None)
             }
         };
+        let msgpack = ctx.protocol() == Protocol::MessagePack;
+        let events: Vec<Payload> = events
+            .into_iter()
+            .map(|event| {
+                if msgpack {
+                    super::msgpack::catch_up_event(&data, event)
+                } else {
+                    Payload::Json(event)
+                }
+            })
+            .collect();
+        drop(data);
         for event in events {
             if crashes(ctx.push("event", event)) {
                 return Handled::Crash;
@@ -305,6 +342,7 @@ impl StoreChannel {
         &self,
         joined: &Joined,
         params: Map<String, Value>,
+        as_sent: Option<rmpv::Value>,
         kind: WriteKind,
         ctx: &ChannelContext,
     ) -> Handled {
@@ -316,6 +354,7 @@ impl StoreChannel {
             self.dust.clone(),
             joined.store.clone(),
             params,
+            as_sent,
             joined.device_id.clone(),
             ctx.broadcaster(),
             kind,
@@ -426,6 +465,7 @@ async fn commit_write(
     dust: Arc<DustShared>,
     store: Arc<StoreHandle>,
     params: Map<String, Value>,
+    as_sent: Option<rmpv::Value>,
     device_id: String,
     broadcaster: Broadcaster,
     kind: WriteKind,
@@ -460,6 +500,10 @@ async fn commit_write(
             return Outcome::Crash;
         }
     };
+    // The writer cannot encode a string that is not UTF-8: its transaction fails.
+    if let Some(response) = as_sent.as_ref().and_then(super::msgpack::invalid_utf8) {
+        return Outcome::Reply(Reply::error(response));
+    }
     if dust.crashes_at(&row.path) {
         tracing::info!(path = row.path, "the write crashes its channel (fault)");
         return Outcome::Crash;
@@ -489,7 +533,10 @@ async fn commit_write(
         }
     };
     // Every joiner of the writer's topic, the writer included, before the reply.
-    broadcaster.broadcast("event", store::live_event(&row, value));
+    let event = store::live_event(&row, value);
+    let event = super::msgpack::live_event(&row, event.clone(), as_sent.as_ref())
+        .unwrap_or(Payload::Json(event));
+    broadcaster.broadcast("event", event);
     drop(data);
     let mut reply = store::write_reply(&row);
     if kind == WriteKind::PutFile

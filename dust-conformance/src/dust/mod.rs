@@ -52,8 +52,9 @@
 //! - **Connect** (`/ws/sync/websocket?token=…&device_id=…&capver=3&vsn=2.0.0`): the token
 //!   must start with `dust_tok_` and be configured ([`TokenConfig`]); `capver` is parsed as
 //!   Elixir's `Integer.parse` does (missing or malformed counts as 1) and must be ≥ 3; a
-//!   refusal is HTTP 403. Only the JSON V2 serializer is offered (the real socket also offers
-//!   MessagePack as `vsn=3.0.0`). The socket id is `store_socket:{device_id}`.
+//!   refusal is HTTP 403. Two serializers, as the real endpoint: V2 JSON (`vsn=2.0.x`) and Dust's
+//!   MessagePack (`vsn=3.0.0` exactly; see [`crate::Protocol::MessagePack`] and "MessagePack
+//!   values" below). The socket id is `store_socket:{device_id}`.
 //! - **Join** `store:{org/name}` or `store:{uuid}` with `{"last_store_seq": N}`: the reply
 //!   `{store_seq, capver: 3, capver_min: 3, permissions, scopes, store_access}`; errors
 //!   `unauthorized` (unknown store, archived store joined by name), `store_not_allowed` and
@@ -75,7 +76,26 @@
 //!   broadcast to every joiner of the writer's topic before the reply. `client_op_id` is not
 //!   deduplicated.
 //! - **`put_file`** (`files:write`), **`ack_seq`** (recorded, reply `{}`), **`status`**.
+//! - **`rollback`** (`entries:write`, else `missing_scope`), as `Dust.Sync.Rollback`: with
+//!   `path` + `to_seq`, one op (a `set` of the path's value at `to_seq`, or a `delete` when it
+//!   had none) by device `system:rollback` with client_op_id `rollback:<to_seq>:<path>`,
+//!   broadcast as an `event`, reply `{store_seq}`; `{store_seq, noop: true}` when the path
+//!   already holds that value. With `to_seq` only, the whole store: a `delete` for every entry
+//!   absent at `to_seq`, then a `set` for every path whose value differs, each in path order,
+//!   broadcast to nobody, reply `{ops_written}`. Refused with `beyond_retention` (`to_seq`
+//!   below the earliest op, or below the latest snapshot) and `no_ops` (an empty store).
 //!   Any other event crashes the channel (`phx_error`), as an unmatched `handle_in/3` does.
+//!
+//! # MessagePack values
+//!
+//! Over `vsn=3.0.0`, as measured on the real server: a `bin` value is a string (one that is
+//! not UTF-8 gets an error reply and uses no seq); integer and boolean map keys come back as
+//! sent in the live `event` to MessagePack joiners, as strings to JSON joiners and in every
+//! catch-up; a timestamp (ext -1) written as the value itself is stored as a `datetime` (its
+//! envelope), and MessagePack clients get a timestamp back (truncated to microseconds), live
+//! and in catch-up, JSON clients its ISO-8601 text; nested in a map or list, it is stored as
+//! that text (as Jason writes the op). Known difference: a map's timestamp leaf becomes a
+//! string entry here, a `datetime` entry on the real server (seen in snapshots).
 //!
 //! Faults and inspection are on [`DustControl`] (lost or late replies, crashing writes,
 //! disconnects, archive, reset, restart, the write cost); durability with
@@ -99,7 +119,9 @@ mod channel;
 mod clock;
 mod config;
 mod control;
+mod msgpack;
 mod persist;
+mod rollback;
 mod sha256;
 mod state;
 mod store;
@@ -108,6 +130,7 @@ mod value;
 pub mod path;
 
 pub use clock::Clock;
+pub(crate) use clock::iso8601;
 pub use config::{DustConfig, Limits, RateLimit, SCOPES, StoreAccess, TOKEN_PREFIX, TokenConfig};
 pub use control::{DustControl, DustError, EntryInfo, OpInfo, StoreInfo};
 

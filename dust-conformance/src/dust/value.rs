@@ -342,7 +342,7 @@ fn datetime(typed: &Value) -> Result<Value, Raise> {
         .ok_or_else(|| Raise("%MatchError{term: {:error, :invalid_format}}".to_owned()))
 }
 
-fn parse_datetime(text: &str) -> Option<String> {
+pub(crate) fn parse_datetime(text: &str) -> Option<String> {
     let b = text.as_bytes();
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
         let s = text.get(range)?;

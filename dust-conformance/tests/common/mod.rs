@@ -220,4 +220,5 @@ pub async fn connect_with_protocols(url: &str, protocols: &str) -> (Client, Opti
 }
 
 pub mod dust;
+pub mod msgpack;
 pub mod process;

@@ -194,7 +194,7 @@ pub async fn run_with(seed: u64, sabotage: Sabotage) -> Result<Summary, String> 
             .write_timeout(params.write_timeout)
             .socket(move |s| {
                 s.connector(connector)
-                    .heartbeat(heartbeat)
+                    .heartbeat_interval(heartbeat)
                     .reconnect_policy(
                         ReconnectSchedule::default().with_schedule_ms([10, 50, 200, 500, 1000]),
                     )

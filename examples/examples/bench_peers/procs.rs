@@ -76,6 +76,8 @@ pub(crate) async fn build_server() -> Result<PathBuf, BoxError> {
             "build",
             "-p",
             "dust-conformance",
+            "--features",
+            "server-bin",
             "--bin",
             "dust-conformance-server",
             "--message-format=json-render-diagnostics",

@@ -12,11 +12,15 @@
 //! - a JSON payload of a decoded frame deserializes into a `serde_json::Value`, unless it is
 //!   deeper than serde_json's recursion limit, holds a number out of `f64`'s range or a lone
 //!   surrogate escape (all valid JSON that the payload check accepts, as `IgnoredAny` does); a
-//!   binary payload is never read as JSON, and displays as its base64.
+//!   binary payload is never read as JSON, and displays as its base64;
+//! - on a MessagePack (`vsn=3.0.0`) socket, a binary frame starting with 0, 1 or 2 decodes as a
+//!   header frame does, any other decoded frame re-encodes and decodes to the same message, and
+//!   its MessagePack payload passes the public check again, reads as a `serde_json::Value` or
+//!   fails with a MessagePack error, and transcodes to a JSON frame or fails cleanly.
 
 use bytes::Bytes;
-use phoenix_channels::frame::{self, KIND_BROADCAST, KIND_PUSH, KIND_REPLY, OutFrame};
-use phoenix_channels::{Event, Inbound, Payload, PayloadError, Ref};
+use phoenix_channels::frame::{self, EncodeError, KIND_BROADCAST, KIND_PUSH, KIND_REPLY, OutFrame};
+use phoenix_channels::{Event, Inbound, Payload, PayloadError, Ref, Serializer};
 
 /// Decodes `data` as a text frame and checks the invariants.
 pub fn check_text_frame(data: &[u8]) {
@@ -230,4 +234,132 @@ fn ref_text(r: Option<&Ref>) -> String {
 
 fn quoted(s: &str) -> String {
     serde_json::Value::from(s).to_string()
+}
+
+/// Decodes `data` as a binary frame of a MessagePack (`vsn=3.0.0`) socket and checks the
+/// invariants: a frame whose first byte is 0, 1 or 2 decodes as a binary header frame does;
+/// a MessagePack frame, encoded again, decodes to the same message; its payload passes
+/// `Payload::from_msgpack_bytes` too, and reads into a `serde_json::Value` or fails with a
+/// MessagePack error; transcoding it to a JSON frame fails cleanly or gives a JSON frame.
+pub fn check_msgpack_frame(data: &[u8]) {
+    let bytes = Bytes::copy_from_slice(data);
+    let decoded = frame::decode_binary_with(Serializer::MessagePack, &bytes);
+    if matches!(
+        data.first(),
+        Some(&(KIND_PUSH | KIND_REPLY | KIND_BROADCAST))
+    ) {
+        assert_eq!(decoded, frame::decode_binary(&bytes));
+        return;
+    }
+    // Any bytes: a payload is accepted or refused, never a panic.
+    if let Ok(payload) = Payload::from_msgpack_bytes(bytes.clone()) {
+        check_msgpack_payload(&payload);
+    }
+    let Ok(inbound) = decoded else { return };
+    let again = match &inbound {
+        Inbound::Message(message) => {
+            assert_ne!(message.event.as_str(), Event::REPLY);
+            check_msgpack_payload(&message.payload);
+            encode_msgpack(
+                message.join_ref.as_ref(),
+                message.msg_ref.as_ref(),
+                message.topic.as_str(),
+                message.event.as_str(),
+                &message.payload,
+            )
+        }
+        Inbound::Reply(reply) => {
+            let response = reply.reply.response();
+            check_msgpack_payload(response);
+            // `{"status": status, "response": response}`
+            let mut map = vec![0x82];
+            map.extend_from_slice(&msgpack_str("status"));
+            map.extend_from_slice(&msgpack_str(reply.reply.status().as_str()));
+            map.extend_from_slice(&msgpack_str("response"));
+            map.extend_from_slice(response.as_bytes());
+            let payload = match Payload::from_msgpack_bytes(map) {
+                Ok(payload) => payload,
+                Err(e) => panic!("the reply of a decoded frame is not MessagePack again: {e}"),
+            };
+            encode_msgpack(
+                reply.join_ref.as_ref(),
+                reply.msg_ref.as_ref(),
+                reply.topic.as_str(),
+                Event::REPLY,
+                &payload,
+            )
+        }
+        _ => return,
+    };
+    match frame::decode_binary_with(Serializer::MessagePack, &Bytes::from(again.clone())) {
+        Ok(round_trip) => assert_eq!(round_trip, inbound, "re-encoded as {again:?}"),
+        Err(e) => panic!("a decoded frame, encoded again as {again:?}, does not decode: {e}"),
+    }
+}
+
+/// A MessagePack payload reads as what it is, in every way a user can read it.
+fn check_msgpack_payload(payload: &Payload) {
+    assert!(payload.is_msgpack() && !payload.is_binary() && payload.as_json().is_none());
+    let Some(bytes) = payload.as_msgpack() else {
+        panic!("a MessagePack payload without MessagePack bytes")
+    };
+    if let Err(e) = Payload::from_msgpack_bytes(bytes.to_vec()) {
+        panic!("a checked MessagePack payload fails the public check: {e}");
+    }
+    match payload.to_value() {
+        Ok(value) => assert_eq!(payload.to_display_value(), value),
+        Err(PayloadError::MessagePack(_)) => {}
+        Err(e) => panic!("a MessagePack payload fails with a non-MessagePack error: {e}"),
+    }
+    let _ = payload.deserialize::<Vec<u64>>();
+    // On a JSON socket it is transcoded to a JSON frame, or refused with a clear error.
+    match frame::encode(None, None, "t", "e", payload) {
+        Ok(OutFrame::Text(text)) => {
+            // Nested as deep as the MessagePack limit allows, inside the frame's array it may
+            // pass JSON's recursion limit.
+            if let Err(e) = frame::decode_text(&Bytes::from(text.clone()))
+                && !e.to_string().contains("recursion limit")
+            {
+                panic!("a transcoded payload is not a JSON frame: {e}: {text:.200}");
+            }
+        }
+        Ok(other) => panic!("a MessagePack payload encoded for a JSON socket as {other:?}"),
+        Err(EncodeError::Transcode(_)) => {}
+        Err(e) => panic!("a MessagePack payload fails to transcode with {e}"),
+    }
+}
+
+/// A frame the way a `vsn=3.0.0` client writes it.
+fn encode_msgpack(
+    join_ref: Option<&Ref>,
+    msg_ref: Option<&Ref>,
+    topic: &str,
+    event: &str,
+    payload: &Payload,
+) -> Vec<u8> {
+    match frame::encode_with(
+        Serializer::MessagePack,
+        join_ref,
+        msg_ref,
+        topic,
+        event,
+        payload,
+    ) {
+        Ok(OutFrame::Binary(bytes)) => bytes.to_vec(),
+        other => panic!("a MessagePack payload did not encode as a binary frame: {other:?}"),
+    }
+}
+
+/// A MessagePack string (fixstr, str8, str16 or str32 by its length).
+fn msgpack_str(s: &str) -> Vec<u8> {
+    let len = s.len();
+    let mut out = match (u8::try_from(len), u16::try_from(len), u32::try_from(len)) {
+        (Ok(n), _, _) if n < 32 => vec![0xa0 | n],
+        (Ok(n), _, _) => vec![0xd9, n],
+        (_, Ok(n), _) => [&[0xda][..], &n.to_be_bytes()].concat(),
+        (_, _, Ok(n)) => [&[0xdb][..], &n.to_be_bytes()].concat(),
+        _ => panic!("a decoded string longer than 4 GiB"),
+    };
+    out.extend_from_slice(s.as_bytes());
+    out
 }

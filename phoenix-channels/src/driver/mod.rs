@@ -7,9 +7,10 @@
 //! waiters. It never awaits user code, and every step is a non-blocking poll, so nothing can be
 //! lost to cancellation.
 
-mod masked;
+mod command;
+mod malformed;
 pub(crate) mod queue;
-pub mod transport;
+mod slot;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -24,19 +25,17 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
-use crate::error::JoinError;
-use crate::handler::Joined;
-use crate::proto::channel::{ChannelId, ChannelOptions, ChannelState, CloseCause};
-use crate::proto::frame::OutFrame;
-use crate::proto::message::{Inbound, Payload, Reply, Topic};
+pub(crate) use command::Command;
+use malformed::MalformedLog;
+use slot::Slot;
+
+use crate::frame::OutFrame;
+use crate::proto::channel::ChannelId;
+use crate::proto::message::{Inbound, Reply};
 use crate::proto::push::PushError;
-use crate::proto::push::PushRequest;
-use crate::proto::socket::{
-    ChannelEvent, CoreConfig, DisconnectReason, Output, SocketCore, SocketStatus,
-};
+use crate::proto::{CoreConfig, DisconnectReason, Output, SocketCore, SocketStatus};
 use crate::socket::ConnectSetup;
-use queue::{Delivery, QueueTx};
-use transport::{BoxTransport, Connector, Outgoing, Received};
+use crate::transport::{self, BoxTransport, Connector, Outgoing, Received};
 
 type PushReply = oneshot::Sender<Result<Reply, PushError>>;
 type Connecting = Pin<Box<dyn Future<Output = Result<BoxTransport, DisconnectReason>> + Send>>;
@@ -64,120 +63,6 @@ const PAUSE_SHARE: u32 = 10;
 
 /// The shortest pause worth starting.
 const MIN_READ_PAUSE: Duration = Duration::from_millis(10);
-
-/// Malformed frames logged at `warn` per [`MALFORMED_WINDOW`]; the rest are counted and
-/// summed up in one line when the window ends (or the connection does).
-const MALFORMED_LOGGED: u32 = 5;
-
-/// The window of [`MALFORMED_LOGGED`].
-const MALFORMED_WINDOW: Duration = Duration::from_secs(60);
-
-/// Rate-limits the warnings about malformed frames: a server spewing garbage must not flood
-/// the logs (nor cost a formatted line per frame).
-#[derive(Debug, Default)]
-struct MalformedLog {
-    window_start: Option<Instant>,
-    logged: u32,
-    suppressed: u64,
-}
-
-impl MalformedLog {
-    fn frame(&mut self, now: Instant, error: &crate::proto::frame::DecodeError) {
-        if self
-            .window_start
-            .is_none_or(|start| now.saturating_duration_since(start) >= MALFORMED_WINDOW)
-        {
-            self.summary();
-            self.window_start = Some(now);
-            self.logged = 0;
-        }
-        if self.logged < MALFORMED_LOGGED {
-            self.logged += 1;
-            tracing::warn!(%error, "dropping a malformed frame from the server");
-            if self.logged == MALFORMED_LOGGED {
-                tracing::warn!("further malformed frames are counted and reported once a minute");
-            }
-        } else {
-            self.suppressed += 1;
-        }
-    }
-
-    /// Reports the frames counted but not logged, if any.
-    fn summary(&mut self) {
-        let dropped = std::mem::take(&mut self.suppressed);
-        if dropped > 0 {
-            tracing::warn!(dropped, "dropped more malformed frames from the server");
-        }
-    }
-}
-
-/// A request from a handle to the socket task.
-pub(crate) enum Command {
-    AddChannel {
-        id: ChannelId,
-        topic: Topic,
-        options: ChannelOptions,
-        queue: QueueTx,
-        state: watch::Sender<ChannelState>,
-    },
-    Join {
-        id: ChannelId,
-        done: Option<oneshot::Sender<Result<Payload, JoinError>>>,
-    },
-    JoinParams {
-        id: ChannelId,
-        params: Payload,
-    },
-    Leave {
-        id: ChannelId,
-        done: Option<oneshot::Sender<()>>,
-    },
-    Push {
-        id: ChannelId,
-        request: PushRequest,
-        reply: Option<PushReply>,
-        /// The bytes of the outgoing buffer it holds.
-        cost: usize,
-    },
-    Remove {
-        id: ChannelId,
-    },
-    Tap,
-    Disconnect {
-        done: oneshot::Sender<()>,
-    },
-}
-
-impl fmt::Debug for Command {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match self {
-            Self::AddChannel { .. } => "AddChannel",
-            Self::Join { .. } => "Join",
-            Self::JoinParams { .. } => "JoinParams",
-            Self::Leave { .. } => "Leave",
-            Self::Push { .. } => "Push",
-            Self::Remove { .. } => "Remove",
-            Self::Tap => "Tap",
-            Self::Disconnect { .. } => "Disconnect",
-        };
-        f.write_str(name)
-    }
-}
-
-/// The driver's side of a channel.
-struct Slot {
-    queue: QueueTx,
-    /// Whether the consumer is a handler (it gets control notices) or a message stream.
-    notify: bool,
-    state: watch::Sender<ChannelState>,
-    last_join: Option<Payload>,
-    join_waiters: Vec<oneshot::Sender<Result<Payload, JoinError>>>,
-    leave_waiters: Vec<oneshot::Sender<()>>,
-    /// The core refused the channel (another channel uses the topic).
-    refused: bool,
-    /// The handle is gone: forget the slot once the channel is closed.
-    removed: bool,
-}
 
 /// The socket task.
 pub(crate) struct Driver {
@@ -278,95 +163,6 @@ impl Driver {
 
     fn now() -> std::time::Instant {
         Instant::now().into_std()
-    }
-
-    fn command(&mut self, command: Command) {
-        let now = Self::now();
-        match command {
-            Command::AddChannel {
-                id,
-                topic,
-                options,
-                queue,
-                state,
-            } => {
-                let notify = matches!(options.params, crate::proto::JoinParams::Ask);
-                let refused = self.core.add_channel(id, topic.clone(), options).is_err();
-                if refused {
-                    tracing::warn!(%topic, "another channel of this socket already uses the topic");
-                }
-                self.slots.insert(
-                    id,
-                    Slot {
-                        queue,
-                        notify,
-                        state,
-                        last_join: None,
-                        join_waiters: Vec::new(),
-                        leave_waiters: Vec::new(),
-                        refused,
-                        removed: false,
-                    },
-                );
-            }
-            Command::Join { id, done } => {
-                let Some(slot) = self.slots.get_mut(&id) else {
-                    return;
-                };
-                if slot.refused {
-                    if let Some(done) = done {
-                        let _ = done.send(Err(JoinError::Closed(CloseCause::TopicTaken)));
-                    }
-                    return;
-                }
-                if let Some(done) = done {
-                    match (&slot.last_join, *slot.state.borrow()) {
-                        (Some(reply), ChannelState::Joined) => {
-                            let _ = done.send(Ok(reply.clone()));
-                        }
-                        _ => slot.join_waiters.push(done),
-                    }
-                }
-                self.core.join(now, id);
-            }
-            Command::JoinParams { id, params } => self.core.provide_join_params(now, id, params),
-            Command::Leave { id, done } => {
-                let Some(slot) = self.slots.get_mut(&id) else {
-                    return;
-                };
-                if let Some(done) = done {
-                    if *slot.state.borrow() == ChannelState::Closed {
-                        let _ = done.send(());
-                    } else {
-                        slot.leave_waiters.push(done);
-                    }
-                }
-                self.core.leave(now, id);
-            }
-            Command::Push {
-                id,
-                request,
-                reply,
-                cost,
-            } => {
-                self.held += cost;
-                self.core.push(now, id, request, reply);
-            }
-            Command::Remove { id } => {
-                if let Some(slot) = self.slots.get_mut(&id) {
-                    slot.removed = true;
-                    if slot.refused || *slot.state.borrow() == ChannelState::Closed {
-                        self.slots.remove(&id);
-                    }
-                }
-                self.core.remove_channel(now, id);
-            }
-            Command::Tap => self.core.set_tap(true),
-            Command::Disconnect { done } => {
-                self.disconnect_waiters.push(done);
-                self.core.close(now);
-            }
-        }
     }
 
     fn start_connect(&mut self) {
@@ -478,97 +274,6 @@ impl Driver {
             }
         }
         started
-    }
-
-    /// Wakes the consumers that got something since the last call (once each).
-    fn flush_consumers(&mut self) {
-        let slots = &mut self.slots;
-        for id in self.to_flush.drain(..) {
-            if let Some(slot) = slots.get_mut(&id) {
-                slot.queue.flush();
-            }
-        }
-    }
-
-    fn channel_event(&mut self, id: ChannelId, event: ChannelEvent) {
-        let Some(slot) = self.slots.get_mut(&id) else {
-            return;
-        };
-        let was_unflushed = slot.queue.is_unflushed();
-        let delivered = match event {
-            ChannelEvent::Message(message) => slot.queue.message(message).map(|queued| {
-                if !queued {
-                    tracing::debug!(channel = %id, "channel consumer is behind; message dropped");
-                }
-                if slot.queue.is_congested() && !self.congested.contains(&id) {
-                    self.congested.push(id);
-                }
-            }),
-            ChannelEvent::State(state) => {
-                slot.state.send_replace(state);
-                Ok(())
-            }
-            ChannelEvent::NeedJoinParams => slot.queue.control(Delivery::JoinParams),
-            ChannelEvent::Joined { response, join_ref } => {
-                slot.last_join = Some(response.clone());
-                for done in slot.join_waiters.drain(..) {
-                    let _ = done.send(Ok(response.clone()));
-                }
-                if slot.notify {
-                    slot.queue
-                        .control(Delivery::Joined(Box::new(Joined { response, join_ref })))
-                } else {
-                    Ok(())
-                }
-            }
-            ChannelEvent::JoinFailed(cause) => {
-                for done in slot.join_waiters.drain(..) {
-                    let _ = done.send(Err(JoinError::from(cause.clone())));
-                }
-                if slot.notify {
-                    slot.queue.control(Delivery::JoinFailed(Box::new(cause)))
-                } else {
-                    Ok(())
-                }
-            }
-            ChannelEvent::Errored(cause) => {
-                if slot.notify {
-                    slot.queue.control(Delivery::Errored(Box::new(cause)))
-                } else {
-                    Ok(())
-                }
-            }
-            ChannelEvent::Closed(cause) => {
-                slot.last_join = None;
-                for done in slot.join_waiters.drain(..) {
-                    let _ = done.send(Err(JoinError::Closed(cause.clone())));
-                }
-                for done in slot.leave_waiters.drain(..) {
-                    let _ = done.send(());
-                }
-                let delivered = if slot.notify {
-                    slot.queue.control(Delivery::Closed(Box::new(cause)))
-                } else {
-                    Ok(())
-                };
-                if slot.removed {
-                    // The handle is gone and the channel is closed: dropping the slot ends the
-                    // consumer after this last notice.
-                    self.slots.remove(&id);
-                    return;
-                }
-                delivered
-            }
-        };
-        if !was_unflushed && slot.queue.is_unflushed() {
-            self.to_flush.push(id);
-        }
-        if delivered.is_err() && !slot.removed && slot.notify {
-            // The handler task ended (it panicked): nothing can take this channel's events.
-            tracing::error!(channel = %id, "channel handler task ended; leaving the channel");
-            slot.removed = true;
-            self.core.remove_channel(Self::now(), id);
-        }
     }
 
     /// Writes queued frames to the transport and flushes once for the batch.

@@ -1,11 +1,17 @@
-//! Pending pushes by ref, their deadlines, and the timer set of the core.
+//! Pushes: the request, the pending pushes by ref and their deadlines, and the push transitions
+//! of the socket machine.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::channel::ChannelId;
-use super::frame::EncodeError;
-use super::message::{Event, Payload, Ref};
+use rustc_hash::FxHashMap;
+
+use super::channel::{ChannelId, ChannelState};
+use super::message::{Event, Payload, Ref, Reply};
+use super::output::Output;
+use super::socket::SocketCore;
+use super::timer::{Timer, Timers, deadline};
+use crate::frame::{self, EncodeError, Serializer};
 
 /// Why a push got no reply.
 ///
@@ -71,7 +77,7 @@ pub struct PushRequest {
     /// How long the push may wait for its reply, counted from the push.
     pub timeout: Duration,
     /// If set, the push is sent only while the channel is joined under the join with this ref
-    /// (from [`ChannelEvent::Joined`](super::socket::ChannelEvent::Joined)); otherwise it fails
+    /// (from [`ChannelEvent::Joined`](super::ChannelEvent::Joined)); otherwise it fails
     /// at once with [`PushError::Unavailable`] and is never sent, not even buffered.
     pub pinned: Option<Ref>,
 }
@@ -112,16 +118,6 @@ pub(crate) struct PendingPush<T> {
 /// backoff delay can overflow an `Instant`.
 pub const NEVER: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
-/// `now + after`, saturated: waits longer than [`NEVER`] are cut to it.
-pub(crate) fn deadline(now: Instant, after: Duration) -> Instant {
-    let after = after.min(NEVER);
-    // `now + NEVER` fits in every platform's `Instant` for any clock reading of this era; should
-    // it not, a wait of half as long is the next best "never".
-    now.checked_add(after)
-        .or_else(|| now.checked_add(after / 2))
-        .unwrap_or(now)
-}
-
 /// What a ref in flight stands for.
 #[derive(Debug)]
 pub(crate) enum Pending<T> {
@@ -129,61 +125,6 @@ pub(crate) enum Pending<T> {
     Join(ChannelId),
     Leave(ChannelId),
     Heartbeat,
-}
-
-/// The timers of the core, each at most once in the set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Timer {
-    Heartbeat,
-    HeartbeatTimeout,
-    Healthy,
-    Reconnect,
-    Push(u64),
-    JoinTimeout(ChannelId),
-    LeaveTimeout(ChannelId),
-    Rejoin(ChannelId),
-}
-
-/// Every armed timer, ordered by deadline. Entities remember their own deadline so that a timer
-/// can be removed exactly, which keeps the set from growing with stale entries.
-#[derive(Debug, Default)]
-pub(crate) struct Timers(BTreeSet<(Instant, Timer)>);
-
-impl Timers {
-    pub(crate) fn arm(&mut self, at: Instant, timer: Timer) {
-        self.0.insert((at, timer));
-    }
-
-    pub(crate) fn disarm(&mut self, at: Option<Instant>, timer: Timer) {
-        if let Some(at) = at {
-            self.0.remove(&(at, timer));
-        }
-    }
-
-    pub(crate) fn next(&self) -> Option<Instant> {
-        self.0.first().map(|(at, _)| *at)
-    }
-
-    /// Removes and returns the timers due at `now`.
-    pub(crate) fn take_due(&mut self, now: Instant) -> Vec<(Instant, Timer)> {
-        let mut due = Vec::new();
-        while let Some(&(at, timer)) = self.0.first() {
-            if at > now {
-                break;
-            }
-            self.0.pop_first();
-            due.push((at, timer));
-        }
-        due
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.0.clear();
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
 }
 
 /// The deadlines of pushes. Pushes made with the same timeout have deadlines in push order, so
@@ -267,4 +208,211 @@ impl PushDeadlines {
     pub(crate) fn len(&self) -> usize {
         self.fifo.len()
     }
+}
+
+/// The push transitions of the socket machine: sending or buffering a push, flushing the buffer
+/// after a join, deadlines, and ending pushes with their reply or error.
+impl<T> SocketCore<T> {
+    pub(super) fn fail_buffered(&mut self, id: ChannelId, error: PushError) {
+        if let Some(chan) = self.channels.get_mut(&id) {
+            chan.buffer.clear();
+        }
+        self.fail_pushes(error, |push| push.channel == id && push.buffered.is_some());
+    }
+
+    pub(super) fn fail_in_flight(&mut self, id: ChannelId, error: PushError) {
+        self.fail_pushes(error, |push| push.channel == id && push.buffered.is_none());
+    }
+
+    /// Ends, in ref order, every pending push `which` selects, with `error`.
+    pub(super) fn fail_pushes(
+        &mut self,
+        error: PushError,
+        which: impl Fn(&PendingPush<T>) -> bool,
+    ) {
+        let mut failed: Vec<(u64, Pending<T>)> = self
+            .pending
+            .extract_if(|_, p| matches!(p, Pending::Push(push) if which(push)))
+            .collect();
+        failed.sort_unstable_by_key(|(r, _)| *r);
+        for (r, p) in failed {
+            if let Pending::Push(push) = p {
+                self.end_push(r, push, Err(error.clone()));
+            }
+        }
+    }
+
+    /// Ends a push (already out of `pending`): its timer goes, and its waiter (if any) gets the
+    /// result.
+    pub(super) fn end_push(
+        &mut self,
+        r: u64,
+        push: PendingPush<T>,
+        result: Result<Reply, PushError>,
+    ) {
+        self.disarm_push(r, &push);
+        if let Some(token) = push.token {
+            self.out.push_back(Output::PushDone(token, result));
+        }
+    }
+
+    /// Pushes on a channel. With a `token`, the push ends with exactly one
+    /// [`Output::PushDone`] carrying it: the reply, or an error (including an immediate one,
+    /// such as [`PushError::NotJoined`]). Without a token it is a cast: sent once (after the join
+    /// if the channel is joining) and never tracked. See [`PushRequest::pinned`] for pushes that
+    /// may go out only under one join.
+    pub fn push(&mut self, now: Instant, id: ChannelId, request: PushRequest, token: Option<T>) {
+        if let Err((error, Some(token))) = self.try_push(now, id, request, token) {
+            self.out.push_back(Output::PushDone(token, Err(error)));
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub(super) fn try_push(
+        &mut self,
+        now: Instant,
+        id: ChannelId,
+        request: PushRequest,
+        token: Option<T>,
+    ) -> Result<(), (PushError, Option<T>)> {
+        let PushRequest {
+            event,
+            payload,
+            timeout,
+            pinned,
+        } = request;
+        let pinned = pinned.as_ref();
+        let Some(chan) = self.channels.get(&id) else {
+            return Err((PushError::ChannelClosed, token));
+        };
+        if let Some(pinned) = pinned
+            && (chan.state != ChannelState::Joined
+                || chan.join_ref.map(Ref::new).as_ref() != Some(pinned))
+        {
+            return Err((PushError::Unavailable, token));
+        }
+        if payload.is_binary()
+            && let Err(e) = frame::check_binary_fields(&chan.topic, &event)
+        {
+            return Err((PushError::Encode(e), token));
+        }
+        if payload.is_binary()
+            && token.is_some()
+            && self.config.serializer == Serializer::MessagePack
+        {
+            return Err((
+                PushError::Encode(EncodeError::BinaryReplyUnsupported),
+                token,
+            ));
+        }
+        match chan.state {
+            ChannelState::Closed if chan.joined_once || chan.detached => {
+                Err((PushError::ChannelClosed, token))
+            }
+            ChannelState::Closed => Err((PushError::NotJoined, token)),
+            ChannelState::Leaving => Err((PushError::ChannelClosed, token)),
+            ChannelState::Joined => {
+                let join_ref = chan.join_ref;
+                let topic = chan.topic.clone();
+                let r = self.make_ref();
+                if let Err(e) = self.transmit(join_ref, r, &topic, &event, &payload) {
+                    return Err((PushError::Encode(e), token));
+                }
+                if let Some(token) = token {
+                    let deadline = deadline(now, timeout);
+                    let in_fifo = self.arm_push(deadline, r);
+                    self.pending.insert(
+                        r,
+                        Pending::Push(PendingPush {
+                            channel: id,
+                            deadline,
+                            token: Some(token),
+                            buffered: None,
+                            in_fifo,
+                        }),
+                    );
+                }
+                Ok(())
+            }
+            ChannelState::Joining | ChannelState::Errored => {
+                if chan.buffer.len() >= chan.buffer_capacity {
+                    let capacity = chan.buffer_capacity;
+                    return Err((PushError::BufferFull { capacity }, token));
+                }
+                let r = self.make_ref();
+                let deadline = deadline(now, timeout);
+                let in_fifo = self.arm_push(deadline, r);
+                self.pending.insert(
+                    r,
+                    Pending::Push(PendingPush {
+                        channel: id,
+                        deadline,
+                        token,
+                        buffered: Some((event, payload)),
+                        in_fifo,
+                    }),
+                );
+                if let Some(chan) = self.channels.get_mut(&id) {
+                    chan.buffer.push_back(r);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn disarm_push(&mut self, r: u64, push: &PendingPush<T>) {
+        let pending = &self.pending;
+        self.push_deadlines
+            .disarm(push.deadline, r, push.in_fifo, &mut self.timers, |r, at| {
+                is_fifo_push(pending, r, at)
+            });
+    }
+
+    pub(super) fn arm_push(&mut self, at: Instant, r: u64) -> bool {
+        self.push_deadlines.arm(at, r, &mut self.timers)
+    }
+
+    pub(super) fn flush_buffer(&mut self, id: ChannelId) {
+        let Some(chan) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let buffered = std::mem::take(&mut chan.buffer);
+        let join_ref = chan.join_ref;
+        let topic = chan.topic.clone();
+        for r in buffered {
+            let Some(Pending::Push(push)) = self.pending.get_mut(&r) else {
+                continue;
+            };
+            let Some((event, payload)) = push.buffered.take() else {
+                continue;
+            };
+            let is_cast = push.token.is_none();
+            let sent = self.transmit(join_ref, r, &topic, &event, &payload);
+            if let Err(e) = sent {
+                if let Some(Pending::Push(push)) = self.pending.remove(&r) {
+                    self.end_push(r, push, Err(PushError::Encode(e)));
+                }
+            } else if is_cast && let Some(Pending::Push(push)) = self.pending.remove(&r) {
+                self.disarm_push(r, &push);
+            }
+        }
+    }
+
+    pub(super) fn push_timed_out(&mut self, r: u64) {
+        let Some(Pending::Push(push)) = self.pending.remove(&r) else {
+            return;
+        };
+        if push.buffered.is_some()
+            && let Some(chan) = self.channels.get_mut(&push.channel)
+            && let Some(pos) = chan.buffer.iter().position(|b| *b == r)
+        {
+            chan.buffer.remove(pos);
+        }
+        self.end_push(r, push, Err(PushError::Timeout));
+    }
+}
+
+/// Whether `r` is a pending push whose deadline `at` is in the FIFO.
+pub(super) fn is_fifo_push<T>(pending: &FxHashMap<u64, Pending<T>>, r: u64, at: Instant) -> bool {
+    matches!(pending.get(&r), Some(Pending::Push(push)) if push.in_fifo && push.deadline == at)
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
 
-use super::channel::RejoinCause;
-use super::socket::DisconnectReason;
+use crate::proto::DisconnectReason;
+use crate::proto::channel::RejoinCause;
 
 /// The reconnect delays of phoenix.js and Slipstream, in milliseconds; the last one repeats.
 pub const RECONNECT_SCHEDULE_MS: [u64; 10] = [10, 50, 100, 150, 200, 250, 500, 1000, 2000, 5000];
@@ -287,8 +287,8 @@ pub mod external {
     use std::time::Duration;
 
     use super::{ReconnectPolicy, RejoinPolicy};
+    use crate::proto::DisconnectReason;
     use crate::proto::channel::RejoinCause;
-    use crate::proto::socket::DisconnectReason;
 
     /// A reconnect or rejoin policy driven by any `backoff::backoff::Backoff`: it is reset on
     /// the first attempt of each series and stops when the backoff gives up.

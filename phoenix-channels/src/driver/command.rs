@@ -1,0 +1,155 @@
+//! The commands of the handles, and how the socket task carries them out.
+
+use std::fmt;
+
+use tokio::sync::{oneshot, watch};
+
+use super::Slot;
+use super::queue::QueueTx;
+use super::{Driver, PushReply};
+use crate::error::JoinError;
+use crate::proto::channel::{ChannelId, ChannelOptions, ChannelState, CloseCause};
+use crate::proto::message::{Payload, Topic};
+use crate::proto::push::PushRequest;
+
+/// A request from a handle to the socket task.
+pub(crate) enum Command {
+    AddChannel {
+        id: ChannelId,
+        topic: Topic,
+        options: ChannelOptions,
+        queue: QueueTx,
+        state: watch::Sender<ChannelState>,
+    },
+    Join {
+        id: ChannelId,
+        done: Option<oneshot::Sender<Result<Payload, JoinError>>>,
+    },
+    JoinParams {
+        id: ChannelId,
+        params: Payload,
+    },
+    Leave {
+        id: ChannelId,
+        done: Option<oneshot::Sender<()>>,
+    },
+    Push {
+        id: ChannelId,
+        request: PushRequest,
+        reply: Option<PushReply>,
+        /// The bytes of the outgoing buffer it holds.
+        cost: usize,
+    },
+    Remove {
+        id: ChannelId,
+    },
+    Tap,
+    Disconnect {
+        done: oneshot::Sender<()>,
+    },
+}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Self::AddChannel { .. } => "AddChannel",
+            Self::Join { .. } => "Join",
+            Self::JoinParams { .. } => "JoinParams",
+            Self::Leave { .. } => "Leave",
+            Self::Push { .. } => "Push",
+            Self::Remove { .. } => "Remove",
+            Self::Tap => "Tap",
+            Self::Disconnect { .. } => "Disconnect",
+        };
+        f.write_str(name)
+    }
+}
+
+impl Driver {
+    pub(super) fn command(&mut self, command: Command) {
+        let now = Self::now();
+        match command {
+            Command::AddChannel {
+                id,
+                topic,
+                options,
+                queue,
+                state,
+            } => {
+                let notify = matches!(options.params, crate::proto::JoinParams::Ask);
+                let refused = self.core.add_channel(id, topic.clone(), options).is_err();
+                if refused {
+                    tracing::warn!(%topic, "another channel of this socket already uses the topic");
+                }
+                self.slots.insert(
+                    id,
+                    Slot {
+                        queue,
+                        notify,
+                        state,
+                        join_waiters: Vec::new(),
+                        leave_waiters: Vec::new(),
+                        refused,
+                    },
+                );
+            }
+            Command::Join { id, done } => {
+                let Some(slot) = self.slots.get_mut(&id) else {
+                    return;
+                };
+                if slot.refused {
+                    if let Some(done) = done {
+                        let _ = done.send(Err(JoinError::Closed(CloseCause::TopicTaken)));
+                    }
+                    return;
+                }
+                if let Some(done) = done {
+                    match self.core.join_response(id) {
+                        Some(response) => {
+                            let _ = done.send(Ok(response.clone()));
+                        }
+                        None => slot.join_waiters.push(done),
+                    }
+                }
+                self.core.join(now, id);
+            }
+            Command::JoinParams { id, params } => self.core.provide_join_params(now, id, params),
+            Command::Leave { id, done } => {
+                let Some(slot) = self.slots.get_mut(&id) else {
+                    return;
+                };
+                if let Some(done) = done {
+                    if *slot.state.borrow() == ChannelState::Closed {
+                        let _ = done.send(());
+                    } else {
+                        slot.leave_waiters.push(done);
+                    }
+                }
+                self.core.leave(now, id);
+            }
+            Command::Push {
+                id,
+                request,
+                reply,
+                cost,
+            } => {
+                self.held += cost;
+                self.core.push(now, id, request, reply);
+            }
+            Command::Remove { id } => {
+                // A closed channel's slot goes now; one still open goes with its last notice.
+                if let Some(slot) = self.slots.get(&id)
+                    && (slot.refused || *slot.state.borrow() == ChannelState::Closed)
+                {
+                    self.slots.remove(&id);
+                }
+                self.core.remove_channel(now, id);
+            }
+            Command::Tap => self.core.set_tap(true),
+            Command::Disconnect { done } => {
+                self.disconnect_waiters.push(done);
+                self.core.close(now);
+            }
+        }
+    }
+}

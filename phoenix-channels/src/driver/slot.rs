@@ -1,0 +1,118 @@
+//! The driver's side of each channel: its consumer's queue, its state watch and the waiters
+//! of its join and leave, and how channel events reach them.
+
+use tokio::sync::{oneshot, watch};
+
+use super::Driver;
+use super::queue::{Delivery, QueueTx};
+use crate::error::JoinError;
+use crate::handler::Joined;
+use crate::proto::ChannelEvent;
+#[cfg(doc)]
+use crate::proto::SocketCore;
+use crate::proto::channel::{ChannelId, ChannelState};
+use crate::proto::message::Payload;
+
+/// The driver's side of a channel.
+pub(super) struct Slot {
+    pub(super) queue: QueueTx,
+    /// Whether the consumer is a handler (it gets control notices) or a message stream.
+    pub(super) notify: bool,
+    pub(super) state: watch::Sender<ChannelState>,
+    pub(super) join_waiters: Vec<oneshot::Sender<Result<Payload, JoinError>>>,
+    pub(super) leave_waiters: Vec<oneshot::Sender<()>>,
+    /// The core refused the channel (another channel uses the topic): the core does not hold
+    /// it. Whether a channel the core holds was removed, and the response of its current join,
+    /// are the core's to say ([`SocketCore::is_removed`], [`SocketCore::join_response`]).
+    pub(super) refused: bool,
+}
+
+impl Driver {
+    /// Wakes the consumers that got something since the last call (once each).
+    pub(super) fn flush_consumers(&mut self) {
+        let slots = &mut self.slots;
+        for id in self.to_flush.drain(..) {
+            if let Some(slot) = slots.get_mut(&id) {
+                slot.queue.flush();
+            }
+        }
+    }
+
+    pub(super) fn channel_event(&mut self, id: ChannelId, event: ChannelEvent) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let was_unflushed = slot.queue.is_unflushed();
+        let delivered = match event {
+            ChannelEvent::Message(message) => slot.queue.message(message).map(|queued| {
+                if !queued {
+                    tracing::debug!(channel = %id, "channel consumer is behind; message dropped");
+                }
+                if slot.queue.is_congested() && !self.congested.contains(&id) {
+                    self.congested.push(id);
+                }
+            }),
+            ChannelEvent::State(state) => {
+                slot.state.send_replace(state);
+                Ok(())
+            }
+            ChannelEvent::NeedJoinParams => slot.queue.control(Delivery::JoinParams),
+            ChannelEvent::Joined { response, join_ref } => {
+                for done in slot.join_waiters.drain(..) {
+                    let _ = done.send(Ok(response.clone()));
+                }
+                if slot.notify {
+                    slot.queue
+                        .control(Delivery::Joined(Box::new(Joined { response, join_ref })))
+                } else {
+                    Ok(())
+                }
+            }
+            ChannelEvent::JoinFailed(cause) => {
+                for done in slot.join_waiters.drain(..) {
+                    let _ = done.send(Err(JoinError::from(cause.clone())));
+                }
+                if slot.notify {
+                    slot.queue.control(Delivery::JoinFailed(Box::new(cause)))
+                } else {
+                    Ok(())
+                }
+            }
+            ChannelEvent::Errored(cause) => {
+                if slot.notify {
+                    slot.queue.control(Delivery::Errored(Box::new(cause)))
+                } else {
+                    Ok(())
+                }
+            }
+            ChannelEvent::Closed(cause) => {
+                for done in slot.join_waiters.drain(..) {
+                    let _ = done.send(Err(JoinError::Closed(cause.clone())));
+                }
+                for done in slot.leave_waiters.drain(..) {
+                    let _ = done.send(());
+                }
+                let delivered = if slot.notify {
+                    slot.queue.control(Delivery::Closed(Box::new(cause)))
+                } else {
+                    Ok(())
+                };
+                if self.core.is_removed(id) {
+                    // The handle is gone and the channel is closed: dropping the slot ends the
+                    // consumer after this last notice.
+                    self.slots.remove(&id);
+                    return;
+                }
+                delivered
+            }
+        };
+        if !was_unflushed && slot.queue.is_unflushed() {
+            self.to_flush.push(id);
+        }
+        if delivered.is_err() && slot.notify && !self.core.is_removed(id) {
+            // The handler task ended (it panicked): nothing can take this channel's events.
+            tracing::error!(channel = %id, "channel handler task ended; leaving the channel");
+            self.core.remove_channel(Self::now(), id);
+        }
+    }
+}
