@@ -224,17 +224,17 @@ pub(crate) fn reply_ref(text: &[u8]) -> Option<u64> {
     let rest = text.strip_prefix(b"[\"")?;
     let rest = &rest[rest.iter().position(|&b| b == b'"')? + 1..];
     let rest = rest.strip_prefix(b",\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let digits = &rest[..end];
+    if digits.is_empty() {
+        return None;
+    }
     let mut n: u64 = 0;
-    let mut digits = 0;
-    for &b in rest {
-        if b == b'"' {
-            return (digits > 0).then_some(n);
-        }
+    for &b in digits {
         if !b.is_ascii_digit() {
             return None;
         }
         n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-        digits += 1;
     }
-    None
+    Some(n)
 }
