@@ -8,6 +8,7 @@
 //! lost to cancellation.
 
 mod command;
+mod direct;
 mod malformed;
 pub(crate) mod queue;
 mod slot;
@@ -16,8 +17,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::SinkExt as _;
@@ -94,6 +95,9 @@ pub(crate) struct Driver {
     tap: broadcast::Sender<Inbound>,
     disconnect_waiters: Vec<oneshot::Sender<()>>,
     stopped: bool,
+    /// The task's waker, for the pushes that the handles write themselves (see
+    /// [`Driver::push_now`]): whatever they leave for the task to do wakes it.
+    waker: Option<Waker>,
     /// Frames this wake-up may still read.
     read_budget: usize,
     /// Channels whose consumer is far behind.
@@ -149,6 +153,7 @@ impl Driver {
             tap,
             disconnect_waiters: Vec::new(),
             stopped: false,
+            waker: None,
             read_budget: READ_BUDGET,
             congested: Vec::new(),
             pause_until: None,
@@ -489,6 +494,9 @@ impl Future for Driver {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
+        if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            this.waker = Some(cx.waker().clone());
+        }
         let span = this.span.clone();
         let _entered = span.enter();
         let mut rounds = 0;
@@ -553,14 +561,21 @@ impl Driver {
 /// await it. It ends when the socket stops.
 #[must_use = "the socket does nothing unless its driver runs"]
 pub struct SocketDriver {
-    driver: Pin<Box<Driver>>,
+    /// Shared with the handles, which lock it (without waiting) to write a push themselves
+    /// while the task is idle.
+    driver: Arc<Mutex<Driver>>,
 }
 
 impl SocketDriver {
     pub(crate) fn new(driver: Driver) -> Self {
         Self {
-            driver: Box::pin(driver),
+            driver: Arc::new(Mutex::new(driver)),
         }
+    }
+
+    /// The handles' access to the driver (see [`Driver::push_now`]).
+    pub(crate) fn shared(&self) -> Weak<Mutex<Driver>> {
+        Arc::downgrade(&self.driver)
     }
 }
 
@@ -573,7 +588,9 @@ impl fmt::Debug for SocketDriver {
 impl Future for SocketDriver {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.driver.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Held by a handle only for the moment it takes to write one push.
+        let mut driver = self.driver.lock().unwrap_or_else(PoisonError::into_inner);
+        Pin::new(&mut *driver).poll(cx)
     }
 }
