@@ -185,8 +185,8 @@ impl Wire {
         }
     }
 
-    /// Reads more bytes, first dropping the parsed ones.
-    async fn fill(&mut self) -> Result<(), BoxError> {
+    /// Reads more bytes (first dropping the parsed ones); returns how many.
+    pub(crate) async fn fill(&mut self) -> Result<usize, BoxError> {
         if self.start == self.read.len() {
             self.read.clear();
             self.start = 0;
@@ -195,10 +195,10 @@ impl Wire {
             self.start = 0;
         }
         self.read.reserve(READ_CHUNK);
-        if self.stream.read_buf(&mut self.read).await? == 0 {
-            return Err("connection closed".into());
+        match self.stream.read_buf(&mut self.read).await? {
+            0 => Err("connection closed".into()),
+            n => Ok(n),
         }
-        Ok(())
     }
 }
 
