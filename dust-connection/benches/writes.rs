@@ -1,8 +1,8 @@
 //! Acknowledged writes per second through the whole stack (telemetry, validation, outbox,
 //! push, the server's apply and reply, and the answer back), against the in-process Dust
-//! emulation: `cargo bench -p dust-connection`.
+//! emulation: `cargo bench -p dust-connection`, in both wire formats (JSON, MessagePack).
 //!
-//! Prints one line per workload, and a JSON line each for machines.
+//! Prints one line per format and workload, and a JSON line each for machines.
 
 #![allow(missing_docs, clippy::print_stdout, clippy::unwrap_used)]
 
@@ -10,11 +10,15 @@ use std::time::{Duration, Instant};
 
 use dust_conformance::ServerConfig;
 use dust_conformance::dust::{DustConfig, TokenConfig};
-use dust_connection::{DustConnection, MemoryEngine, WriteRequest};
+use dust_connection::{DustConnection, Format, MemoryEngine, WriteRequest};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
-async fn run(quick: bool) {
+async fn run(quick: bool, format: Format) {
+    let name = match format {
+        Format::MessagePack => "msgpack",
+        _ => "json",
+    };
     let server = dust_conformance::start(
         ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new("dust_tok_bench"))),
     )
@@ -25,6 +29,7 @@ async fn run(quick: bool) {
         .token("dust_tok_bench")
         .store("bench/s")
         .engine(engine)
+        .format(format)
         .outbox_capacity(4096)
         .connect()
         .unwrap();
@@ -45,7 +50,7 @@ async fn run(quick: bool) {
             .await
             .unwrap();
     }
-    report("sequential", n, started.elapsed());
+    report(name, "sequential", n, started.elapsed());
 
     for window in [100usize, 1000] {
         let started = Instant::now();
@@ -65,20 +70,20 @@ async fn run(quick: bool) {
             in_flight.next().await.unwrap().unwrap();
             done += 1;
         }
-        report(&format!("pipelined_{window}"), n, started.elapsed());
+        report(name, &format!("pipelined_{window}"), n, started.elapsed());
     }
     connection.disconnect().await;
 }
 
-fn report(workload: &str, n: usize, elapsed: Duration) {
+fn report(format: &str, workload: &str, n: usize, elapsed: Duration) {
     let per_s = n as f64 / elapsed.as_secs_f64();
     let us = elapsed.as_secs_f64() * 1e6 / n as f64;
     println!(
-        "dust-connection {workload:>14}: {n} acknowledged writes in {:.2?} = {per_s:.0} writes/s ({us:.1} µs each)",
+        "dust-connection {format:>7} {workload:>14}: {n} acknowledged writes in {:.2?} = {per_s:.0} writes/s ({us:.1} µs each)",
         elapsed
     );
     println!(
-        "{{\"bench\":\"dust_writes\",\"workload\":\"{workload}\",\"writes\":{n},\"wall_s\":{:.4},\"writes_per_s\":{per_s:.0}}}",
+        "{{\"bench\":\"dust_writes\",\"format\":\"{format}\",\"workload\":\"{workload}\",\"writes\":{n},\"wall_s\":{:.4},\"writes_per_s\":{per_s:.0}}}",
         elapsed.as_secs_f64()
     );
 }
@@ -90,5 +95,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(quick));
+    for format in [Format::Json, Format::MessagePack] {
+        runtime.block_on(run(quick, format));
+    }
 }

@@ -39,12 +39,13 @@ pub enum WriteError {
     /// The connection was shut down before the write was sent.
     #[error("the connection is closed")]
     Closed,
-    /// No store of that name was configured.
-    #[error("no store `{0}` in this connection")]
-    UnknownStore(String),
     /// The push failed in transport (from the leaf service). The outbox turns a push that may
-    /// have been sent into a resend or another answer; callers of the whole stack see this only
-    /// for a write that can never be sent (it cannot be encoded, or the socket is shut down).
+    /// have been sent into a resend or another answer. Callers of the whole stack see it for a
+    /// write that can never be sent: its payload cannot be encoded
+    /// ([`PushError::Encode`], [`PushError::Payload`]) or the socket is shut down
+    /// ([`PushError::SocketClosed`]); it stays one variant so that a user layer placed
+    /// around the leaf (see [`OutboxLayer`](crate::layer::OutboxLayer)) speaks the same
+    /// error type as the rest of the stack.
     #[error("transport: {0}")]
     Transport(PushError),
 }
@@ -58,6 +59,12 @@ impl WriteError {
         }
     }
 }
+
+/// No store of that name was configured on the connection (a configuration mistake, found
+/// when the store is looked up, before any write).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no store `{0}` in this connection")]
+pub struct UnknownStore(pub String);
 
 /// Why a connection could not be built.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]

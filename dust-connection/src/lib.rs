@@ -68,7 +68,9 @@
 //!   [`DustConnectionBuilder::unknown_outcome_settle`] (default 3 s) while their events may
 //!   arrive. The ones still unknown then follow [`UnknownOutcome`]: by default
 //!   ([`UnknownOutcome::AtMostOnce`]) they fail with [`WriteError::Indeterminate`] and are
-//!   never resent (at most once: such a write may have been applied, or lost);
+//!   never resent (at most once: such a write may have been applied, or lost, or be applied
+//!   by the old process after the settle time, and so after newer writes: issue order holds
+//!   for every write answered `Ok`);
 //!   [`UnknownOutcome::AtLeastOnce`] resends them instead (at least once: a write the old
 //!   process applies after the settle time is applied twice). Then the queue goes on, in
 //!   issue order.
@@ -93,23 +95,32 @@
 //! - **Drop**: the connection runs until [`DustConnection::disconnect`] or until every
 //!   [`DustConnection`] and [`Store`] handle is dropped.
 
+mod config;
 mod connection;
-pub mod engine;
+mod control;
+mod device;
+mod engine;
 mod error;
+mod format;
 pub mod layer;
-pub mod store;
-pub mod write;
+mod notice;
+mod status;
+mod store;
+mod write;
 
-pub use connection::{
-    ConnectionStatus, DeviceId, DustConnection, DustConnectionBuilder, Info, PERMANENT_JOIN_ERRORS,
-    StateChange, Store, TokenProvider, WriteService,
-};
+pub use config::{DustConnectionBuilder, PERMANENT_JOIN_ERRORS, UnknownOutcome};
+pub use connection::DustConnection;
+pub use control::{ControlError, PathRollback, StoreReport, StoreRollback};
+pub use device::{DeviceId, TokenProvider};
 pub use engine::{
     Capabilities, Change, MemoryEngine, ServerEvent, Snapshot, SnapshotEntry, StoreStatus,
-    SyncEngine,
+    SyncEngine, unwrap_stored,
 };
-pub use error::{BuildError, WriteError};
-pub use store::{Notice, UnknownOutcome};
+pub use error::{BuildError, UnknownStore, WriteError};
+pub use format::Format;
+pub use notice::Notice;
+pub use status::{ConnectionStatus, Info, StateChange};
+pub use store::{Store, WriteService};
 pub use write::{
     ClientOpId, EncodedWrite, Fence, FileContent, IntoSegments, Lease, Path, PathError,
     RejectReason, Rejection, WriteAck, WriteOp, WriteRequest,

@@ -28,7 +28,7 @@ fn rate_limited(retry_after_ms: u64) -> WriteError {
 #[tokio::test]
 async fn validation_encodes_for_the_inner_service_and_stops_bad_writes() {
     let (inner, mut handle) = mock::pair::<EncodedWrite, WriteAck>();
-    let service = ValidateLayer.layer(inner.map_err(typed));
+    let service = ValidateLayer::default().layer(inner.map_err(typed));
 
     let write = WriteRequest::set(["a"], 1).with_client_op_id("op_1");
     let call = tokio::spawn(service.clone().oneshot(write));
@@ -56,7 +56,7 @@ async fn validation_encodes_for_the_inner_service_and_stops_bad_writes() {
 #[tokio::test]
 async fn validation_passes_the_inner_readiness_through() {
     let (inner, mut handle) = mock::pair::<EncodedWrite, WriteAck>();
-    let mut service = ValidateLayer.layer(inner.map_err(typed));
+    let mut service = ValidateLayer::default().layer(inner.map_err(typed));
     handle.allow(0);
     assert!(
         futures_util::FutureExt::now_or_never(service.ready()).is_none(),

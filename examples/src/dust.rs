@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use dust_connection::{
-    DeviceId, DustConnection, Fence, MemoryEngine, Notice, Store, WriteAck, WriteError, WriteOp,
-    WriteRequest,
+    ControlError, DeviceId, DustConnection, Fence, Format, MemoryEngine, Notice, Store, WriteAck,
+    WriteError, WriteOp, WriteRequest,
 };
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -37,10 +37,13 @@ pub struct Options {
     /// The bound of the output queue, in bytes (`--output-buffer`, default
     /// [`DEFAULT_OUTPUT_BUFFER`]): lines that do not fit are dropped and reported.
     pub output_buffer: usize,
+    /// The wire format (`--format json|msgpack`, default `json`: `vsn=2.0.0`; `msgpack` is
+    /// `vsn=3.0.0`).
+    pub format: Format,
 }
 
 /// The usage text.
-pub const USAGE: &str = "usage: dust --url ws://HOST:PORT/ws/sync --token T --store S [--store S2]... [--device-id D] [--heartbeat-ms N] [--ca-file PATH] [--output-buffer BYTES]";
+pub const USAGE: &str = "usage: dust --url ws://HOST:PORT/ws/sync --token T --store S [--store S2]... [--device-id D] [--heartbeat-ms N] [--ca-file PATH] [--output-buffer BYTES] [--format json|msgpack]";
 
 impl Options {
     /// Parses the command-line arguments (without the program name).
@@ -49,6 +52,7 @@ impl Options {
             (None, None, Vec::new(), None, None);
         let mut ca_file = None;
         let mut output_buffer = DEFAULT_OUTPUT_BUFFER;
+        let mut format = Format::Json;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             if arg == "--output-buffer" {
@@ -62,6 +66,17 @@ impl Options {
                 "--store" => stores.push(value("--store")?),
                 "--device-id" => device_id = Some(value("--device-id")?),
                 "--ca-file" => ca_file = Some(value("--ca-file")?.into()),
+                "--format" => {
+                    format = match value("--format")?.as_str() {
+                        "json" => Format::Json,
+                        "msgpack" => Format::MessagePack,
+                        other => {
+                            return Err(format!(
+                                "--format needs `json` or `msgpack`, not `{other}`"
+                            ));
+                        }
+                    }
+                }
                 "--heartbeat-ms" => {
                     let ms = value("--heartbeat-ms")?;
                     let ms: u64 = ms.parse().ok().filter(|ms| *ms > 0).ok_or_else(|| {
@@ -86,6 +101,7 @@ impl Options {
             heartbeat,
             ca_file,
             output_buffer,
+            format,
         })
     }
 }
@@ -191,6 +207,36 @@ fn request(command: &Value) -> Result<WriteRequest, String> {
     Ok(request)
 }
 
+/// Runs a `rollback` (`to_seq`, and `path` for one path) or `status` command on `store`, at
+/// most 30 s; its reply as a JSON line's `reply`.
+async fn control(store: &Store, cmd: &str, command: &Value) -> Result<Value, ControlError> {
+    let invalid =
+        |message: String| ControlError::UnexpectedReply(format!("bad command: {message}"));
+    let call = async {
+        if cmd == "status" {
+            let status = store.status().await?;
+            return Ok(Value::Object(status.raw));
+        }
+        let to_seq = number(command, "to_seq")
+            .map_err(invalid)?
+            .ok_or_else(|| invalid("`to_seq` is required".into()))?;
+        match command.get("path") {
+            Some(path) => {
+                let path = segments(Some(path), "path").map_err(invalid)?;
+                let rolled = store.rollback_path(path, to_seq).await?;
+                Ok(json!({"store_seq": rolled.store_seq, "noop": rolled.noop}))
+            }
+            None => {
+                let rolled = store.rollback(to_seq).await?;
+                Ok(json!({"ops_written": rolled.ops_written}))
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .map_err(|_| ControlError::Transport(phoenix_channels::PushError::Timeout))?
+}
+
 type Answer = (Value, String, String, Result<WriteAck, WriteError>);
 type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
@@ -271,6 +317,7 @@ where
     let engine = MemoryEngine::new();
     let mut builder = DustConnection::builder(&options.url)
         .token(&options.token)
+        .format(options.format)
         .engine(engine.clone());
     for store in &options.stores {
         builder = builder.store(store);
@@ -375,6 +422,32 @@ where
                 match futures_util::poll!(write.as_mut()) {
                     Poll::Ready(answer) => emit(answer_line(answer)),
                     Poll::Pending => pending.push(write),
+                }
+            }
+            Some(cmd @ ("rollback" | "status")) => {
+                let id = command.get("id").cloned().unwrap_or(Value::Null);
+                let store_name = command
+                    .get("store")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let Some(store) = stores.get(&store_name) else {
+                    emit(
+                        json!({"type": "error", "message": format!("unknown store `{store_name}`"), "line": line}),
+                    );
+                    continue;
+                };
+                match control(store, cmd, &command).await {
+                    Ok(reply) => {
+                        emit(json!({"type": cmd, "id": id, "store": store_name, "reply": reply}))
+                    }
+                    Err(ControlError::Rejected(rejection)) => emit(json!({
+                        "type": "rejected", "id": id, "store": store_name,
+                        "reason": rejection.reason.as_str(), "payload": rejection.payload,
+                    })),
+                    Err(error) => emit(
+                        json!({"type": "error", "id": id, "message": error.to_string(), "line": line}),
+                    ),
                 }
             }
             Some("info") => {
@@ -498,5 +571,14 @@ mod tests {
         assert_eq!(o.ca_file, Some("ca.pem".into()));
         assert!(Options::parse(args("--url u --token t")).is_err());
         assert!(Options::parse(args("--url u --store s")).is_err());
+        let o = Options::parse(args("--url u --token t --store a --format msgpack")).unwrap();
+        assert_eq!(o.format, Format::MessagePack);
+        assert_eq!(
+            Options::parse(args("--url u --token t --store a"))
+                .unwrap()
+                .format,
+            Format::Json
+        );
+        assert!(Options::parse(args("--url u --token t --store a --format xml")).is_err());
     }
 }

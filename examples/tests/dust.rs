@@ -129,6 +129,68 @@ async fn a_script_writes_and_reports_everything() {
     );
 }
 
+/// `--format msgpack` speaks `vsn=3.0.0`; `rollback` (a path, the whole store) and `status`
+/// answer with the server's typed replies, and the replica follows.
+#[tokio::test]
+async fn over_messagepack_rollbacks_and_status_answer_and_the_replica_follows() {
+    let server = dust_conformance::start(
+        ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new("dust_tok_t"))),
+    )
+    .await
+    .unwrap();
+    let mut options = options(server.url("/ws/sync"));
+    options.format = dust_connection::Format::MessagePack;
+    let lines = script(
+        &[
+            json!({"cmd": "write", "id": 1, "store": "acme/app", "op": "set", "path": ["a"], "value": 1}),
+            json!({"cmd": "write", "id": 2, "store": "acme/app", "op": "set", "path": ["a"], "value": 2}),
+            json!({"cmd": "write", "id": 3, "store": "acme/app", "op": "set", "path": ["b"], "value": 3}),
+            json!({"cmd": "wait_acked"}),
+            json!({"cmd": "rollback", "id": 4, "store": "acme/app", "path": ["a"], "to_seq": 1}),
+            json!({"cmd": "rollback", "id": 5, "store": "acme/app", "path": ["a"], "to_seq": 1}),
+            json!({"cmd": "rollback", "id": 6, "store": "acme/app", "to_seq": 0}),
+            json!({"cmd": "rollback", "id": 7, "store": "acme/app", "to_seq": 1}),
+            json!({"cmd": "status", "id": 8, "store": "acme/app"}),
+            json!({"cmd": "rollback", "id": 9, "store": "acme/app"}),
+            // Sent once the store caught up again after the store rollback.
+            json!({"cmd": "write", "id": 10, "store": "acme/app", "op": "set", "path": ["c"], "value": 1}),
+            json!({"cmd": "wait_acked"}),
+            json!({"cmd": "state", "store": "acme/app"}),
+        ],
+        |input, output| run(options, input, output),
+    )
+    .await;
+    find(
+        &lines,
+        &json!({"type": "rollback", "id": 4, "reply": {"store_seq": 4, "noop": false}}),
+    );
+    find(
+        &lines,
+        &json!({"type": "rollback", "id": 5, "reply": {"store_seq": 4, "noop": true}}),
+    );
+    find(
+        &lines,
+        &json!({"type": "rejected", "id": 6, "reason": "beyond_retention"}),
+    );
+    // Back to seq 1: `b` deleted (`a` is 1 again already).
+    find(
+        &lines,
+        &json!({"type": "rollback", "id": 7, "reply": {"ops_written": 1}}),
+    );
+    let status = find(&lines, &json!({"type": "status", "id": 8}));
+    assert_eq!(status["reply"]["current_seq"], 5);
+    assert_eq!(status["reply"]["entry_count"], 1);
+    find(&lines, &json!({"type": "error", "id": 9}));
+    find(&lines, &json!({"type": "resync", "store": "acme/app"}));
+    find(
+        &lines,
+        &json!({"type": "ack", "id": 10, "reply": {"store_seq": 6}}),
+    );
+    let state = find(&lines, &json!({"type": "state", "store": "acme/app"}));
+    assert_eq!(state["entries"], json!({"a": 1, "c": 1}));
+    assert_eq!(state["last_seq"], 6);
+}
+
 /// When stdout is slower than the events, the output queue stays within `--output-buffer` and
 /// the lines that do not fit are reported as dropped, never lost silently.
 #[tokio::test]

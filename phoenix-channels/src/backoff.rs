@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
-use rand::{Rng as _, SeedableRng as _};
+use rand::{RngExt as _, SeedableRng as _};
 
 use crate::proto::DisconnectReason;
 use crate::proto::channel::RejoinCause;

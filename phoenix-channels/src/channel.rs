@@ -76,6 +76,16 @@ impl<'a> ChannelBuilder<'a> {
         self
     }
 
+    /// Rejoin after the server closes the channel (`phx_close`), as after a crash: the
+    /// handler sees [`ErrorCause::ServerClosed`](crate::ErrorCause::ServerClosed) and the
+    /// channel rejoins when its rejoin policy says (the policy is asked with
+    /// [`RejoinCause::ServerClosed`](crate::RejoinCause::ServerClosed) and may stop). By
+    /// default a server close ends the channel for good, as in phoenix.js.
+    pub fn rejoin_after_server_close(mut self, rejoin: bool) -> Self {
+        self.options.rejoin_after_server_close = rejoin;
+        self
+    }
+
     /// How many pushes may wait for the join before further pushes fail with
     /// [`PushError::BufferFull`] (default: the socket's, 1024).
     pub fn push_buffer(mut self, capacity: usize) -> Self {

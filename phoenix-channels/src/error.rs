@@ -43,7 +43,9 @@ impl From<RejoinCause> for JoinError {
         match cause {
             RejoinCause::Rejected(p) => Self::Rejected(p),
             RejoinCause::Timeout => Self::Timeout,
-            RejoinCause::Crashed => Self::Closed(CloseCause::RejoinStopped(RejoinCause::Crashed)),
+            cause @ (RejoinCause::Crashed | RejoinCause::ServerClosed) => {
+                Self::Closed(CloseCause::RejoinStopped(cause))
+            }
         }
     }
 }

@@ -4,7 +4,8 @@
 //! 2. the user's layers (retry, timeout, metrics, ...), on [`WriteRequest`](crate::WriteRequest);
 //! 3. [`ValidateLayer`]: checks and encodes the write ([`WriteRequest`](crate::WriteRequest) →
 //!    [`EncodedWrite`](crate::EncodedWrite)); a bad write fails here, before it is queued;
-//! 4. [`Outbox`]: the store's ordered, bounded outbox and its worker, which owns resends;
+//! 4. [`OutboxLayer`] / [`Outbox`]: the store's ordered, bounded outbox and its [`Worker`],
+//!    which owns resends;
 //! 5. [`ChannelService`]: the leaf that pushes on the store's channel
 //!    ([`SendWrite`] → the reply).
 //!
@@ -13,14 +14,18 @@
 //! [`RetryRateLimited`] is a ready-made user layer policy: `tower::retry` for writes rejected
 //! with `rate_limited`, honouring the server's `retry_after_ms`.
 
+mod outbox;
 mod push;
 mod retry;
 mod telemetry;
 mod validate;
 
-pub mod outbox;
+/// The outbox's crate-internal parts, for the connection.
+pub(crate) mod outbox_internal {
+    pub(crate) use super::outbox::{Order, Spawn, WorkerConfig};
+}
 
-pub use outbox::Outbox;
+pub use outbox::{Outbox, OutboxFuture, OutboxLayer, Worker};
 pub use push::{ChannelService, SendWrite};
 pub use retry::RetryRateLimited;
 pub use telemetry::{Telemetry, TelemetryLayer};

@@ -10,12 +10,15 @@ use serde_json::Value;
 use tower::Service;
 
 use crate::error::WriteError;
+use crate::format;
 use crate::write::{EncodedWrite, Rejection, WriteAck};
 
-/// An encoded write to push under one join of the store's channel.
+/// An encoded write to push on a store's channel, under one join of it.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SendWrite {
+    /// The store's channel.
+    pub channel: Channel,
     /// The write.
     pub write: EncodedWrite,
     /// The join it must go out under: if the channel has rejoined (or is not joined) by the
@@ -24,20 +27,19 @@ pub struct SendWrite {
     pub join_ref: Ref,
 }
 
-/// Pushes writes on a store's channel: an ok reply with a map is `Ok(WriteAck)` with the whole
+/// Pushes writes on their store's channel ([`SendWrite::channel`]): an ok reply with a map is `Ok(WriteAck)` with the whole
 /// map, an error reply with a reason is `Err(Rejected)`, anything else is an
 /// `unexpected_reply` rejection (logged); a push that gets no reply is
 /// `Err(WriteError::Transport(..))`.
 #[derive(Clone, Debug)]
 pub struct ChannelService {
-    channel: Channel,
     timeout: Duration,
 }
 
 impl ChannelService {
-    /// A leaf on `channel`, with this push timeout.
-    pub fn new(channel: Channel, timeout: Duration) -> Self {
-        Self { channel, timeout }
+    /// A leaf with this push timeout.
+    pub fn new(timeout: Duration) -> Self {
+        Self { timeout }
     }
 }
 
@@ -45,7 +47,7 @@ impl ChannelService {
 pub(crate) fn read_reply(reply: Reply) -> Result<WriteAck, WriteError> {
     let ok = reply.is_ok();
     let status = reply.status().as_str().to_owned();
-    let response = reply.into_response().to_value().unwrap_or(Value::Null);
+    let response = format::value(reply.response()).unwrap_or(Value::Null);
     match (ok, status.as_str(), &response) {
         (true, _, Value::Object(_)) => Ok(WriteAck::from_reply(response)),
         (false, "error", Value::Object(map)) if map.get("reason").is_some_and(Value::is_string) => {
@@ -75,7 +77,7 @@ impl Service<SendWrite> for ChannelService {
         let options = PushOptions::new()
             .timeout(self.timeout)
             .pinned_to(request.join_ref);
-        let push = self
+        let push = request
             .channel
             .push_with(request.write.event, request.write.params, options);
         Box::pin(async move {

@@ -8,12 +8,14 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use phoenix_channels::Payload;
+
+use crate::format::Format;
 use serde_json::{Value, json};
 
 use super::op::{ClientOpId, FileContent, WriteOp, WriteRequest};
 use super::path::{Path, PathError};
 use super::reply::{RejectReason, Rejection};
-use crate::layer::outbox::Order;
+use crate::layer::outbox_internal::Order;
 
 /// A write checked and encoded for the wire, ready for the outbox.
 #[derive(Clone, Debug)]
@@ -69,15 +71,19 @@ fn segments_value(path: &Path) -> Value {
 
 /// Checks a write the way the server would, and encodes it. Fails, before anything is queued,
 /// with the rejection the server would have sent.
-pub async fn encode(mut request: WriteRequest) -> Result<EncodedWrite, Rejection> {
+/// The payload is encoded once, in `format`.
+pub(crate) async fn encode(
+    mut request: WriteRequest,
+    format: Format,
+) -> Result<EncodedWrite, Rejection> {
     // The write's place in its store's issue order goes along (a failed write gives it up).
     let order = std::mem::take(&mut request.order);
-    let mut encoded = encode_checked(request).await?;
+    let mut encoded = encode_checked(request, format).await?;
     encoded.order = order;
     Ok(encoded)
 }
 
-async fn encode_checked(request: WriteRequest) -> Result<EncodedWrite, Rejection> {
+async fn encode_checked(request: WriteRequest, format: Format) -> Result<EncodedWrite, Rejection> {
     let WriteRequest {
         op,
         if_match,
@@ -169,7 +175,7 @@ async fn encode_checked(request: WriteRequest) -> Result<EncodedWrite, Rejection
             "content_type",
             Value::from(content_type.unwrap_or_else(|| "application/octet-stream".to_owned())),
         );
-        return finish("put_file", params, client_op_id, "put_file", path);
+        return finish(format, "put_file", params, client_op_id, "put_file", path);
     }
 
     let value = match op {
@@ -241,17 +247,19 @@ async fn encode_checked(request: WriteRequest) -> Result<EncodedWrite, Rejection
         let key = Path::new(fence.key).map_err(|e| path_invalid(e, "fence key"))?;
         params.insert("fence", json!({"key": key.render(), "token": fence.token}));
     }
-    finish("write", params, client_op_id, name, path)
+    finish(format, "write", params, client_op_id, name, path)
 }
 
 fn finish(
+    format: Format,
     event: &'static str,
     params: BTreeMap<&'static str, Value>,
     client_op_id: ClientOpId,
     op: &'static str,
     path: Path,
 ) -> Result<EncodedWrite, Rejection> {
-    let params = Payload::json(&params)
+    let params = format
+        .payload(&params)
         .map_err(|e| invalid(RejectReason::Other("unencodable".into()), e.to_string()))?;
     Ok(EncodedWrite {
         event,
@@ -267,6 +275,39 @@ fn finish(
 mod tests {
     use super::*;
     use crate::write::op::Fence;
+
+    async fn encode(request: WriteRequest) -> Result<EncodedWrite, Rejection> {
+        super::encode(request, Format::Json).await
+    }
+
+    #[tokio::test]
+    async fn a_messagepack_write_carries_the_same_params() {
+        let request = || {
+            WriteRequest::merge(
+                ["users", "a/b"],
+                json!({"n": 1.5, "tags": ["x"], "m": null}),
+            )
+            .fence(Fence::new(["locks", "k"], 9))
+            .with_client_op_id("op_x")
+        };
+        let json = encode(request()).await.unwrap();
+        let mp = super::encode(request(), Format::MessagePack).await.unwrap();
+        assert!(mp.params.is_msgpack());
+        assert_eq!(
+            mp.params.to_value().unwrap(),
+            json.params.to_value().unwrap()
+        );
+        let file = super::encode(
+            WriteRequest::put_file(["f"], &b"\xff\x00bytes"[..]).with_client_op_id("op_f"),
+            Format::MessagePack,
+        )
+        .await
+        .unwrap();
+        // The content stays base64 text: a MessagePack `bin` would reach the server as a
+        // string, and one that is not UTF-8 would be refused.
+        let params = file.params.to_value().unwrap();
+        assert_eq!(params["content"], "/wBieXRlcw==");
+    }
 
     async fn wire(request: WriteRequest) -> String {
         encode(request)

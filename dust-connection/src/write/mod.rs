@@ -5,7 +5,8 @@ mod op;
 mod path;
 mod reply;
 
-pub use encode::{EncodedWrite, encode};
+pub use encode::EncodedWrite;
+pub(crate) use encode::encode;
 pub use op::{ClientOpId, Fence, FileContent, WriteOp, WriteRequest};
 pub use path::{IntoSegments, Path, PathError};
 pub use reply::{Lease, RejectReason, Rejection, WriteAck};

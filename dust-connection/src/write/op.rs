@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use rand::RngCore as _;
+use rand::Rng as _;
 use serde_json::Value;
 
 use super::path::IntoSegments;
@@ -185,6 +185,7 @@ impl WriteOp {
 
 /// A fence: the write applies only while `key` holds a live lease with this token.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Fence {
     /// The leased key.
     pub key: Vec<String>,
@@ -238,7 +239,7 @@ pub struct WriteRequest {
     pub client_op_id: ClientOpId,
     /// Its place in the store's issue order, taken by `Store::write` when it is called (not
     /// part of equality).
-    pub(crate) order: crate::layer::outbox::Order,
+    pub(crate) order: crate::layer::outbox_internal::Order,
 }
 
 impl WriteRequest {
@@ -250,7 +251,7 @@ impl WriteRequest {
             if_absent: false,
             fence: None,
             client_op_id: ClientOpId::generate(),
-            order: crate::layer::outbox::Order::default(),
+            order: crate::layer::outbox_internal::Order::default(),
         }
     }
 

@@ -119,6 +119,7 @@ impl WriteAck {
 
 /// A held lease: what renew, release and fences need.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Lease {
     /// The leased key.
     pub key: Path,
@@ -183,6 +184,8 @@ reasons! {
     RemoveRequiresValue => "remove_requires_value",
     LimitExceeded => "limit_exceeded",
     Conflict => "conflict",
+    BeyondRetention => "beyond_retention",
+    NoOps => "no_ops",
     Exists => "exists",
     InvalidPrecondition => "invalid_precondition",
     IfMatchUnsupportedOp => "if_match_unsupported_op",
@@ -215,6 +218,7 @@ impl fmt::Display for RejectReason {
 /// assert_eq!(r.retry_after_ms(), Some(250));
 /// ```
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Rejection {
     /// The reason.
     pub reason: RejectReason,

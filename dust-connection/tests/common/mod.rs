@@ -46,9 +46,10 @@ pub fn dust(server: &Server) -> DustControl {
     server.dust().expect("the dust socket is mounted")
 }
 
-/// A builder with fast reconnects.
+/// A builder with fast reconnects, speaking the test binary's `FORMAT`.
 pub fn builder(server: &Server) -> DustConnectionBuilder {
     DustConnection::builder(server.url("/ws/sync"))
+        .format(crate::FORMAT)
         .token(TOKEN)
         .store(STORE)
         .socket(|s| s.reconnect_policy(ReconnectSchedule::default().with_schedule_ms([10, 20, 50])))
@@ -231,7 +232,7 @@ impl futures_util::Sink<phoenix_channels::transport::Outgoing> for Counting {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::pin::Pin::new(&mut self.inner).poll_ready(cx)
+        std::pin::Pin::new(&mut *self.inner).poll_ready(cx)
     }
 
     fn start_send(
@@ -240,26 +241,37 @@ impl futures_util::Sink<phoenix_channels::transport::Outgoing> for Counting {
     ) -> Result<(), Self::Error> {
         use phoenix_channels::frame::OutFrame;
         use phoenix_channels::transport::Outgoing;
-        if let Outgoing::Frame(OutFrame::Text(text)) = &item
-            && text.contains(r#","write","#)
-        {
+        let is_write = match &item {
+            Outgoing::Frame(OutFrame::Text(text)) => text.contains(r#","write","#),
+            // A MessagePack frame: `[join_ref, ref, topic, event, payload]`.
+            Outgoing::Frame(OutFrame::Binary(bytes)) => {
+                match rmpv::decode::read_value(&mut &bytes[..]) {
+                    Ok(rmpv::Value::Array(fields)) => {
+                        fields.get(3).and_then(rmpv::Value::as_str) == Some("write")
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        };
+        if is_write {
             self.sent.send_modify(|n| *n += 1);
         }
-        std::pin::Pin::new(&mut self.inner).start_send(item)
+        std::pin::Pin::new(&mut *self.inner).start_send(item)
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
     }
 
     fn poll_close(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::pin::Pin::new(&mut self.inner).poll_close(cx)
+        std::pin::Pin::new(&mut *self.inner).poll_close(cx)
     }
 }
 

@@ -94,7 +94,6 @@ fn kind(error: &WriteError) -> &'static str {
         WriteError::OutboxFull => "outbox full",
         WriteError::JoinFailed(_) => "join failed",
         WriteError::Closed => "closed",
-        WriteError::UnknownStore(_) => "unknown store",
         WriteError::Transport(_) => "transport",
         _ => "other",
     }

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use dust_conformance::dust::{DustConfig, DustControl, OpInfo, TokenConfig};
 use dust_conformance::{Control, ServerConfig};
-use dust_connection::{DeviceId, DustConnection, MemoryEngine};
+use dust_connection::{DeviceId, DustConnection, Format, MemoryEngine};
 use phoenix_channels::backoff::ReconnectSchedule;
 use phoenix_channels::transport::{ConnectRequest, StreamConnector};
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use tokio::time::Instant;
 
 use net::Net;
@@ -57,6 +57,9 @@ pub struct Params {
     pub fault_window: Duration,
     pub heartbeat: Duration,
     pub write_timeout: Duration,
+    /// Each device's wire format: device 0 speaks JSON, device 1 MessagePack, the others
+    /// either, so that every run mixes both against one server.
+    pub formats: Vec<Format>,
 }
 
 impl Params {
@@ -81,6 +84,14 @@ impl Params {
             fault_window: Duration::from_millis(rng.random_range(2_000..=30_000)),
             heartbeat: Duration::from_secs(rng.random_range(2..=10)),
             write_timeout: Duration::from_secs(rng.random_range(2..=30)),
+            formats: (0..devices)
+                .map(|d| match d {
+                    0 => Format::Json,
+                    1 => Format::MessagePack,
+                    _ if rng.random_bool(0.5) => Format::Json,
+                    _ => Format::MessagePack,
+                })
+                .collect(),
         }
     }
 }
@@ -192,6 +203,7 @@ pub async fn run_with(seed: u64, sabotage: Sabotage) -> Result<Summary, String> 
             .engine(engine.clone())
             .outbox_capacity(params.outbox_capacity)
             .write_timeout(params.write_timeout)
+            .format(params.formats[d])
             .socket(move |s| {
                 s.connector(connector)
                     .heartbeat_interval(heartbeat)

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use dust_connection::{Store, WriteAck, WriteError, WriteRequest};
 use futures_util::future::join_all;
 use rand::rngs::SmallRng;
-use rand::{Rng, RngCore};
+use rand::{Rng, RngExt};
 use serde_json::{Value, json};
 
 use super::lock;

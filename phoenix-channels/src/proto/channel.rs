@@ -73,6 +73,9 @@ pub enum RejoinCause {
     Timeout,
     /// The server's channel process crashed (`phx_error`).
     Crashed,
+    /// The server closed the channel (`phx_close`) and the channel was built to rejoin after
+    /// that ([`ChannelOptions::rejoin_after_server_close`]).
+    ServerClosed,
 }
 
 impl RejoinCause {
@@ -84,7 +87,7 @@ impl RejoinCause {
         }
         match self {
             Self::Rejected(p) => p.deserialize::<Reason>().ok().map(|r| r.reason),
-            Self::Timeout | Self::Crashed => None,
+            Self::Timeout | Self::Crashed | Self::ServerClosed => None,
         }
     }
 }
@@ -103,6 +106,7 @@ impl fmt::Display for RejoinCause {
             },
             Self::Timeout => f.write_str("join timed out"),
             Self::Crashed => f.write_str("channel crashed"),
+            Self::ServerClosed => f.write_str("closed by the server"),
         }
     }
 }
@@ -115,6 +119,9 @@ pub enum ErrorCause {
     Crashed,
     /// The connection dropped; the channel rejoins once the socket reconnects.
     Disconnected(DisconnectReason),
+    /// The server closed the channel (`phx_close`) and the channel was built to rejoin after
+    /// that ([`ChannelOptions::rejoin_after_server_close`]).
+    ServerClosed,
 }
 
 impl fmt::Display for ErrorCause {
@@ -122,6 +129,7 @@ impl fmt::Display for ErrorCause {
         match self {
             Self::Crashed => f.write_str("channel crashed"),
             Self::Disconnected(reason) => write!(f, "connection lost: {reason}"),
+            Self::ServerClosed => f.write_str("closed by the server"),
         }
     }
 }
@@ -190,6 +198,10 @@ pub struct ChannelOptions {
     pub rejoin: Option<Arc<dyn RejoinPolicy>>,
     /// How many pushes may wait for the join.
     pub buffer_capacity: Option<usize>,
+    /// Whether a `phx_close` from the server is handled like a crash (the channel errors and
+    /// rejoins on its rejoin policy, with [`RejoinCause::ServerClosed`]) instead of closing the
+    /// channel for good (the default, as phoenix.js does).
+    pub rejoin_after_server_close: bool,
 }
 
 impl Default for ChannelOptions {
@@ -199,6 +211,7 @@ impl Default for ChannelOptions {
             join_timeout: None,
             rejoin: None,
             buffer_capacity: None,
+            rejoin_after_server_close: false,
         }
     }
 }
@@ -212,6 +225,7 @@ pub(crate) struct Chan {
     pub(crate) join_timeout: Duration,
     pub(crate) rejoin: Arc<dyn RejoinPolicy>,
     pub(crate) buffer_capacity: usize,
+    pub(crate) rejoin_after_server_close: bool,
     /// The user wants the channel joined (join called, not left since).
     pub(crate) wants_join: bool,
     /// The handle was dropped: delete the channel once closed.
@@ -283,6 +297,7 @@ impl<T> SocketCore<T> {
             buffer_capacity: options
                 .buffer_capacity
                 .unwrap_or(self.config.push_buffer_capacity),
+            rejoin_after_server_close: options.rejoin_after_server_close,
             wants_join: false,
             removed: false,
             detached: false,

@@ -73,23 +73,28 @@ impl<T> SocketCore<T> {
                     return;
                 }
                 let state = chan.state;
+                let rejoin_after_close = chan.rejoin_after_server_close;
                 match event.as_ref() {
                     Event::ERROR => {
                         if matches!(state, ChannelState::Joined | ChannelState::Joining) {
-                            self.fail_in_flight(id, PushError::ChannelErrored);
-                            if let Some(chan) = self.channels.get_mut(&id)
-                                && let Some((r, at)) = chan.pending_join.take()
-                            {
-                                self.pending.remove(&r);
-                                self.timers.disarm(Some(at), Timer::JoinTimeout(id));
-                            }
-                            self.set_state(id, ChannelState::Errored);
-                            self.emit_channel(id, ChannelEvent::Errored(ErrorCause::Crashed));
-                            self.schedule_rejoin(now, id, RejoinCause::Crashed);
+                            self.channel_went_down(
+                                now,
+                                id,
+                                ErrorCause::Crashed,
+                                RejoinCause::Crashed,
+                            );
                         }
                     }
                     Event::CLOSE => match state {
                         ChannelState::Leaving => self.finish_leave(now, id),
+                        ChannelState::Joined | ChannelState::Joining if rejoin_after_close => {
+                            self.channel_went_down(
+                                now,
+                                id,
+                                ErrorCause::ServerClosed,
+                                RejoinCause::ServerClosed,
+                            );
+                        }
                         ChannelState::Joined | ChannelState::Joining => {
                             self.close_channel(id, CloseCause::ServerClosed, true);
                         }
@@ -113,6 +118,28 @@ impl<T> SocketCore<T> {
                 }
             }
         }
+    }
+
+    /// A joined or joining channel's server process ended (it crashed, or closed the channel
+    /// on a channel built to rejoin after that): pushes in flight fail, the join in progress
+    /// is dropped, and the channel errors and rejoins on its policy.
+    fn channel_went_down(
+        &mut self,
+        now: Instant,
+        id: ChannelId,
+        error: ErrorCause,
+        cause: RejoinCause,
+    ) {
+        self.fail_in_flight(id, PushError::ChannelErrored);
+        if let Some(chan) = self.channels.get_mut(&id)
+            && let Some((r, at)) = chan.pending_join.take()
+        {
+            self.pending.remove(&r);
+            self.timers.disarm(Some(at), Timer::JoinTimeout(id));
+        }
+        self.set_state(id, ChannelState::Errored);
+        self.emit_channel(id, ChannelEvent::Errored(error));
+        self.schedule_rejoin(now, id, cause);
     }
 
     pub(super) fn reply(

@@ -174,6 +174,68 @@ fn phx_close_closes_without_rejoin() {
 }
 
 #[test]
+fn phx_close_errors_and_rejoins_on_the_policy_when_the_channel_asks_for_it() {
+    let mut h = Harness::new();
+    let options = ChannelOptions {
+        rejoin_after_server_close: true,
+        ..ChannelOptions::default()
+    };
+    h.core.add_channel(A, "t".into(), options).unwrap();
+    h.core.join(h.now, A);
+    h.sent();
+    h.server(&ok_reply(1, 1, "t", "{}"));
+    h.take();
+    h.push(A, "stop", 1);
+    h.sent();
+    h.server(r#"["1","1","t","phx_close",{}]"#);
+    let out = h.take();
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::PushDone(1, Err(PushError::ChannelErrored))))
+    );
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Channel(A, ChannelEvent::Errored(ErrorCause::ServerClosed))
+    )));
+    assert_eq!(h.core.channel_state(A), Some(ChannelState::Errored));
+    // The default schedule's first delay is 1 s: no join before it, one join at it.
+    h.advance(ms(999));
+    assert!(!h.sent().iter().any(|s| s.contains("phx_join")));
+    h.advance(ms(1));
+    assert_eq!(h.sent(), [r#"["3","3","t","phx_join",{}]"#]);
+}
+
+#[test]
+fn a_rejoin_policy_that_stops_after_a_server_close_closes_the_channel() {
+    #[derive(Debug)]
+    struct NoRejoinAfterClose;
+    impl crate::backoff::RejoinPolicy for NoRejoinAfterClose {
+        fn rejoin_delay(&self, _attempt: u32, cause: &RejoinCause) -> Option<Duration> {
+            (*cause != RejoinCause::ServerClosed).then(|| Duration::from_secs(1))
+        }
+    }
+    let mut h = Harness::new();
+    let options = ChannelOptions {
+        rejoin_after_server_close: true,
+        rejoin: Some(Arc::new(NoRejoinAfterClose)),
+        ..ChannelOptions::default()
+    };
+    h.core.add_channel(A, "t".into(), options).unwrap();
+    h.core.join(h.now, A);
+    h.sent();
+    h.server(&ok_reply(1, 1, "t", "{}"));
+    h.take();
+    h.server(r#"["1","1","t","phx_close",{}]"#);
+    let events = h.channel_events(A);
+    assert!(events.iter().any(|e| matches!(
+        e,
+        ChannelEvent::Closed(CloseCause::RejoinStopped(RejoinCause::ServerClosed))
+    )));
+    h.advance(Duration::from_secs(20));
+    assert!(!h.sent().iter().any(|s| s.contains("phx_join")));
+}
+
+#[test]
 fn stale_join_ref_messages_and_the_duplicate_join_close_are_dropped() {
     let mut h = Harness::new();
     h.joined(A, "t");

@@ -1,0 +1,540 @@
+//! One store: its channel handler, and the worker that owns its outbox (see the crate docs,
+//! "What it guarantees", for the rules it follows).
+//!
+//! The store handler is the `ChannelHandler` of topic `store:{name}`: it forwards what
+//! happens on the channel, in order, to the store's worker. The worker is the only place where
+//! the store's state lives: it answers join params from the engine, hands events (in seq order,
+//! through a bounded reorder buffer), snapshots and catch-up to the engine, pushes `ack_seq`,
+//! and runs the outbox: the in-flight window, the accounting of writes left unanswered by a
+//! join that ended, the settle time after a lost connection, and resends.
+
+mod channel;
+mod events;
+mod joins;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use phoenix_channels::backoff::RejoinPolicy;
+use phoenix_channels::{Channel, PushError, Ref};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+use tower::{Service, ServiceExt as _};
+use tracing::Instrument as _;
+
+use super::gate::Permit;
+use super::service::Submission;
+use crate::UnknownOutcome;
+use crate::engine::{ServerEvent, StoreStatus, SyncEngine};
+use crate::error::WriteError;
+use crate::layer::SendWrite;
+use crate::notice::Notice;
+use crate::write::{ClientOpId, EncodedWrite, Rejection, WriteAck};
+
+pub(crate) use channel::{
+    INPUT_CAPACITY, SharedRejoinPolicy, StoreHandler, StoreInput, default_join_params,
+};
+
+/// A store's outbox worker: the task that owns the store's queue of writes, sends them through
+/// the leaf service, follows the store's channel, and hands its events to the engine. A
+/// future that runs until every handle of the store's [`Outbox`](super::Outbox) is gone.
+///
+/// The connection spawns it on its tokio runtime unless
+/// [`DustConnectionBuilder::spawn_workers_with`](crate::DustConnectionBuilder::spawn_workers_with)
+/// gives it to you to spawn on the executor of your choice (it needs a tokio reactor for its
+/// timers). It is not polled by anything else: until it runs, the store's writes wait.
+#[must_use = "a worker does nothing until it is spawned or awaited"]
+pub struct Worker {
+    store: Arc<str>,
+    future: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Worker {
+    /// The store this worker serves.
+    pub fn store(&self) -> &str {
+        &self.store
+    }
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Future for Worker {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.future.as_mut().poll(cx)
+    }
+}
+
+/// What ties a store's worker to the rest of the connection, besides its leaf and its outbox.
+pub(crate) struct StoreLink {
+    pub(crate) store: Arc<str>,
+    pub(crate) channel: Channel,
+    pub(crate) engine: Arc<dyn SyncEngine>,
+    pub(crate) inputs: mpsc::Receiver<StoreInput>,
+    pub(crate) notices: broadcast::Sender<Notice>,
+    pub(crate) config: WorkerConfig,
+}
+
+/// The worker's bounds and policies (from the builder).
+#[derive(Clone)]
+pub(crate) struct WorkerConfig {
+    pub(crate) max_in_flight: usize,
+    pub(crate) unknown_outcome_settle: Duration,
+    pub(crate) unknown_outcome: UnknownOutcome,
+    pub(crate) reorder_capacity: usize,
+    pub(crate) gap_timeout: Duration,
+    pub(crate) crash_limit: u32,
+    pub(crate) rejoin_policy: Arc<dyn RejoinPolicy>,
+    pub(crate) outbox_capacity: usize,
+}
+
+impl fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("max_in_flight", &self.max_in_flight)
+            .field("unknown_outcome_settle", &self.unknown_outcome_settle)
+            .field("unknown_outcome", &self.unknown_outcome)
+            .field("reorder_capacity", &self.reorder_capacity)
+            .field("gap_timeout", &self.gap_timeout)
+            .field("crash_limit", &self.crash_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a store is.
+#[derive(Clone, Debug, PartialEq)]
+enum Phase {
+    /// Not joined.
+    Offline,
+    /// Joined under this join; waiting for `catch_up_complete`.
+    CatchingUp(Ref),
+    /// Caught up, but writes of a lost connection may still be applied by their old channel
+    /// process: nothing is sent until their events came or `until`.
+    Settling { join_ref: Ref, until: Instant },
+    /// Joined and caught up: writes go out.
+    Live(Ref),
+    /// The join was refused for good; writes fail until `rejoin`.
+    Failed(Rejection),
+    /// The connection is shut down.
+    Closed,
+}
+
+/// How a join ended, which says what became of its unanswered writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum JoinEnd {
+    /// Its channel process ended (left, closed): what it did not apply, it never will.
+    Ended,
+    /// Its channel process crashed: as `Ended`, and the first write it did not apply is the
+    /// one that crashed it.
+    Crashed,
+    /// The connection was lost: its channel process may still be applying them.
+    Lost,
+}
+
+#[derive(Debug)]
+enum EntryState {
+    /// Not sent (or known not to have been applied).
+    Queued,
+    /// Sent under the current join; `applied` once its own event came.
+    InFlight {
+        epoch: u64,
+        send: u64,
+        after_seq: u64,
+        applied: Option<WriteAck>,
+    },
+    /// Sent under a join that ended before an answer: to be learned from the events.
+    Orphan {
+        epoch: u64,
+        send: u64,
+        after_seq: u64,
+    },
+}
+
+struct Entry {
+    write: EncodedWrite,
+    reply: Option<oneshot::Sender<Result<WriteAck, WriteError>>>,
+    state: EntryState,
+    /// Consecutive channel crashes this write was the first unapplied write of.
+    crashes: u32,
+    /// The caller's span, carried from the call into the worker.
+    span: tracing::Span,
+    _permit: Permit,
+}
+
+type Outcome = (u64, u64, Result<WriteAck, WriteError>);
+type OutcomeFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>;
+
+/// The store's task (see [`Worker`]).
+struct Task<S> {
+    store: Arc<str>,
+    leaf: S,
+    channel: Channel,
+    engine: Arc<dyn SyncEngine>,
+    inputs: Option<mpsc::Receiver<StoreInput>>,
+    submissions: mpsc::UnboundedReceiver<Submission>,
+    notices: broadcast::Sender<Notice>,
+    config: WorkerConfig,
+    phase: Phase,
+    entries: BTreeMap<u64, Entry>,
+    by_op_id: HashMap<ClientOpId, u64>,
+    in_flight: FuturesUnordered<OutcomeFuture>,
+    sends: u64,
+    /// The number of the current (or last) join.
+    epoch: u64,
+    /// How the joins that still have orphaned writes ended.
+    ended: BTreeMap<u64, JoinEnd>,
+    /// When the writes of a lost connection stop being waited for: the settle time counts
+    /// from the first loss, not from each rejoin, so cuts that keep coming cannot hold the
+    /// store forever.
+    settle_deadline: Option<Instant>,
+    /// The latest seq known to exist on the server (join reply, events, snapshots).
+    known_seq: u64,
+    /// The seq the engine has been handed every event up to, in order.
+    applied_seq: u64,
+    /// Events above `applied_seq + 1`, waiting for the hole below them to fill.
+    held_events: BTreeMap<u64, ServerEvent>,
+    /// When an open hole below `held_events` makes the store resynchronize.
+    gap_deadline: Option<Instant>,
+    /// The `last_store_seq` of the last join params, to notice a server reset.
+    asked_seq: Option<u64>,
+    /// A leave was started to resynchronize: join again once it is done.
+    resync_pending: bool,
+}
+
+/// Builds a store's worker: it serves `submissions` through `leaf`.
+pub(crate) fn worker<S>(
+    leaf: S,
+    link: StoreLink,
+    submissions: mpsc::UnboundedReceiver<Submission>,
+) -> Worker
+where
+    S: Service<SendWrite, Response = WriteAck, Error = WriteError> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let store = link.store.clone();
+    let task = Task {
+        store: link.store,
+        leaf,
+        channel: link.channel,
+        engine: link.engine,
+        inputs: Some(link.inputs),
+        submissions,
+        notices: link.notices,
+        config: link.config,
+        phase: Phase::Offline,
+        entries: BTreeMap::new(),
+        by_op_id: HashMap::new(),
+        in_flight: FuturesUnordered::new(),
+        sends: 0,
+        epoch: 0,
+        ended: BTreeMap::new(),
+        settle_deadline: None,
+        known_seq: 0,
+        applied_seq: 0,
+        held_events: BTreeMap::new(),
+        gap_deadline: None,
+        asked_seq: None,
+        resync_pending: false,
+    };
+    Worker {
+        store,
+        future: Box::pin(task.run()),
+    }
+}
+
+impl<S> Task<S>
+where
+    S: Service<SendWrite, Response = WriteAck, Error = WriteError> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    /// Runs until every handle of the store's outbox is gone.
+    async fn run(mut self) {
+        loop {
+            let gap_deadline = self.gap_deadline;
+            let settle_until = match &self.phase {
+                Phase::Settling { until, .. } => Some(*until),
+                _ => None,
+            };
+            tokio::select! {
+                biased;
+                input = recv_input(&mut self.inputs) => match input {
+                    Some(input) => self.on_input(input).await,
+                    None => self.on_channel_gone().await,
+                },
+                Some(outcome) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.on_outcome(outcome).await;
+                }
+                submission = self.submissions.recv() => match submission {
+                    Some(submission) => self.on_submission(submission).await,
+                    None => break,
+                },
+                () = sleep_until(gap_deadline), if gap_deadline.is_some() => {
+                    self.gap_deadline = None;
+                    self.join_ended(JoinEnd::Ended).await;
+                    self.resync("a gap in the store's events stayed open too long");
+                }
+                () = sleep_until(settle_until), if settle_until.is_some() => {
+                    self.settle_timed_out().await;
+                }
+            }
+        }
+        tracing::debug!(store = %self.store, "store worker stopped");
+    }
+
+    fn notify(&self, notice: Notice) {
+        let _ = self.notices.send(notice);
+    }
+
+    async fn set_status(&mut self, status: StoreStatus, reason: Option<String>) {
+        self.engine.set_status(&self.store, status).await;
+        self.notify(Notice::Status {
+            store: self.store.to_string(),
+            status,
+            reason,
+        });
+    }
+
+    // ----- writes ------------------------------------------------------------------------------
+
+    async fn on_submission(&mut self, submission: Submission) {
+        match submission {
+            Submission::Write {
+                ticket,
+                write,
+                reply,
+                permit,
+                span,
+            } => {
+                tracing::debug!(parent: &span, store = %self.store, ticket, "write queued in the outbox");
+                let refused = match &self.phase {
+                    Phase::Failed(rejection) => Some(WriteError::JoinFailed(rejection.clone())),
+                    Phase::Closed => Some(WriteError::Closed),
+                    _ => None,
+                };
+                if let Some(error) = refused {
+                    let _ = reply.send(Err(error));
+                    return;
+                }
+                self.by_op_id.insert(write.client_op_id.clone(), ticket);
+                self.entries.insert(
+                    ticket,
+                    Entry {
+                        write,
+                        reply: Some(reply),
+                        state: EntryState::Queued,
+                        crashes: 0,
+                        span,
+                        _permit: permit,
+                    },
+                );
+                self.flush().await;
+            }
+            Submission::Cancel { ticket } => {
+                if self
+                    .entries
+                    .get(&ticket)
+                    .is_some_and(|e| matches!(e.state, EntryState::Queued))
+                {
+                    self.forget(ticket);
+                }
+            }
+            Submission::Rejoin => {
+                if matches!(self.phase, Phase::Failed(_)) {
+                    self.phase = Phase::Offline;
+                    self.set_status(StoreStatus::Reconnecting, Some("rejoin asked".into()))
+                        .await;
+                    drop(self.channel.join());
+                }
+            }
+            Submission::Resync(reason) => {
+                if matches!(
+                    self.phase,
+                    Phase::Live(_) | Phase::CatchingUp(_) | Phase::Settling { .. }
+                ) {
+                    self.join_ended(JoinEnd::Ended).await;
+                    self.resync(reason);
+                }
+            }
+        }
+    }
+
+    fn forget(&mut self, ticket: u64) -> Option<Entry> {
+        let entry = self.entries.remove(&ticket)?;
+        if self.by_op_id.get(&entry.write.client_op_id) == Some(&ticket) {
+            self.by_op_id.remove(&entry.write.client_op_id);
+        }
+        Some(entry)
+    }
+
+    async fn send(&mut self, ticket: u64, join_ref: Ref) {
+        let Some(entry) = self.entries.get_mut(&ticket) else {
+            return;
+        };
+        if entry.reply.as_ref().is_some_and(|r| r.is_closed()) {
+            // Its caller is gone and it is known not to be applied: drop it.
+            self.forget(ticket);
+            return;
+        }
+        self.sends += 1;
+        let send = self.sends;
+        entry.state = EntryState::InFlight {
+            epoch: self.epoch,
+            send,
+            after_seq: self.known_seq,
+            applied: None,
+        };
+        // The caller's span travels with the write: the send is a child of it.
+        let span = tracing::debug_span!(
+            parent: &entry.span,
+            "dust_outbox_send",
+            client_op_id = %entry.write.client_op_id,
+            send,
+        );
+        let request = SendWrite {
+            channel: self.channel.clone(),
+            write: entry.write.clone(),
+            join_ref,
+        };
+        let call = match self.leaf.ready().await {
+            Ok(leaf) => span.in_scope(|| leaf.call(request)),
+            Err(error) => {
+                self.resolve(ticket, Err(error)).await;
+                return;
+            }
+        };
+        self.in_flight.push(Box::pin(
+            async move { (ticket, send, call.await) }.instrument(span),
+        ));
+    }
+
+    /// While live, sends queued writes in issue order, keeping at most `max_in_flight` sent
+    /// and unanswered. Nothing goes out while a write before them waits for its outcome.
+    async fn flush(&mut self) {
+        let Phase::Live(join_ref) = &self.phase else {
+            return;
+        };
+        let join_ref = join_ref.clone();
+        let mut in_flight = 0;
+        let mut to_send = Vec::new();
+        for (ticket, entry) in &self.entries {
+            match entry.state {
+                EntryState::InFlight { .. } => in_flight += 1,
+                EntryState::Orphan { .. } => return,
+                EntryState::Queued => {
+                    if in_flight + to_send.len() >= self.config.max_in_flight.max(1) {
+                        break;
+                    }
+                    to_send.push(*ticket);
+                }
+            }
+        }
+        for ticket in to_send {
+            self.send(ticket, join_ref.clone()).await;
+        }
+    }
+
+    async fn resolve(&mut self, ticket: u64, result: Result<WriteAck, WriteError>) {
+        let Some(mut entry) = self.forget(ticket) else {
+            return;
+        };
+        let id = &entry.write.client_op_id;
+        match &result {
+            Ok(ack) => {
+                self.engine
+                    .handle_write_accepted(&self.store, id, ack)
+                    .await
+            }
+            Err(WriteError::Rejected(rejection)) => {
+                self.engine
+                    .handle_write_rejected(&self.store, id, rejection)
+                    .await
+            }
+            Err(_) => {}
+        }
+        if let Some(reply) = entry.reply.take() {
+            let _ = reply.send(result);
+        }
+    }
+
+    async fn on_outcome(&mut self, (ticket, send, result): Outcome) {
+        let Some(entry) = self.entries.get_mut(&ticket) else {
+            return;
+        };
+        let EntryState::InFlight {
+            epoch,
+            send: current,
+            after_seq,
+            applied,
+        } = &mut entry.state
+        else {
+            return;
+        };
+        if *current != send {
+            return;
+        }
+        let (epoch, after_seq) = (*epoch, *after_seq);
+        match result {
+            Ok(ack) => self.resolve(ticket, Ok(ack)).await,
+            Err(WriteError::Transport(
+                PushError::Unavailable | PushError::NotJoined | PushError::BufferFull { .. },
+            )) => {
+                // Not sent: the join it was pinned to had ended. It goes out after the rejoin.
+                entry.state = EntryState::Queued;
+            }
+            Err(WriteError::Transport(
+                error @ (PushError::Encode(_) | PushError::Payload(_) | PushError::SocketClosed),
+            )) => {
+                // Never sent, and sending it again cannot work.
+                self.resolve(ticket, Err(WriteError::Transport(error)))
+                    .await;
+            }
+            Err(WriteError::Transport(error)) => match applied.take() {
+                Some(ack) => self.resolve(ticket, Ok(ack)).await,
+                None => {
+                    entry.state = EntryState::Orphan {
+                        epoch,
+                        send,
+                        after_seq,
+                    };
+                    if error == PushError::Timeout && matches!(self.phase, Phase::Live(_)) {
+                        // The connection is up but the reply never came: leave (the old
+                        // channel process handles what it has before it goes) and learn the
+                        // outcome from a fresh catch-up.
+                        self.join_ended(JoinEnd::Ended).await;
+                        self.resync("no reply to a write before its timeout");
+                    }
+                }
+            },
+            Err(other) => self.resolve(ticket, Err(other)).await,
+        }
+        self.flush().await;
+    }
+}
+
+async fn recv_input(inputs: &mut Option<mpsc::Receiver<StoreInput>>) -> Option<StoreInput> {
+    match inputs {
+        Some(inputs) => inputs.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
