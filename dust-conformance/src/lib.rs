@@ -41,7 +41,8 @@
 //! # What it emulates
 //!
 //! Phoenix 1.7's `Phoenix.Socket` and `Phoenix.Transports.WebSocket`: the upgrade at
-//! `{socket path}/websocket` (404 elsewhere, 403 for a refused connect or `vsn`), connect params
+//! `{socket path}/websocket` (404 elsewhere, 403 for a refused connect or `vsn`; the Dust
+//! emulation's `GET /api/files/:hash` is plain HTTP beside it), connect params
 //! from the query, serializer V2 (`vsn=2.0.0`: arrays and binary frames) or V1 (no `vsn`:
 //! objects), heartbeats, the idle close (1000), join / leave / duplicate join / "unmatched
 //! topic" / outdated join_ref handling, `phx_reply` / `phx_close` / `phx_error`, broadcasts
@@ -143,6 +144,7 @@ mod config;
 mod connection;
 mod error;
 mod frame;
+mod http;
 mod server;
 mod shared;
 mod socket;

@@ -267,6 +267,20 @@ struct Accepted {
 
 /// Serves one accepted byte stream: the HTTP upgrade, then the connection loop.
 async fn handle_stream(stream: BoxedIo, shared: Arc<Shared>) {
+    // A plain HTTP request the emulation serves is answered here; the rest is an upgrade.
+    let stream =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, crate::http::route(stream, &shared)).await {
+            Ok(Ok(crate::http::Routed::Upgrade(stream))) => stream,
+            Ok(Ok(crate::http::Routed::Answered)) => return,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "request head not read");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("request head timed out");
+                return;
+            }
+        };
     let id = shared.next_connection_id();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let queue = Arc::new(OutQueue::new(

@@ -207,6 +207,21 @@ fn request(command: &Value) -> Result<WriteRequest, String> {
     Ok(request)
 }
 
+/// The store a command names (`"store"`), with its name.
+fn command_store<'a>(
+    stores: &'a HashMap<String, Store>,
+    command: &Value,
+) -> Result<(String, &'a Store), String> {
+    let name = command
+        .get("store")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    stores
+        .get(name)
+        .map(|store| (name.to_owned(), store))
+        .ok_or_else(|| format!("unknown store `{name}`"))
+}
+
 /// Runs a `rollback` (`to_seq`, and `path` for one path) or `status` command on `store`, at
 /// most 30 s; its reply as a JSON line's `reply`.
 async fn control(store: &Store, cmd: &str, command: &Value) -> Result<Value, ControlError> {
@@ -395,16 +410,12 @@ where
         match command.get("cmd").and_then(Value::as_str) {
             Some("write" | "put_file") => {
                 let id = command.get("id").cloned().unwrap_or(Value::Null);
-                let store_name = command
-                    .get("store")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                let Some(store) = stores.get(&store_name).cloned() else {
-                    emit(
-                        json!({"type": "error", "message": format!("unknown store `{store_name}`"), "line": line}),
-                    );
-                    continue;
+                let (store_name, store) = match command_store(&stores, &command) {
+                    Ok((name, store)) => (name, store.clone()),
+                    Err(message) => {
+                        emit(json!({"type": "error", "message": message, "line": line}));
+                        continue;
+                    }
                 };
                 let request = match request(&command) {
                     Ok(request) => request,
@@ -426,16 +437,12 @@ where
             }
             Some(cmd @ ("rollback" | "status")) => {
                 let id = command.get("id").cloned().unwrap_or(Value::Null);
-                let store_name = command
-                    .get("store")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                let Some(store) = stores.get(&store_name) else {
-                    emit(
-                        json!({"type": "error", "message": format!("unknown store `{store_name}`"), "line": line}),
-                    );
-                    continue;
+                let (store_name, store) = match command_store(&stores, &command) {
+                    Ok(found) => found,
+                    Err(message) => {
+                        emit(json!({"type": "error", "message": message, "line": line}));
+                        continue;
+                    }
                 };
                 match control(store, cmd, &command).await {
                     Ok(reply) => {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use super::config::TOKEN_PREFIX;
-use super::state::{DustShared, ReplyFault, Resolved, StoreHandle, split_name};
+use super::state::{BlobFile, DustShared, ReplyFault, Resolved, StoreHandle, split_name};
 use super::store::{self, BatchEnd, OpRow, Plan, Reject, WriteCtx};
 use crate::channel::{
     Broadcaster, Channel, ChannelContext, Handled, Info, Reply, ReplyRef, SendError,
@@ -452,6 +452,39 @@ fn approximate_db_size(data: &store::StoreData) -> usize {
     ops + entries
 }
 
+/// The journal record and the stored content of a blob uploaded for the first time (its
+/// params were checked by the plan: `content` is valid base64).
+fn new_blob(hash: &str, params: &Map<String, Value>) -> (super::persist::Record, BlobFile) {
+    use base64::Engine as _;
+    // The plan checked `content` with this engine.
+    let text = |key: &str| {
+        params
+            .get(key)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let content_base64 = text("content").unwrap_or_default();
+    let content = store::base64_engine()
+        .decode(&content_base64)
+        .unwrap_or_default();
+    let content_type = text("content_type").unwrap_or_else(|| "application/octet-stream".into());
+    let filename = text("filename");
+    (
+        super::persist::Record::Blob {
+            hash: hash.to_owned(),
+            content_base64,
+            content_type: content_type.clone(),
+            filename: filename.clone(),
+        },
+        BlobFile {
+            content: content.into(),
+            content_type,
+            filename,
+        },
+    )
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WriteKind {
     Write,
@@ -507,6 +540,25 @@ async fn commit_write(
     if dust.crashes_at(&row.path) {
         tracing::info!(path = row.path, "the write crashes its channel (fault)");
         return Outcome::Crash;
+    }
+    // A new blob's content is written before its op, as the real server writes the blob file
+    // before the op that references it.
+    let new_file = match &row.blob {
+        Some((hash, _)) if !crate::shared::lock(&dust.files).contains_key(hash) => {
+            Some(new_blob(hash, &params))
+        }
+        _ => None,
+    };
+    if let Some((record, _)) = &new_file
+        && let Err(error) = dust.persist(record).await
+    {
+        tracing::error!(%error, "blob not persisted");
+        return Outcome::Reply(Reply::error(
+            json!({ "reason": format!("persist failed: {error}") }),
+        ));
+    }
+    if let Some((super::persist::Record::Blob { hash, .. }, file)) = new_file {
+        crate::shared::lock(&dust.files).entry(hash).or_insert(file);
     }
     let record = super::persist::Record::Op {
         store: store.id.clone(),

@@ -205,6 +205,7 @@ pub struct DustConfig {
     pub(crate) auto_create: bool,
     pub(crate) limits: Limits,
     pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) api_read_limit: RateLimit,
     pub(crate) state: Option<PathBuf>,
     pub(crate) clock: Clock,
 }
@@ -218,6 +219,7 @@ impl Default for DustConfig {
             auto_create: true,
             limits: Limits::default(),
             rate_limit: None,
+            api_read_limit: RateLimit::per_minute(1000),
             state: None,
             clock: Clock::system(),
         }
@@ -258,7 +260,15 @@ impl DustConfig {
         self
     }
 
-    /// Turns the per-token write rate limit on.
+    /// The HTTP API's per-token read limit (`GET /api/files/:hash`; default 1,000 per minute,
+    /// the real server's `rate_limit_reads_per_min`): beyond it, 429 `rate_limited` with
+    /// `retry-after`, and `x-ratelimit-*` headers on every answer.
+    pub fn api_read_limit(mut self, limit: RateLimit) -> Self {
+        self.api_read_limit = limit;
+        self
+    }
+
+    /// Turns the per-token write rate limit on (default: none).
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.rate_limit = Some(limit);
         self

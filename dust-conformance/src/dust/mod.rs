@@ -119,6 +119,7 @@ mod channel;
 mod clock;
 mod config;
 mod control;
+pub(crate) mod files;
 mod msgpack;
 mod persist;
 mod rollback;

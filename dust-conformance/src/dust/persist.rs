@@ -37,6 +37,14 @@ pub(crate) enum Record {
     Reset { store: String },
     /// A store's op log was compacted into a snapshot.
     Compact { store: String, at: String },
+    /// A blob's content, written the first time its hash is uploaded (before the op that
+    /// references it), as the real server writes the blob file before its op.
+    Blob {
+        hash: String,
+        content_base64: String,
+        content_type: String,
+        filename: Option<String>,
+    },
 }
 
 const FORMAT: &str = "dust-conformance-journal";

@@ -119,7 +119,23 @@ pub(crate) struct DustShared {
     acks: Mutex<BTreeMap<(String, String), Value>>,
     /// Uploaded blobs: hash → size (the real server's `blobs` table).
     pub(crate) blobs: Mutex<HashMap<String, u64>>,
+    /// Uploaded blobs' contents (the real server's blob files), served by `GET /api/files`.
+    pub(crate) files: Mutex<HashMap<String, BlobFile>>,
+    /// The HTTP API's per-token read counters (fixed windows).
+    api_reads: Mutex<HashMap<String, (i64, u64)>>,
+    pub(crate) api_read_limit: RateLimit,
 }
+
+/// A blob's content and the metadata its first upload gave it.
+#[derive(Debug, Clone)]
+pub(crate) struct BlobFile {
+    pub(crate) content: bytes::Bytes,
+    pub(crate) content_type: String,
+    pub(crate) filename: Option<String>,
+}
+
+/// What replaying a journal rebuilds.
+type Replayed = (Registry, HashMap<String, u64>, HashMap<String, BlobFile>);
 
 /// `^[a-z0-9][a-z0-9-]*$` (organization slugs).
 fn valid_org(org: &str) -> bool {
@@ -196,6 +212,7 @@ impl DustShared {
             auto_create,
             limits,
             rate_limit,
+            api_read_limit,
             state,
             clock,
         } = config;
@@ -221,7 +238,7 @@ impl DustShared {
             }
             None => (None, Vec::new()),
         };
-        let (registry, blobs) = replay(&records).map_err(state_error)?;
+        let (registry, blobs, files) = replay(&records).map_err(state_error)?;
         let shared = Arc::new(Self {
             tokens: tokens
                 .into_iter()
@@ -242,6 +259,9 @@ impl DustShared {
             devices: Mutex::default(),
             acks: Mutex::default(),
             blobs: Mutex::new(blobs),
+            files: Mutex::new(files),
+            api_reads: Mutex::default(),
+            api_read_limit,
         });
         for name in declared {
             if let Some((org, store)) = split_name(&name) {
@@ -394,12 +414,28 @@ impl DustShared {
         let Some(limit) = self.rate_limit else {
             return Ok(());
         };
+        self.hit(&self.rate, token, limit).map(|_| ())
+    }
+
+    /// Counts an HTTP API read against the token's read window: `Ok(count)` (this one
+    /// included), or `Err(retry_after_ms)` when over.
+    pub(crate) fn check_api_read(&self, token: &str) -> Result<u64, u64> {
+        self.hit(&self.api_reads, token, self.api_read_limit)
+    }
+
+    /// One hit on a fixed window per key (the real server's Hammer).
+    fn hit(
+        &self,
+        counters: &Mutex<HashMap<String, (i64, u64)>>,
+        key: &str,
+        limit: RateLimit,
+    ) -> Result<u64, u64> {
         let window_ms = i64::try_from(limit.window.as_millis())
             .unwrap_or(i64::MAX)
             .max(1);
         let window = self.clock.wall_ms().div_euclid(window_ms);
-        let mut rate = lock(&self.rate);
-        let slot = rate.entry(token.to_owned()).or_insert((window, 0));
+        let mut counters = lock(counters);
+        let slot = counters.entry(key.to_owned()).or_insert((window, 0));
         if slot.0 != window {
             *slot = (window, 0);
         }
@@ -407,7 +443,7 @@ impl DustShared {
         if slot.1 > limit.max {
             Err(window_ms.unsigned_abs())
         } else {
-            Ok(())
+            Ok(slot.1)
         }
     }
 
@@ -476,13 +512,15 @@ impl DustShared {
     pub(crate) async fn after_restart(&self) -> Result<(), String> {
         let _gate = self.gate.write().await;
         *lock(&self.rate) = HashMap::new();
+        *lock(&self.api_reads) = HashMap::new();
         match &self.journal {
             Some(journal) => {
                 journal.flush().await;
                 let records = journal.reload()?;
-                let (registry, blobs) = replay(&records)?;
+                let (registry, blobs, files) = replay(&records)?;
                 *lock(&self.registry) = registry;
                 *lock(&self.blobs) = blobs;
+                *lock(&self.files) = files;
             }
             None => {
                 for store in self.all() {
@@ -495,9 +533,10 @@ impl DustShared {
 }
 
 /// Rebuilds the stores from journal records.
-fn replay(records: &[Record]) -> Result<(Registry, HashMap<String, u64>), String> {
+fn replay(records: &[Record]) -> Result<Replayed, String> {
     let mut registry = Registry::default();
     let mut blobs = HashMap::new();
+    let mut files = HashMap::new();
     for record in records {
         match record {
             Record::Header { .. } => {}
@@ -544,6 +583,22 @@ fn replay(records: &[Record]) -> Result<(Registry, HashMap<String, u64>), String
                     *data = StoreData::default();
                 }
             }
+            Record::Blob {
+                hash,
+                content_base64,
+                content_type,
+                filename,
+            } => {
+                use base64::Engine as _;
+                let content = super::store::base64_engine()
+                    .decode(content_base64)
+                    .map_err(|e| format!("blob {hash}: {e}"))?;
+                files.entry(hash.clone()).or_insert(BlobFile {
+                    content: content.into(),
+                    content_type: content_type.clone(),
+                    filename: filename.clone(),
+                });
+            }
             Record::Compact { store, at } => {
                 if let Some(handle) = registry.by_id.get(store) {
                     let mut data = handle
@@ -555,7 +610,7 @@ fn replay(records: &[Record]) -> Result<(Registry, HashMap<String, u64>), String
             }
         }
     }
-    Ok((registry, blobs))
+    Ok((registry, blobs, files))
 }
 
 #[cfg(test)]

@@ -7,6 +7,20 @@ use dust_conformance::dust::{DustConfig, TokenConfig};
 use dust_connection::{ControlError, MemoryEngine, RejectReason};
 use serde_json::json;
 
+/// A connected store on `server`, after these sets, each awaited in order.
+async fn store_after(
+    server: &dust_conformance::Server,
+    sets: &[(&str, serde_json::Value)],
+) -> (MemoryEngine, dust_connection::DustConnection, dust_connection::Store) {
+    let engine = MemoryEngine::new();
+    let connection = connect(server, &engine).await;
+    let app = connection.store(STORE).unwrap();
+    for (key, value) in sets {
+        within("set", app.set([*key], value.clone())).await.unwrap();
+    }
+    (engine, connection, app)
+}
+
 fn reason(error: ControlError) -> RejectReason {
     match error {
         ControlError::Rejected(rejection) => rejection.reason,
@@ -17,12 +31,8 @@ fn reason(error: ControlError) -> RejectReason {
 #[tokio::test]
 async fn a_path_rollback_writes_one_op_that_the_replica_applies_and_a_second_is_a_noop() {
     let server = server().await;
-    let engine = MemoryEngine::new();
-    let connection = connect(&server, &engine).await;
-    let app = connection.store(STORE).unwrap();
-    within("set 1", app.set(["a"], 1)).await.unwrap();
-    within("set 2", app.set(["a"], 2)).await.unwrap();
-    within("set b", app.set(["b"], "kept")).await.unwrap();
+    let (engine, _connection, app) =
+        store_after(&server, &[("a", json!(1)), ("a", json!(2)), ("b", json!("kept"))]).await;
 
     let rolled = within("rollback", app.rollback_path(["a"], 1))
         .await
@@ -49,12 +59,8 @@ async fn a_path_rollback_writes_one_op_that_the_replica_applies_and_a_second_is_
 #[tokio::test]
 async fn a_store_rollback_reports_its_ops_and_the_store_catches_up_to_them() {
     let server = server().await;
-    let engine = MemoryEngine::new();
-    let connection = connect(&server, &engine).await;
-    let app = connection.store(STORE).unwrap();
-    within("a", app.set(["a"], 1)).await.unwrap();
-    within("b", app.set(["b"], 2)).await.unwrap();
-    within("a again", app.set(["a"], 3)).await.unwrap();
+    let (engine, _connection, app) =
+        store_after(&server, &[("a", json!(1)), ("b", json!(2)), ("a", json!(3))]).await;
 
     // Back to seq 1: `b` is deleted, then `a` is set to 1.
     let rolled = within("rollback", app.rollback(1)).await.unwrap();
@@ -82,9 +88,7 @@ async fn a_store_rollback_reports_its_ops_and_the_store_catches_up_to_them() {
 #[tokio::test]
 async fn rollbacks_the_server_refuses_fail_with_their_typed_reason() {
     let server = server().await;
-    let engine = MemoryEngine::new();
-    let connection = connect(&server, &engine).await;
-    let app = connection.store(STORE).unwrap();
+    let (_engine, _connection, app) = store_after(&server, &[]).await;
     // An empty store has nothing to roll back.
     assert_eq!(
         reason(within("no ops", app.rollback(1)).await.unwrap_err()),
@@ -117,9 +121,7 @@ async fn a_token_without_the_write_scope_cannot_roll_back() {
     let server =
         server_with(DustConfig::new().token(TokenConfig::new(TOKEN).scopes(["entries:read"])))
             .await;
-    let engine = MemoryEngine::new();
-    let connection = connect(&server, &engine).await;
-    let app = connection.store(STORE).unwrap();
+    let (_engine, _connection, app) = store_after(&server, &[]).await;
     assert_eq!(
         reason(within("rollback", app.rollback(1)).await.unwrap_err()),
         RejectReason::MissingScope
@@ -129,11 +131,8 @@ async fn a_token_without_the_write_scope_cannot_roll_back() {
 #[tokio::test]
 async fn status_reports_the_store_s_seq_and_counts() {
     let server = server().await;
-    let engine = MemoryEngine::new();
-    let connection = connect(&server, &engine).await;
-    let app = connection.store(STORE).unwrap();
-    within("a", app.set(["a"], 1)).await.unwrap();
-    within("b", app.set(["b"], 2)).await.unwrap();
+    let (_engine, _connection, app) =
+        store_after(&server, &[("a", json!(1)), ("b", json!(2))]).await;
     within("delete a", app.delete(["a"])).await.unwrap();
     let status = within("status", app.status()).await.unwrap();
     assert_eq!(

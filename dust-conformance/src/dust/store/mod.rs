@@ -28,11 +28,11 @@ use super::value::{Raise, wrap};
 use apply::{list_delete, uniq_prepend};
 use lease::LeaseState;
 use replay::SeqBound;
-use validate::{base64_engine, iodata, truthy, unsupported_type, validate_value};
+use validate::{iodata, truthy, unsupported_type, validate_value};
 
 pub(crate) use replay::BatchEnd;
 pub(crate) use rollback::RollbackError;
-pub(crate) use validate::{client_op_id_text, resolve_incoming_path};
+pub(crate) use validate::{base64_engine, client_op_id_text, resolve_incoming_path};
 pub(crate) use wire::{event_value, live_event, write_reply};
 
 /// An op kind, as it appears on the wire.

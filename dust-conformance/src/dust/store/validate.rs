@@ -198,7 +198,7 @@ pub(super) fn validate_value(op: Op, value: &Value) -> Result<(), Reject> {
     }
 }
 
-pub(super) fn base64_engine() -> base64::engine::GeneralPurpose {
+pub(crate) fn base64_engine() -> base64::engine::GeneralPurpose {
     // Elixir's Base.decode64/1: padding required, trailing bits ignored.
     base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,

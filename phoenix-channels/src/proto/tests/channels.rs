@@ -180,11 +180,7 @@ fn phx_close_errors_and_rejoins_on_the_policy_when_the_channel_asks_for_it() {
         rejoin_after_server_close: true,
         ..ChannelOptions::default()
     };
-    h.core.add_channel(A, "t".into(), options).unwrap();
-    h.core.join(h.now, A);
-    h.sent();
-    h.server(&ok_reply(1, 1, "t", "{}"));
-    h.take();
+    h.joined_with(A, "t", options);
     h.push(A, "stop", 1);
     h.sent();
     h.server(r#"["1","1","t","phx_close",{}]"#);
@@ -220,11 +216,7 @@ fn a_rejoin_policy_that_stops_after_a_server_close_closes_the_channel() {
         rejoin: Some(Arc::new(NoRejoinAfterClose)),
         ..ChannelOptions::default()
     };
-    h.core.add_channel(A, "t".into(), options).unwrap();
-    h.core.join(h.now, A);
-    h.sent();
-    h.server(&ok_reply(1, 1, "t", "{}"));
-    h.take();
+    h.joined_with(A, "t", options);
     h.server(r#"["1","1","t","phx_close",{}]"#);
     let events = h.channel_events(A);
     assert!(events.iter().any(|e| matches!(

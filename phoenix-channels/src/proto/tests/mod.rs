@@ -88,7 +88,12 @@ impl Harness {
 
     /// Adds and joins a channel, answering the join; returns the join ref.
     fn joined(&mut self, id: ChannelId, topic: &str) -> u64 {
-        self.add(id, topic);
+        self.joined_with(id, topic, ChannelOptions::default())
+    }
+
+    /// [`Harness::joined`] with these channel options.
+    fn joined_with(&mut self, id: ChannelId, topic: &str, options: ChannelOptions) -> u64 {
+        self.core.add_channel(id, topic.into(), options).unwrap();
         self.core.join(self.now, id);
         let sent = self.sent();
         let join = sent.last().expect("a join frame");
