@@ -82,11 +82,13 @@ use procs::{Server, build_server, callgrind, prepare_node, run_child};
 use spec::{Flavor, Spec, Workload};
 
 /// The client names, in table order.
-const CLIENTS: [&str; 4] = [
+const CLIENTS: [&str; 6] = [
     "floor",
     "phoenix-channels",
     "phoenix_channels_client",
     "phoenix.js",
+    "floor/msgpack",
+    "phoenix-channels/msgpack",
 ];
 
 /// The fan-out sources of the flood server (see `bench_peers/flood.rs`).
@@ -99,7 +101,10 @@ const USAGE: &str = "usage: bench_peers [--quick] [--clients LIST] [--workloads 
                    [--markdown]
 
   --quick            few operations per run (seconds in all); no timing is asserted
-  --clients LIST     floor,phoenix-channels,phoenix_channels_client,phoenix.js (default: all)
+  --clients LIST     floor,phoenix-channels,phoenix_channels_client,phoenix.js,
+                     floor/msgpack,phoenix-channels/msgpack (default: all; the /msgpack
+                     clients speak MessagePack, vsn=3.0.0, in the sequential, pipelined and
+                     dust-conformance fan-out rows, each compared with floor/msgpack)
   --workloads LIST   sequential,pipelined,fanout,channels (default: all)
   --payloads LIST    JSON payload sizes in bytes (default: 100,4096)
   --runtimes LIST    current_thread,multi_thread (default: both; Rust clients only)
@@ -156,12 +161,12 @@ fn child(args: &[String]) -> Result<(), BoxError> {
             // are polled, rather than on the thread of `block_on`, which a worker must wake
             // for each event (the workloads of the clients under test stay on `block_on`'s
             // thread, as under `#[tokio::main]`).
-            "floor" if spec.flavor == Flavor::MultiThread => {
+            "floor" | "floor/msgpack" if spec.flavor == Flavor::MultiThread => {
                 let spec = spec.clone();
                 tokio::spawn(async move { floor::run(&spec).await }).await?
             }
-            "floor" => floor::run(&spec).await,
-            "phoenix-channels" => ours::run(&spec).await,
+            "floor" | "floor/msgpack" => floor::run(&spec).await,
+            "phoenix-channels" | "phoenix-channels/msgpack" => ours::run(&spec).await,
             "phoenix_channels_client" => pcc::run(&spec).await,
             other => Err(format!("unknown client {other:?}").into()),
         }
@@ -504,6 +509,13 @@ fn plan(options: &Options) -> Vec<Plan<'_>> {
         for &payload in &payloads {
             for &source in &sources {
                 for client in &options.clients {
+                    // The MessagePack rows: sequential, pipelined, and the fan-out from the
+                    // emulation (the batched source writes JSON text frames only).
+                    if client.ends_with("/msgpack")
+                        && (workload == Workload::Channels || source == Some("batched"))
+                    {
+                        continue;
+                    }
                     let flavors = if client == "phoenix.js" {
                         vec![Flavor::CurrentThread]
                     } else {

@@ -6,44 +6,108 @@
 
 use std::time::{Duration, Instant};
 
+use phoenix_channels::Payload;
+use serde_json::{Value, json};
+
 use crate::measure::{self, BenchResult, BoxError, Meter};
 use crate::spec::{Spec, Workload};
-use crate::wire::{Wire, reply_ref};
+use crate::wire::{Wire, msgpack_reply_ref, reply_ref};
 
 /// The join ref of every floor push, and the opening of its ref.
 const HEAD: &[u8] = b"[\"1\",\"";
 
+/// The same in MessagePack: a fixarray of 5 and the fixstr `"1"`.
+const MSGPACK_HEAD: &[u8] = &[0x95, 0xa1, b'1'];
+
+/// The floor's wire format: V2 JSON text frames, or MessagePack binary frames
+/// (`floor/msgpack`, `vsn=3.0.0`).
+#[derive(Clone, Copy)]
+struct Codec {
+    msgpack: bool,
+}
+
+impl Codec {
+    fn send(self, ws: &mut Wire, parts: &[&[u8]]) {
+        if self.msgpack {
+            ws.binary(parts);
+        } else {
+            ws.text(parts);
+        }
+    }
+
+    fn reply_ref(self, frame: &[u8]) -> Option<u64> {
+        if self.msgpack {
+            msgpack_reply_ref(frame)
+        } else {
+            reply_ref(frame)
+        }
+    }
+
+    fn is_broadcast(self, frame: &[u8]) -> bool {
+        if self.msgpack {
+            frame.starts_with(&[0x95, 0xc0, 0xc0])
+        } else {
+            frame.starts_with(b"[null,null,")
+        }
+    }
+
+    /// `values` encoded.
+    fn encode(self, values: &Value) -> Result<Vec<u8>, BoxError> {
+        Ok(if self.msgpack {
+            Payload::msgpack(values)?
+                .as_msgpack()
+                .ok_or("not MessagePack")?
+                .to_vec()
+        } else {
+            serde_json::to_vec(values)?
+        })
+    }
+}
+
 /// Runs one workload.
 pub(crate) async fn run(spec: &Spec) -> Result<BenchResult, BoxError> {
-    let url = format!("{}/websocket?vsn=2.0.0", spec.url);
+    let codec = Codec {
+        msgpack: spec.client.ends_with("/msgpack"),
+    };
+    let vsn = if codec.msgpack { "3.0.0" } else { "2.0.0" };
+    let url = format!("{}/websocket?vsn={vsn}", spec.url);
     let mut ws = Wire::connect(url.as_str()).await?;
     if spec.workload == Workload::Channels {
         return channels(spec, ws).await;
     }
-    let join = format!("[\"1\",\"1\",\"{}\",\"phx_join\",{{}}]", spec.topic);
-    ws.text(&[join.as_bytes()]);
+    let join = codec.encode(&json!(["1", "1", spec.topic, "phx_join", {}]))?;
+    codec.send(&mut ws, &[&join]);
     ws.flush().await?;
     loop {
         let frame = ws.next().await?;
-        if reply_ref(ws.payload(frame)) == Some(1) {
+        if codec.reply_ref(ws.payload(frame)) == Some(1) {
             break;
         }
     }
 
-    // Everything after the ref: `","TOPIC","echo",PAYLOAD]`.
-    let tail = format!(
-        "\",\"{}\",\"echo\",{}]",
-        spec.topic,
-        measure::payload_text(spec.payload)
-    );
-    let push = Push {
-        tail: tail.into_bytes(),
+    let payload = measure::payload_text(spec.payload);
+    let push = if codec.msgpack {
+        // Everything after the ref: `TOPIC, "echo", PAYLOAD` (an array of 3 without its
+        // header byte).
+        let value: Value = serde_json::from_str(&payload)?;
+        let tail = codec.encode(&json!([spec.topic, "echo", value]))?;
+        Push {
+            codec,
+            tail: tail[1..].to_vec(),
+        }
+    } else {
+        // Everything after the ref: `","TOPIC","echo",PAYLOAD]`.
+        let tail = format!("\",\"{}\",\"echo\",{payload}]", spec.topic);
+        Push {
+            codec,
+            tail: tail.into_bytes(),
+        }
     };
     let work = async {
         match spec.workload {
             Workload::Sequential => sequential(spec, &mut ws, &push).await,
             Workload::Pipelined => pipelined(spec, &mut ws, &push).await,
-            Workload::Fanout => fanout(spec, &mut ws).await,
+            Workload::Fanout => fanout(spec, &mut ws, codec).await,
             Workload::Channels => Err("unreachable".into()),
         }
     };
@@ -52,15 +116,24 @@ pub(crate) async fn run(spec: &Spec) -> Result<BenchResult, BoxError> {
         .map_err(|_| format!("floor {}: timed out", spec.workload))?
 }
 
-/// The pre-encoded push: `HEAD`, the ref's digits, `tail`.
+/// The pre-encoded push: `HEAD`, the ref's digits, `tail` (MessagePack: `MSGPACK_HEAD`, the
+/// ref as a fixstr, `tail`).
 struct Push {
+    codec: Codec,
     tail: Vec<u8>,
 }
 
 impl Push {
     fn append(&self, ws: &mut Wire, r: u64) {
         let mut digits = itoa::Buffer::new();
-        ws.text(&[HEAD, digits.format(r).as_bytes(), &self.tail]);
+        let digits = digits.format(r).as_bytes();
+        if self.codec.msgpack {
+            // At most 20 digits: a fixstr.
+            let header = [0xa0 | digits.len() as u8];
+            ws.binary(&[MSGPACK_HEAD, &header, digits, &self.tail]);
+        } else {
+            ws.text(&[HEAD, digits, &self.tail]);
+        }
     }
 }
 
@@ -74,7 +147,7 @@ async fn sequential(spec: &Spec, ws: &mut Wire, push: &Push) -> Result<BenchResu
         ws.flush().await?;
         loop {
             let frame = ws.next().await?;
-            if reply_ref(ws.payload(frame)) == Some(r) {
+            if push.codec.reply_ref(ws.payload(frame)) == Some(r) {
                 break;
             }
         }
@@ -99,11 +172,11 @@ async fn pipelined(spec: &Spec, ws: &mut Wire, push: &Push) -> Result<BenchResul
         }
         // Wait for one reply, then take every reply already read.
         let frame = ws.next().await?;
-        if reply_ref(ws.payload(frame)).is_some() {
+        if push.codec.reply_ref(ws.payload(frame)).is_some() {
             done += 1;
         }
         while let Some(frame) = ws.buffered()? {
-            if reply_ref(ws.payload(frame)).is_some() {
+            if push.codec.reply_ref(ws.payload(frame)).is_some() {
                 done += 1;
             }
         }
@@ -124,13 +197,13 @@ const BATCH_WAIT: Duration = Duration::from_millis(1);
 /// Takes the events in batches: after a short read it waits a moment before reading again,
 /// so that a source writing one frame at a time costs one read per batch, not per event
 /// (what the fan-out measures is CPU per delivered event; the source sets the rate).
-async fn fanout(spec: &Spec, ws: &mut Wire) -> Result<BenchResult, BoxError> {
+async fn fanout(spec: &Spec, ws: &mut Wire, codec: Codec) -> Result<BenchResult, BoxError> {
     let meter = Meter::start();
     measure::say_ready()?;
     let mut events = 0;
     loop {
         while let Some(frame) = ws.buffered()? {
-            if ws.payload(frame).starts_with(b"[null,null,") {
+            if codec.is_broadcast(ws.payload(frame)) {
                 events += 1;
             }
         }
@@ -191,7 +264,7 @@ async fn channels(spec: &Spec, mut ws: Wire) -> Result<BenchResult, BoxError> {
 
 fn result(spec: &Spec, ops: u64, times: (std::time::Duration, std::time::Duration)) -> BenchResult {
     BenchResult::new(
-        "floor",
+        &spec.client,
         spec.flavor.name(),
         spec.workload.name(),
         spec.payload,

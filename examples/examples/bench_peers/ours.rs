@@ -4,17 +4,20 @@ use std::time::Instant;
 
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
-use phoenix_channels::{Channel, Payload, Socket};
+use phoenix_channels::{Channel, Payload, Serializer, Socket};
 
 use crate::measure::{self, BenchResult, BoxError, Meter};
 use crate::spec::{Spec, Workload};
 
-/// The client name in the JSON lines.
+/// The client name in error messages.
 const NAME: &str = "phoenix-channels";
 
-/// Runs one workload.
+/// Runs one workload (`phoenix-channels/msgpack`: over MessagePack, `vsn=3.0.0`).
 pub(crate) async fn run(spec: &Spec) -> Result<BenchResult, BoxError> {
     let mut builder = Socket::builder(spec.url.as_str());
+    if msgpack(spec) {
+        builder = builder.serializer(Serializer::MessagePack);
+    }
     if let Some(capacity) = spec.queue_capacity {
         builder = builder.queue_capacity(capacity);
     }
@@ -52,11 +55,19 @@ pub(crate) async fn run(spec: &Spec) -> Result<BenchResult, BoxError> {
     Ok(result)
 }
 
-/// The echo payload, serialized once (a `Payload` is reference-counted JSON text).
+/// Whether this run speaks MessagePack.
+fn msgpack(spec: &Spec) -> bool {
+    spec.client.ends_with("/msgpack")
+}
+
+/// The echo payload, serialized once in the run's format (a `Payload` is reference-counted).
 fn payload(spec: &Spec) -> Result<Payload, BoxError> {
-    Ok(Payload::from_json_text(measure::payload_text(
-        spec.payload,
-    ))?)
+    let text = measure::payload_text(spec.payload);
+    Ok(if msgpack(spec) {
+        Payload::msgpack(&serde_json::from_str::<serde_json::Value>(&text)?)?
+    } else {
+        Payload::from_json_text(text)?
+    })
 }
 
 async fn joined(spec: &Spec, socket: &Socket) -> Result<Channel, BoxError> {
@@ -149,7 +160,7 @@ async fn channels(spec: &Spec, socket: &Socket) -> Result<BenchResult, BoxError>
 
 fn result(spec: &Spec, ops: u64, times: (std::time::Duration, std::time::Duration)) -> BenchResult {
     BenchResult::new(
-        NAME,
+        &spec.client,
         spec.flavor.name(),
         spec.workload.name(),
         spec.payload,

@@ -63,7 +63,13 @@ fn floor_of<'a>(results: &'a [BenchResult], r: &BenchResult) -> Option<&'a Bench
     } else {
         r.runtime.as_str()
     };
-    find(results, FLOOR, r, runtime)
+    // A MessagePack row is compared with the MessagePack floor.
+    let floor = if r.client.ends_with("/msgpack") {
+        "floor/msgpack"
+    } else {
+        FLOOR
+    };
+    find(results, floor, r, runtime)
 }
 
 /// The runtime, with `/inline` for phoenix-channels awaiting its driver inline.
@@ -464,7 +470,7 @@ fn targets(out: &mut String, results: &[BenchResult], ours: &[&BenchResult]) {
         "the floor is a floor: no client's CPU per op below 0.95× the floor's (every row)",
         results
             .iter()
-            .filter(|r| r.client != FLOOR)
+            .filter(|r| !r.client.starts_with(FLOOR))
             .map(|r| {
                 let x = vs(r, floor_of(results, r));
                 (

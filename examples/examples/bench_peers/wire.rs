@@ -2,7 +2,7 @@
 //! reused read buffer and one reused write buffer. Frames are masked in place, a word at a
 //! time; reads parse frames out of the buffer without copying or allocating; writes are
 //! batched until [`Wire::flush`]. Only what the echo and flood servers send is supported:
-//! unfragmented text frames, pings, and close (anything else is an error, never a panic).
+//! unfragmented text and binary frames, pings, and close (anything else is an error, never a panic).
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -83,6 +83,12 @@ impl Wire {
         self.frame(0x1, parts);
     }
 
+    /// Appends one masked binary frame (MessagePack, `vsn=3.0.0`) whose payload is `parts`
+    /// concatenated.
+    pub(crate) fn binary(&mut self, parts: &[&[u8]]) {
+        self.frame(0x2, parts);
+    }
+
     fn frame(&mut self, opcode: u8, parts: &[&[u8]]) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let w = &mut self.write;
@@ -119,7 +125,7 @@ impl Wire {
         Ok(())
     }
 
-    /// The next text frame, reading from the socket only when the buffer holds no complete
+    /// The next text or binary frame, reading from the socket only when the buffer holds no complete
     /// frame. Pings are answered (at the next flush); a close frame is an error.
     pub(crate) async fn next(&mut self) -> Result<Frame, BoxError> {
         loop {
@@ -130,7 +136,7 @@ impl Wire {
         }
     }
 
-    /// The next text frame already in the buffer, without reading from the socket.
+    /// The next text or binary frame already in the buffer, without reading from the socket.
     pub(crate) fn buffered(&mut self) -> Result<Option<Frame>, BoxError> {
         self.parse()
     }
@@ -173,7 +179,7 @@ impl Wire {
                 return Err("the server sent a fragmented frame (unsupported by the floor)".into());
             }
             match frame.opcode {
-                0x1 => return Ok(Some(frame)),
+                0x1 | 0x2 => return Ok(Some(frame)),
                 0x9 => {
                     let ping = self.read[frame.from..frame.to].to_vec();
                     self.frame(0xA, &[&ping]);
@@ -218,17 +224,26 @@ fn mask(data: &mut [u8], key: [u8; 4]) {
     }
 }
 
-/// The ref of a reply `["JOIN_REF","REF",...` when it is a number; `None` for anything else
-/// (broadcasts have `null` refs).
-pub(crate) fn reply_ref(text: &[u8]) -> Option<u64> {
-    let rest = text.strip_prefix(b"[\"")?;
-    let rest = &rest[rest.iter().position(|&b| b == b'"')? + 1..];
-    let rest = rest.strip_prefix(b",\"")?;
-    let end = rest.iter().position(|&b| b == b'"')?;
-    let digits = &rest[..end];
-    if digits.is_empty() {
-        return None;
-    }
+/// The ref of a MessagePack reply `[JOIN_REF, "REF", ...]` (a fixarray of 5 whose second
+/// element is a short string of digits); `None` for anything else (broadcasts have `nil`
+/// refs).
+pub(crate) fn msgpack_reply_ref(bytes: &[u8]) -> Option<u64> {
+    let rest = bytes.strip_prefix(&[0x95])?;
+    // The join ref: nil or a short string.
+    let rest = match *rest.first()? {
+        0xc0 => &rest[1..],
+        b @ 0xa0..=0xbf => rest.get(1 + usize::from(b & 0x1f)..)?,
+        _ => return None,
+    };
+    let len = match *rest.first()? {
+        b @ 0xa1..=0xbf => usize::from(b & 0x1f),
+        _ => return None,
+    };
+    digits(rest.get(1..1 + len)?)
+}
+
+/// A run of ASCII digits as a number.
+fn digits(digits: &[u8]) -> Option<u64> {
     let mut n: u64 = 0;
     for &b in digits {
         if !b.is_ascii_digit() {
@@ -237,4 +252,17 @@ pub(crate) fn reply_ref(text: &[u8]) -> Option<u64> {
         n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
     }
     Some(n)
+}
+
+/// The ref of a reply `["JOIN_REF","REF",...` when it is a number; `None` for anything else
+/// (broadcasts have `null` refs).
+pub(crate) fn reply_ref(text: &[u8]) -> Option<u64> {
+    let rest = text.strip_prefix(b"[\"")?;
+    let rest = &rest[rest.iter().position(|&b| b == b'"')? + 1..];
+    let rest = rest.strip_prefix(b",\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    if end == 0 {
+        return None;
+    }
+    digits(&rest[..end])
 }
