@@ -82,14 +82,20 @@ use procs::{Server, build_server, callgrind, prepare_node, run_child};
 use spec::{Flavor, Spec, Workload};
 
 /// The client names, in table order.
-const CLIENTS: [&str; 6] = [
+const CLIENTS: [&str; 7] = [
     "floor",
     "phoenix-channels",
     "phoenix_channels_client",
     "phoenix.js",
     "floor/msgpack",
     "phoenix-channels/msgpack",
+    "phoenix.js/msgpack",
 ];
+
+/// Whether a client is phoenix.js (over JSON or MessagePack), run under Node.
+fn is_js(client: &str) -> bool {
+    client.starts_with("phoenix.js")
+}
 
 /// The fan-out sources of the flood server (see `bench_peers/flood.rs`).
 const SOURCES: [&str; 2] = ["dust-conformance", "batched"];
@@ -102,7 +108,7 @@ const USAGE: &str = "usage: bench_peers [--quick] [--clients LIST] [--workloads 
 
   --quick            few operations per run (seconds in all); no timing is asserted
   --clients LIST     floor,phoenix-channels,phoenix_channels_client,phoenix.js,
-                     floor/msgpack,phoenix-channels/msgpack (default: all; the /msgpack
+                     floor/msgpack,phoenix-channels/msgpack,phoenix.js/msgpack (default: all; the /msgpack
                      clients speak MessagePack, vsn=3.0.0, in the sequential, pipelined and
                      dust-conformance fan-out rows, each compared with floor/msgpack)
   --workloads LIST   sequential,pipelined,fanout,channels (default: all)
@@ -311,7 +317,7 @@ fn parse_options(args: &[String]) -> Result<Option<Options>, BoxError> {
         if !clients_given {
             options.clients = vec!["floor".to_owned(), "phoenix-channels".to_owned()];
         }
-        if options.clients.iter().any(|c| c == "phoenix.js") {
+        if options.clients.iter().any(|c| is_js(c)) {
             return Err("--callgrind measures the Rust clients only".into());
         }
     }
@@ -339,7 +345,7 @@ fn ops_for(options: &Options, client: &str, workload: Workload, payload: usize) 
         (Workload::Fanout, true, true) => 2_000,
         (Workload::Channels, _, _) => options.channels,
     };
-    if client == "phoenix.js" && workload == Workload::Pipelined && !quick {
+    if is_js(client) && workload == Workload::Pipelined && !quick {
         ops / 4
     } else {
         ops
@@ -378,7 +384,7 @@ async fn run_all(options: &Options) -> Result<Vec<BenchResult>, BoxError> {
         (Some(path), None) => Some(path.clone()),
         (None, None) => Some(build_server().await?),
     };
-    let wants_js = options.clients.iter().any(|c| c == "phoenix.js");
+    let wants_js = options.clients.iter().any(|c| is_js(c));
     let bench_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench");
     if wants_js {
         prepare_node(&options.node, &bench_dir).await?;
@@ -452,7 +458,7 @@ async fn run_all(options: &Options) -> Result<Vec<BenchResult>, BoxError> {
                 results.push(result);
                 continue;
             }
-            let mut command = if client == "phoenix.js" {
+            let mut command = if is_js(client) {
                 let mut c = Command::new(&options.node);
                 c.arg("--expose-gc").arg(bench_dir.join("runner.mjs"));
                 c
@@ -460,11 +466,7 @@ async fn run_all(options: &Options) -> Result<Vec<BenchResult>, BoxError> {
                 Command::new(std::env::current_exe()?)
             };
             command.args(spec.to_args());
-            let runtime = if client == "phoenix.js" {
-                "node"
-            } else {
-                flavor.name()
-            };
+            let runtime = if is_js(client) { "node" } else { flavor.name() };
             let mut result = run_child(command, &spec, source, flooder.as_mut())
                 .await
                 .map_err(|e| {
@@ -516,7 +518,7 @@ fn plan(options: &Options) -> Vec<Plan<'_>> {
                     {
                         continue;
                     }
-                    let flavors = if client == "phoenix.js" {
+                    let flavors = if is_js(client) {
                         vec![Flavor::CurrentThread]
                     } else {
                         options.flavors.clone()

@@ -120,6 +120,7 @@ pub(crate) async fn prepare_node(node: &str, bench_dir: &Path) -> Result<(), Box
     }
     if !bench_dir.join("node_modules").join("phoenix").exists()
         || !bench_dir.join("node_modules").join("ws").exists()
+        || !bench_dir.join("node_modules").join("msgpackr").exists()
     {
         eprintln!("bench_peers: npm ci in {}", bench_dir.display());
         let status = Command::new("npm")

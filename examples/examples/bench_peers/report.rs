@@ -52,13 +52,13 @@ fn find<'a>(
             && r.workload == like.workload
             && r.payload_bytes == like.payload_bytes
             && r.source == like.source
-            && (r.runtime == runtime || r.client == JS)
+            && (r.runtime == runtime || r.client.starts_with(JS))
     })
 }
 
 /// The floor result to compare `r` with: same runtime; `current_thread` for phoenix.js.
 fn floor_of<'a>(results: &'a [BenchResult], r: &BenchResult) -> Option<&'a BenchResult> {
-    let runtime = if r.client == JS {
+    let runtime = if r.client.starts_with(JS) {
         "current_thread"
     } else {
         r.runtime.as_str()
