@@ -1,13 +1,17 @@
 // The phoenix.js client of bench_peers (examples/examples/bench_peers.rs): one run per process.
 //
 //   node --expose-gc runner.mjs --workload W --payload BYTES --ops N --window N --url URL
-//        --topic TOPIC --timeout-s S [--client phoenix.js --runtime ...]
+//        --topic TOPIC --timeout-s S [--client phoenix.js|phoenix.js/msgpack --runtime ...]
+//
+// `--client phoenix.js/msgpack` speaks MessagePack (vsn 3.0.0) through phoenix.js's
+// `encode`/`decode` options with msgpackr, as Dust's TypeScript SDK does.
 //
 // Measures itself from after connect/join to the end of the workload: CPU (process.cpuUsage,
 // user + sys), wall time, peak RSS (resourceUsage().maxRSS), and prints one JSON line. For the
 // fanout workload it prints `ready` once joined; the orchestrator then starts the flood.
 import { performance } from "node:perf_hooks";
 
+import { Packr, Unpackr } from "msgpackr";
 import { Socket } from "phoenix";
 import WebSocket from "ws";
 
@@ -24,6 +28,9 @@ const windowSize = Number(arg("--window"));
 const url = arg("--url");
 const topic = arg("--topic");
 const timeoutMs = Number(arg("--timeout-s")) * 1000;
+const clientAt = process.argv.indexOf("--client");
+const client = clientAt >= 0 ? process.argv[clientAt + 1] : "phoenix.js";
+const msgpack = client.endsWith("/msgpack");
 
 /** `{"body":"xxx…"}`, exactly `bytes` long once encoded (the same as the Rust clients). */
 function payload(bytes) {
@@ -52,7 +59,7 @@ class Meter {
 
 function emit(done, { wall_s, cpu_s }, extra = {}) {
   const result = {
-    client: "phoenix.js",
+    client,
     workload,
     payload_bytes: workload === "channels" ? 0 : payloadBytes,
     ops: done,
@@ -76,7 +83,22 @@ function percentile(sorted, q) {
 }
 
 async function connect() {
-  const socket = new Socket(url, { transport: WebSocket });
+  const options = { transport: WebSocket };
+  if (msgpack) {
+    const packr = new Packr({ useRecords: false });
+    const unpackr = new Unpackr({ useRecords: false });
+    Object.assign(options, {
+      vsn: "3.0.0",
+      encode: (msg, callback) =>
+        callback(packr.pack([msg.join_ref, msg.ref, msg.topic, msg.event, msg.payload])),
+      decode: (raw, callback) => {
+        const [join_ref, ref, topic, event, payload] =
+          typeof raw === "string" ? JSON.parse(raw) : unpackr.unpack(new Uint8Array(raw));
+        return callback({ join_ref, ref, topic, event, payload });
+      },
+    });
+  }
+  const socket = new Socket(url, options);
   await new Promise((resolve, reject) => {
     socket.onOpen(resolve);
     socket.onError((e) => reject(new Error(`socket error: ${e?.message ?? e}`)));

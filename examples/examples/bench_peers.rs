@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p examples --example bench_peers -- [--quick] [--clients LIST]
 //!     [--workloads LIST] [--payloads LIST] [--runtimes LIST] [--server-bin PATH] [--node PATH]
+//!     [--url ws://HOST:PORT/socket] [--callgrind]
 //! ```
 //!
 //! It builds and starts one `dust-conformance-server` (its own process), plus, for the fanout
@@ -13,8 +14,10 @@
 //! workload. Each child prints one JSON line; the orchestrator prints them as they come, then
 //! a table with the ratios to the floor and to the peers, all from the same run.
 //!
-//! Clients: `floor` (tokio-tungstenite, pre-encoded V2 frames, replies matched by ref),
-//! `phoenix-channels` (this workspace, public API), `phoenix_channels_client` (0.1.2 from
+//! Clients: `floor` (a hand-written WebSocket client, `bench_peers/wire.rs`: pre-encoded V2
+//! frames, one write per batch, reused buffers, replies matched by ref in place),
+//! `phoenix-channels` (this workspace, public API, `Socket::builder(..).connect()` unless
+//! `--ours-driver inline`), `phoenix_channels_client` (0.1.2 from
 //! crates.io) — each on tokio's `current_thread` and `multi_thread` runtimes — and
 //! `phoenix.js` (npm `phoenix` 1.8.16 with `ws`, under Node ≥ 20; `examples/bench`).
 //!
@@ -24,6 +27,14 @@
 //!
 //! `--quick` runs everything with few operations (seconds) and asserts nothing about timings;
 //! the exit code is non-zero only if a client or a server fails.
+//!
+//! `--url ws://HOST:PORT/socket` runs the echo workloads (sequential, pipelined, channels)
+//! against an external server with the `echo:*` channel of PROTOCOL.md §3 instead of the
+//! spawned emulation (fanout needs the flood server and is left out).
+//!
+//! `--callgrind` runs each Rust client twice under `valgrind --tool=callgrind`, with N and 2N
+//! operations, and reports the instructions per operation, `(I(2N) - I(N)) / N`: connecting,
+//! joining and start-up cancel out, and the count is repeatable on a noisy machine.
 //!
 //! Internal modes: `--client NAME ...` (one run, see `bench_peers/spec.rs`) and
 //! `--flood-server`.
@@ -51,28 +62,40 @@ mod measure;
 mod ours;
 #[path = "bench_peers/pcc.rs"]
 mod pcc;
+#[path = "bench_peers/procs.rs"]
+mod procs;
 #[path = "bench_peers/report.rs"]
 mod report;
 #[path = "bench_peers/spec.rs"]
 mod spec;
+#[path = "bench_peers/wire.rs"]
+mod wire;
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::Command;
 
 use measure::{BenchResult, BoxError};
+use procs::{Server, build_server, callgrind, prepare_node, run_child};
 use spec::{Flavor, Spec, Workload};
 
 /// The client names, in table order.
-const CLIENTS: [&str; 4] = [
+const CLIENTS: [&str; 7] = [
     "floor",
     "phoenix-channels",
     "phoenix_channels_client",
     "phoenix.js",
+    "floor/msgpack",
+    "phoenix-channels/msgpack",
+    "phoenix.js/msgpack",
 ];
+
+/// Whether a client is phoenix.js (over JSON or MessagePack), run under Node.
+fn is_js(client: &str) -> bool {
+    client.starts_with("phoenix.js")
+}
 
 /// The fan-out sources of the flood server (see `bench_peers/flood.rs`).
 const SOURCES: [&str; 2] = ["dust-conformance", "batched"];
@@ -80,10 +103,14 @@ const SOURCES: [&str; 2] = ["dust-conformance", "batched"];
 const USAGE: &str = "usage: bench_peers [--quick] [--clients LIST] [--workloads LIST]
                    [--payloads LIST] [--runtimes LIST] [--fanout-sources LIST]
                    [--repeat N] [--window N] [--channels N] [--ours-queue-capacity N]
-                   [--server-bin PATH] [--node PATH]
+                   [--server-bin PATH] [--node PATH] [--url URL] [--callgrind]
+                   [--markdown]
 
   --quick            few operations per run (seconds in all); no timing is asserted
-  --clients LIST     floor,phoenix-channels,phoenix_channels_client,phoenix.js (default: all)
+  --clients LIST     floor,phoenix-channels,phoenix_channels_client,phoenix.js,
+                     floor/msgpack,phoenix-channels/msgpack,phoenix.js/msgpack (default: all; the /msgpack
+                     clients speak MessagePack, vsn=3.0.0, in the sequential, pipelined and
+                     dust-conformance fan-out rows, each compared with floor/msgpack)
   --workloads LIST   sequential,pipelined,fanout,channels (default: all)
   --payloads LIST    JSON payload sizes in bytes (default: 100,4096)
   --runtimes LIST    current_thread,multi_thread (default: both; Rust clients only)
@@ -103,6 +130,11 @@ const USAGE: &str = "usage: bench_peers [--quick] [--clients LIST] [--workloads 
                      for the fanout drops, not a default
   --server-bin PATH  use this dust-conformance-server instead of building it
   --node PATH        the Node.js binary (default: node)
+  --url URL          an external echo server, ws://HOST:PORT/socket (a Phoenix app with the
+                     echo:* channel of PROTOCOL.md §3); fanout is left out
+  --markdown         also print the README's tables (Markdown), from the median runs
+  --callgrind        instructions per op from valgrind --tool=callgrind (runs with N and 2N
+                     ops; Rust clients only, default clients floor,phoenix-channels)
 ";
 
 fn main() -> ExitCode {
@@ -131,8 +163,16 @@ fn child(args: &[String]) -> Result<(), BoxError> {
     let runtime = spec.flavor.runtime()?;
     let result = runtime.block_on(async {
         match spec.client.as_str() {
-            "floor" => floor::run(&spec).await,
-            "phoenix-channels" => ours::run(&spec).await,
+            // On the multi-thread runtime the floor runs on a worker, where the I/O events
+            // are polled, rather than on the thread of `block_on`, which a worker must wake
+            // for each event (the workloads of the clients under test stay on `block_on`'s
+            // thread, as under `#[tokio::main]`).
+            "floor" | "floor/msgpack" if spec.flavor == Flavor::MultiThread => {
+                let spec = spec.clone();
+                tokio::spawn(async move { floor::run(&spec).await }).await?
+            }
+            "floor" | "floor/msgpack" => floor::run(&spec).await,
+            "phoenix-channels" | "phoenix-channels/msgpack" => ours::run(&spec).await,
             "phoenix_channels_client" => pcc::run(&spec).await,
             other => Err(format!("unknown client {other:?}").into()),
         }
@@ -161,6 +201,12 @@ struct Options {
     channels: u64,
     server_bin: Option<PathBuf>,
     node: String,
+    /// An external echo server instead of the spawned one.
+    url: Option<String>,
+    /// Instructions per op from callgrind instead of timings.
+    callgrind: bool,
+    /// Also print the README's tables in Markdown.
+    markdown: bool,
 }
 
 fn parse_options(args: &[String]) -> Result<Option<Options>, BoxError> {
@@ -178,7 +224,11 @@ fn parse_options(args: &[String]) -> Result<Option<Options>, BoxError> {
         channels: 1000,
         server_bin: None,
         node: "node".to_owned(),
+        url: None,
+        callgrind: false,
+        markdown: false,
     };
+    let (mut clients_given, mut workloads_given) = (false, false);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -200,8 +250,10 @@ fn parse_options(args: &[String]) -> Result<Option<Options>, BoxError> {
                     return Err(format!("unknown client {bad:?}").into());
                 }
                 options.clients = clients;
+                clients_given = true;
             }
             "--workloads" => {
+                workloads_given = true;
                 options.workloads = list(value()?)
                     .iter()
                     .map(|w| w.parse())
@@ -242,8 +294,31 @@ fn parse_options(args: &[String]) -> Result<Option<Options>, BoxError> {
             "--channels" => options.channels = value()?.parse()?,
             "--server-bin" => options.server_bin = Some(value()?.into()),
             "--node" => options.node = value()?,
+            "--url" => {
+                let url = value()?;
+                if !url.starts_with("ws://") && !url.starts_with("wss://") {
+                    return Err(format!("--url wants ws://HOST:PORT/socket, not {url:?}").into());
+                }
+                options.url = Some(url.trim_end_matches('/').to_owned());
+            }
+            "--callgrind" => options.callgrind = true,
+            "--markdown" => options.markdown = true,
             "-h" | "--help" => return Ok(None),
             other => return Err(format!("unknown argument {other}\n\n{USAGE}").into()),
+        }
+    }
+    if options.url.is_some() {
+        if workloads_given && options.workloads.contains(&Workload::Fanout) {
+            return Err("fanout needs the flood server, not an external --url".into());
+        }
+        options.workloads.retain(|w| *w != Workload::Fanout);
+    }
+    if options.callgrind {
+        if !clients_given {
+            options.clients = vec!["floor".to_owned(), "phoenix-channels".to_owned()];
+        }
+        if options.clients.iter().any(|c| is_js(c)) {
+            return Err("--callgrind measures the Rust clients only".into());
         }
     }
     Ok(Some(options))
@@ -254,7 +329,9 @@ fn parse_options(args: &[String]) -> Result<Option<Options>, BoxError> {
 /// there; per-operation figures do not depend on the count).
 fn ops_for(options: &Options, client: &str, workload: Workload, payload: usize) -> u64 {
     let large = payload > 1024;
-    let ops = match (workload, options.quick, large) {
+    // Under callgrind (~50× slower) the quick counts; the second run doubles them.
+    let quick = options.quick || options.callgrind;
+    let ops = match (workload, quick, large) {
         (Workload::Sequential, false, false) => 30_000,
         (Workload::Sequential, false, true) => 20_000,
         (Workload::Sequential, true, _) => 300,
@@ -268,7 +345,7 @@ fn ops_for(options: &Options, client: &str, workload: Workload, payload: usize) 
         (Workload::Fanout, true, true) => 2_000,
         (Workload::Channels, _, _) => options.channels,
     };
-    if client == "phoenix.js" && workload == Workload::Pipelined && !options.quick {
+    if is_js(client) && workload == Workload::Pipelined && !quick {
         ops / 4
     } else {
         ops
@@ -285,7 +362,14 @@ fn orchestrate(args: &[String]) -> Result<(), BoxError> {
         .enable_all()
         .build()?;
     let results = runtime.block_on(run_all(&options))?;
-    report::print(&results, &options.clients, options.repeat);
+    if options.callgrind {
+        report::print_instructions(&results, &options.clients);
+    } else {
+        report::print(&results, &options.clients, options.repeat);
+        if options.markdown {
+            report::print_markdown(&results, &options.clients);
+        }
+    }
     eprintln!(
         "bench_peers: {} runs in {:.1} s",
         results.len(),
@@ -294,28 +378,33 @@ fn orchestrate(args: &[String]) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// The workspace root (this example lives in `examples/`).
-fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
 async fn run_all(options: &Options) -> Result<Vec<BenchResult>, BoxError> {
-    let server_bin = match &options.server_bin {
-        Some(path) => path.clone(),
-        None => build_server().await?,
+    let server_bin = match (&options.server_bin, &options.url) {
+        (_, Some(_)) => None,
+        (Some(path), None) => Some(path.clone()),
+        (None, None) => Some(build_server().await?),
     };
-    let wants_js = options.clients.iter().any(|c| c == "phoenix.js");
+    let wants_js = options.clients.iter().any(|c| is_js(c));
     let bench_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench");
     if wants_js {
         prepare_node(&options.node, &bench_dir).await?;
     }
-    let server = Server::start(Command::new(&server_bin).arg("--control-stdin"), 1).await?;
-    let echo_url = server.url("")?.to_owned();
-    eprintln!(
-        "bench_peers: echo server {echo_url} ({})",
-        server_bin.display()
-    );
+    let (server, echo_url) = match (&server_bin, &options.url) {
+        (Some(server_bin), _) => {
+            let server = Server::start(Command::new(server_bin).arg("--control-stdin"), 1).await?;
+            let echo_url = server.url("")?.to_owned();
+            eprintln!(
+                "bench_peers: echo server {echo_url} ({})",
+                server_bin.display()
+            );
+            (Some(server), echo_url)
+        }
+        (None, Some(url)) => {
+            eprintln!("bench_peers: external echo server {url}");
+            (None, url.clone())
+        }
+        (None, None) => return Err("no echo server".into()),
+    };
     let mut flooder = if options.workloads.contains(&Workload::Fanout) {
         let exe = std::env::current_exe()?;
         let mut command = Command::new(exe);
@@ -359,7 +448,17 @@ async fn run_all(options: &Options) -> Result<Vec<BenchResult>, BoxError> {
                 queue_capacity: options.ours_queue_capacity,
                 inline_driver,
             };
-            let mut command = if client == "phoenix.js" {
+            if options.callgrind {
+                let result = callgrind(&spec, run, source, flooder.as_mut())
+                    .await
+                    .map_err(|e| {
+                        format!("{client} ({}) {workload} {payload} B: {e}", flavor.name())
+                    })?;
+                println!("{}", serde_json::to_string(&result)?);
+                results.push(result);
+                continue;
+            }
+            let mut command = if is_js(client) {
                 let mut c = Command::new(&options.node);
                 c.arg("--expose-gc").arg(bench_dir.join("runner.mjs"));
                 c
@@ -367,11 +466,7 @@ async fn run_all(options: &Options) -> Result<Vec<BenchResult>, BoxError> {
                 Command::new(std::env::current_exe()?)
             };
             command.args(spec.to_args());
-            let runtime = if client == "phoenix.js" {
-                "node"
-            } else {
-                flavor.name()
-            };
+            let runtime = if is_js(client) { "node" } else { flavor.name() };
             let mut result = run_child(command, &spec, source, flooder.as_mut())
                 .await
                 .map_err(|e| {
@@ -386,7 +481,9 @@ async fn run_all(options: &Options) -> Result<Vec<BenchResult>, BoxError> {
             results.push(result);
         }
     }
-    server.stop().await;
+    if let Some(server) = server {
+        server.stop().await;
+    }
     if let Some(flooder) = flooder {
         flooder.stop().await;
     }
@@ -414,7 +511,14 @@ fn plan(options: &Options) -> Vec<Plan<'_>> {
         for &payload in &payloads {
             for &source in &sources {
                 for client in &options.clients {
-                    let flavors = if client == "phoenix.js" {
+                    // The MessagePack rows: sequential, pipelined, and the fan-out from the
+                    // emulation (the batched source writes JSON text frames only).
+                    if client.ends_with("/msgpack")
+                        && (workload == Workload::Channels || source == Some("batched"))
+                    {
+                        continue;
+                    }
+                    let flavors = if is_js(client) {
                         vec![Flavor::CurrentThread]
                     } else {
                         options.flavors.clone()
@@ -441,214 +545,4 @@ fn plan(options: &Options) -> Vec<Plan<'_>> {
         }
     }
     plans
-}
-
-/// Builds `dust-conformance-server` (release when this harness is a release build) and
-/// returns the executable's path as cargo reports it (so `CARGO_TARGET_DIR` is honoured).
-async fn build_server() -> Result<PathBuf, BoxError> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "-p",
-            "dust-conformance",
-            "--features",
-            "server-bin",
-            "--bin",
-            "dust-conformance-server",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if !cfg!(debug_assertions) {
-        command.arg("--release");
-    }
-    eprintln!("bench_peers: building dust-conformance-server");
-    let output = command.output().await?;
-    if !output.status.success() {
-        return Err(format!("cargo build of dust-conformance-server: {}", output.status).into());
-    }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact")
-        .filter(|m| m["target"]["name"] == "dust-conformance-server")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| "cargo reported no dust-conformance-server executable".into())
-}
-
-/// Checks Node ≥ 20 and installs the runner's npm packages from the lock file when missing.
-async fn prepare_node(node: &str, bench_dir: &Path) -> Result<(), BoxError> {
-    let version = Command::new(node)
-        .arg("--version")
-        .output()
-        .await
-        .map_err(|e| format!("phoenix.js needs Node.js >= 20 ({node}: {e})"))?;
-    let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
-    let major: u32 = version
-        .trim_start_matches('v')
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    if major < 20 {
-        return Err(format!("phoenix.js needs Node.js >= 20, found {version:?}").into());
-    }
-    if !bench_dir.join("node_modules").join("phoenix").exists()
-        || !bench_dir.join("node_modules").join("ws").exists()
-    {
-        eprintln!("bench_peers: npm ci in {}", bench_dir.display());
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(bench_dir)
-            .stdout(Stdio::null())
-            .status()
-            .await?;
-        if !status.success() {
-            return Err(format!("npm ci in {}: {status}", bench_dir.display()).into());
-        }
-    }
-    Ok(())
-}
-
-/// A server child process: its URLs, and its stdin/stdout for commands.
-struct Server {
-    child: Child,
-    /// `(name, url)` from its `listening [NAME] URL` lines (name empty when absent).
-    urls: Vec<(String, String)>,
-    stdin: ChildStdin,
-    stdout: Lines<BufReader<ChildStdout>>,
-}
-
-impl Server {
-    /// Starts it and waits for its first `lines` lines, `listening [NAME] URL` each.
-    async fn start(command: &mut Command, lines: usize) -> Result<Self, BoxError> {
-        let mut child = command
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()?;
-        let stdin = child.stdin.take().ok_or("no server stdin")?;
-        let mut stdout = BufReader::new(child.stdout.take().ok_or("no server stdout")?).lines();
-        let mut urls = Vec::new();
-        for _ in 0..lines {
-            let line = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
-                .await
-                .map_err(|_| "the server did not start within 30 s")??
-                .ok_or("the server exited before listening")?;
-            let words: Vec<&str> = line.split_whitespace().collect();
-            match words.as_slice() {
-                ["listening", url] => urls.push((String::new(), (*url).to_owned())),
-                ["listening", name, url] => urls.push(((*name).to_owned(), (*url).to_owned())),
-                _ => return Err(format!("unexpected server line {line:?}").into()),
-            }
-        }
-        Ok(Self {
-            child,
-            urls,
-            stdin,
-            stdout,
-        })
-    }
-
-    /// The URL announced under `name` (`""`: the first one).
-    fn url(&self, name: &str) -> Result<&str, BoxError> {
-        self.urls
-            .iter()
-            .find(|(n, _)| name.is_empty() || n == name)
-            .map(|(_, url)| url.as_str())
-            .ok_or_else(|| format!("the server announced no {name} URL").into())
-    }
-
-    /// Asks the flood server to broadcast `n` events of `bytes` to `topic` from `source`.
-    async fn flood(
-        &mut self,
-        source: &str,
-        topic: &str,
-        n: u64,
-        bytes: usize,
-    ) -> Result<(), BoxError> {
-        let line = format!("flood {source} {topic} {n} {}\n", bytes.max(12));
-        self.stdin.write_all(line.as_bytes()).await?;
-        self.stdin.flush().await?;
-        Ok(())
-    }
-
-    /// Reads the flood server's answer.
-    async fn flooded(&mut self) -> Result<u64, BoxError> {
-        let line = tokio::time::timeout(Duration::from_secs(60), self.stdout.next_line())
-            .await
-            .map_err(|_| "the flood server did not answer")??
-            .ok_or("the flood server exited")?;
-        line.strip_prefix("flooded ")
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| format!("flood server: {line}").into())
-    }
-
-    /// Closes stdin (the servers stop on that) and waits a little, then kills.
-    async fn stop(mut self) {
-        drop(self.stdin);
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
-    }
-}
-
-/// Runs one child and returns its JSON line. For fanout, the child's `ready` line starts the
-/// flood.
-async fn run_child(
-    mut command: Command,
-    spec: &Spec,
-    source: Option<&str>,
-    mut flooder: Option<&mut Server>,
-) -> Result<BenchResult, BoxError> {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().ok_or("no child stdout")?).lines();
-    let mut result = None;
-    let mut flooded = false;
-    let deadline = spec.timeout + Duration::from_secs(30);
-    let read = async {
-        while let Some(line) = lines.next_line().await? {
-            if line == "ready" {
-                let (Some(flooder), Some(source)) = (flooder.as_deref_mut(), source) else {
-                    return Err("a ready line, but no flood server".into());
-                };
-                flooder
-                    .flood(source, &spec.topic, spec.ops, spec.payload)
-                    .await?;
-                flooded = true;
-            } else if line.starts_with('{') {
-                result = Some(serde_json::from_str::<BenchResult>(&line)?);
-            } else if !line.trim().is_empty() {
-                eprintln!("{}: {line}", spec.client);
-            }
-        }
-        Ok::<_, BoxError>(())
-    };
-    tokio::time::timeout(deadline, read)
-        .await
-        .map_err(|_| format!("no result within {} s", deadline.as_secs()))??;
-    let status = child.wait().await?;
-    if flooded && let Some(flooder) = flooder {
-        let reached = flooder.flooded().await?;
-        if reached == 0 {
-            return Err("the flood reached no subscriber".into());
-        }
-    }
-    if !status.success() {
-        return Err(format!("exited with {status}").into());
-    }
-    result.ok_or_else(|| "no JSON result line".into())
 }

@@ -390,7 +390,7 @@ impl Channel {
     /// Sends a push whose room is reserved.
     fn send_push(&self, request: PushRequest, cost: usize) -> Push {
         let (tx, rx) = oneshot::channel();
-        self.inner.socket.send(Command::Push {
+        self.inner.socket.send_push(Command::Push {
             id: self.inner.id,
             request,
             reply: Some(tx),
@@ -431,7 +431,7 @@ impl Channel {
         let request = PushRequest::new(event.into(), payload, self.inner.push_timeout);
         match self.inner.socket.reserve(self.cost(&request), false) {
             Room::Now(cost) => {
-                self.inner.socket.send(Command::Push {
+                self.inner.socket.send_push(Command::Push {
                     id: self.inner.id,
                     request,
                     reply: None,

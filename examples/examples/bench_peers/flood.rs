@@ -39,6 +39,9 @@ enum Out {
     Blast(Utf8Bytes, u64),
 }
 
+/// The dust-conformance source's outbound bound per connection: 1 GiB.
+const FLOOD_OUTBOUND_BYTES: usize = 1 << 30;
+
 /// Topic → the writers of the connections that joined it.
 type Subscribers = Arc<Mutex<HashMap<String, Vec<mpsc::UnboundedSender<Out>>>>>;
 
@@ -47,7 +50,10 @@ pub(crate) fn serve() -> Result<(), BoxError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let server = runtime.block_on(dust_conformance::start(ServerConfig::default()))?;
+    // The whole flood is queued at once (up to 500,000 events of 100 B, 100,000 of 4 KiB):
+    // the outbound bound is raised above it so that a client is never dropped as slow.
+    let config = ServerConfig::default().max_outbound_bytes(FLOOD_OUTBOUND_BYTES);
+    let server = runtime.block_on(dust_conformance::start(config))?;
     let control = server.control();
     let subscribers: Subscribers = Arc::default();
     let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0"))?;

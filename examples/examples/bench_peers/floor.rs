@@ -1,53 +1,113 @@
-//! The floor: a minimal tokio-tungstenite client that writes pre-encoded V2 frames and matches
-//! replies by their ref alone. No channel machinery: what the transport alone costs.
+//! The floor: the fastest client this harness can have for each workload, written by hand for
+//! it. A raw WebSocket over one TCP stream (`bench_peers/wire.rs`): pre-encoded V2 frames
+//! masked in place into one reused buffer, every push of a batch in one write, replies parsed
+//! in place out of one reused read buffer and matched by their ref alone, no allocation per
+//! message. No channel machinery: what the transport alone costs.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use phoenix_channels::Payload;
+use serde_json::{Value, json};
 
 use crate::measure::{self, BenchResult, BoxError, Meter};
 use crate::spec::{Spec, Workload};
+use crate::wire::{Wire, msgpack_reply_ref, reply_ref};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// The join ref of every floor push, and the opening of its ref.
+const HEAD: &[u8] = b"[\"1\",\"";
 
-/// The join ref of every floor push.
-const HEAD: &str = "[\"1\",\"";
+/// The same in MessagePack: a fixarray of 5 and the fixstr `"1"`.
+const MSGPACK_HEAD: &[u8] = &[0x95, 0xa1, b'1'];
+
+/// The floor's wire format: V2 JSON text frames, or MessagePack binary frames
+/// (`floor/msgpack`, `vsn=3.0.0`).
+#[derive(Clone, Copy)]
+struct Codec {
+    msgpack: bool,
+}
+
+impl Codec {
+    fn send(self, ws: &mut Wire, parts: &[&[u8]]) {
+        if self.msgpack {
+            ws.binary(parts);
+        } else {
+            ws.text(parts);
+        }
+    }
+
+    fn reply_ref(self, frame: &[u8]) -> Option<u64> {
+        if self.msgpack {
+            msgpack_reply_ref(frame)
+        } else {
+            reply_ref(frame)
+        }
+    }
+
+    fn is_broadcast(self, frame: &[u8]) -> bool {
+        if self.msgpack {
+            frame.starts_with(&[0x95, 0xc0, 0xc0])
+        } else {
+            frame.starts_with(b"[null,null,")
+        }
+    }
+
+    /// `values` encoded.
+    fn encode(self, values: &Value) -> Result<Vec<u8>, BoxError> {
+        Ok(if self.msgpack {
+            Payload::msgpack(values)?
+                .as_msgpack()
+                .ok_or("not MessagePack")?
+                .to_vec()
+        } else {
+            serde_json::to_vec(values)?
+        })
+    }
+}
 
 /// Runs one workload.
 pub(crate) async fn run(spec: &Spec) -> Result<BenchResult, BoxError> {
-    let url = format!("{}/websocket?vsn=2.0.0", spec.url);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    let codec = Codec {
+        msgpack: spec.client.ends_with("/msgpack"),
+    };
+    let vsn = if codec.msgpack { "3.0.0" } else { "2.0.0" };
+    let url = format!("{}/websocket?vsn={vsn}", spec.url);
+    let mut ws = Wire::connect(url.as_str()).await?;
     if spec.workload == Workload::Channels {
         return channels(spec, ws).await;
     }
-    ws.send(Message::text(format!(
-        "[\"1\",\"1\",\"{}\",\"phx_join\",{{}}]",
-        spec.topic
-    )))
-    .await?;
-    while reply_ref(&next(&mut ws).await?) != Some(1) {}
+    let join = codec.encode(&json!(["1", "1", spec.topic, "phx_join", {}]))?;
+    codec.send(&mut ws, &[&join]);
+    ws.flush().await?;
+    loop {
+        let frame = ws.next().await?;
+        if codec.reply_ref(ws.payload(frame)) == Some(1) {
+            break;
+        }
+    }
 
-    // Everything after the ref: `","TOPIC","echo",PAYLOAD]`.
-    let tail = format!(
-        "\",\"{}\",\"echo\",{}]",
-        spec.topic,
-        measure::payload_text(spec.payload)
-    );
-    let frame = |r: u64| {
-        let mut s = String::with_capacity(HEAD.len() + 20 + tail.len());
-        s.push_str(HEAD);
-        s.push_str(itoa::Buffer::new().format(r));
-        s.push_str(&tail);
-        Message::text(s)
+    let payload = measure::payload_text(spec.payload);
+    let push = if codec.msgpack {
+        // Everything after the ref: `TOPIC, "echo", PAYLOAD` (an array of 3 without its
+        // header byte).
+        let value: Value = serde_json::from_str(&payload)?;
+        let tail = codec.encode(&json!([spec.topic, "echo", value]))?;
+        Push {
+            codec,
+            tail: tail[1..].to_vec(),
+        }
+    } else {
+        // Everything after the ref: `","TOPIC","echo",PAYLOAD]`.
+        let tail = format!("\",\"{}\",\"echo\",{payload}]", spec.topic);
+        Push {
+            codec,
+            tail: tail.into_bytes(),
+        }
     };
     let work = async {
         match spec.workload {
-            Workload::Sequential => sequential(spec, &mut ws, frame).await,
-            Workload::Pipelined => pipelined(spec, &mut ws, frame).await,
-            Workload::Fanout => fanout(spec, &mut ws).await,
+            Workload::Sequential => sequential(spec, &mut ws, &push).await,
+            Workload::Pipelined => pipelined(spec, &mut ws, &push).await,
+            Workload::Fanout => fanout(spec, &mut ws, codec).await,
             Workload::Channels => Err("unreachable".into()),
         }
     };
@@ -56,49 +116,67 @@ pub(crate) async fn run(spec: &Spec) -> Result<BenchResult, BoxError> {
         .map_err(|_| format!("floor {}: timed out", spec.workload))?
 }
 
-async fn sequential(
-    spec: &Spec,
-    ws: &mut Ws,
-    frame: impl Fn(u64) -> Message,
-) -> Result<BenchResult, BoxError> {
+/// The pre-encoded push: `HEAD`, the ref's digits, `tail` (MessagePack: `MSGPACK_HEAD`, the
+/// ref as a fixstr, `tail`).
+struct Push {
+    codec: Codec,
+    tail: Vec<u8>,
+}
+
+impl Push {
+    fn append(&self, ws: &mut Wire, r: u64) {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(r).as_bytes();
+        if self.codec.msgpack {
+            // At most 20 digits: a fixstr.
+            let header = [0xa0 | digits.len() as u8];
+            ws.binary(&[MSGPACK_HEAD, &header, digits, &self.tail]);
+        } else {
+            ws.text(&[HEAD, digits, &self.tail]);
+        }
+    }
+}
+
+async fn sequential(spec: &Spec, ws: &mut Wire, push: &Push) -> Result<BenchResult, BoxError> {
     let mut latencies = Vec::with_capacity(spec.ops as usize);
     let meter = Meter::start();
     for i in 0..spec.ops {
         let r = i + 2;
         let t = Instant::now();
-        ws.send(frame(r)).await?;
-        while reply_ref(&next(ws).await?) != Some(r) {}
+        push.append(ws, r);
+        ws.flush().await?;
+        loop {
+            let frame = ws.next().await?;
+            if push.codec.reply_ref(ws.payload(frame)) == Some(r) {
+                break;
+            }
+        }
         latencies.push(t.elapsed().as_nanos() as u64);
     }
     let times = meter.stop();
     Ok(result(spec, spec.ops, times).with_latencies(latencies))
 }
 
-async fn pipelined(
-    spec: &Spec,
-    ws: &mut Ws,
-    frame: impl Fn(u64) -> Message,
-) -> Result<BenchResult, BoxError> {
+async fn pipelined(spec: &Spec, ws: &mut Wire, push: &Push) -> Result<BenchResult, BoxError> {
     let window = spec.window as u64;
     let (mut sent, mut done) = (0u64, 0u64);
     let meter = Meter::start();
     while done < spec.ops {
-        // Refill the window, then one flush for the whole batch.
-        let batch = sent < spec.ops && sent - done < window;
-        while sent < spec.ops && sent - done < window {
-            ws.feed(frame(sent + 2)).await?;
-            sent += 1;
-        }
-        if batch {
+        // Refill the window, then one write for the whole batch.
+        if sent < spec.ops && sent - done < window {
+            while sent < spec.ops && sent - done < window {
+                push.append(ws, sent + 2);
+                sent += 1;
+            }
             ws.flush().await?;
         }
         // Wait for one reply, then take every reply already read.
-        if reply_ref(&next(ws).await?).is_some() {
+        let frame = ws.next().await?;
+        if push.codec.reply_ref(ws.payload(frame)).is_some() {
             done += 1;
         }
-        while let Some(message) = ws.next().now_or_never() {
-            let message = message.ok_or("connection closed")??;
-            if reply_ref(&message).is_some() {
+        while let Some(frame) = ws.buffered()? {
+            if push.codec.reply_ref(ws.payload(frame)).is_some() {
                 done += 1;
             }
         }
@@ -109,15 +187,31 @@ async fn pipelined(
     Ok(result)
 }
 
-async fn fanout(spec: &Spec, ws: &mut Ws) -> Result<BenchResult, BoxError> {
+/// A read shorter than this in the fan-out makes the floor wait [`BATCH_WAIT`] before the
+/// next read.
+const SHORT_READ: usize = 16 * 1024;
+
+/// How long the floor lets events pile up after a short read in the fan-out.
+const BATCH_WAIT: Duration = Duration::from_millis(1);
+
+/// Takes the events in batches: after a short read it waits a moment before reading again,
+/// so that a source writing one frame at a time costs one read per batch, not per event
+/// (what the fan-out measures is CPU per delivered event; the source sets the rate).
+async fn fanout(spec: &Spec, ws: &mut Wire, codec: Codec) -> Result<BenchResult, BoxError> {
     let meter = Meter::start();
     measure::say_ready()?;
     let mut events = 0;
-    while events < spec.ops {
-        if let Message::Text(text) = next(ws).await?
-            && text.as_str().starts_with("[null,null,")
-        {
-            events += 1;
+    loop {
+        while let Some(frame) = ws.buffered()? {
+            if codec.is_broadcast(ws.payload(frame)) {
+                events += 1;
+            }
+        }
+        if events >= spec.ops {
+            break;
+        }
+        if ws.fill().await? < SHORT_READ {
+            tokio::time::sleep(BATCH_WAIT).await;
         }
     }
     let times = meter.stop();
@@ -127,19 +221,32 @@ async fn fanout(spec: &Spec, ws: &mut Ws) -> Result<BenchResult, BoxError> {
     Ok(result)
 }
 
-async fn channels(spec: &Spec, mut ws: Ws) -> Result<BenchResult, BoxError> {
+async fn channels(spec: &Spec, mut ws: Wire) -> Result<BenchResult, BoxError> {
     let before = measure::status_kib("VmRSS");
     let meter = Meter::start();
+    let topic = spec.topic.as_bytes();
     let work = async {
         for i in 1..=spec.ops {
-            let r = itoa::Buffer::new().format(i).to_owned();
-            let join = format!("[\"{r}\",\"{r}\",\"{}:{r}\",\"phx_join\",{{}}]", spec.topic);
-            ws.feed(Message::text(join)).await?;
+            let mut digits = itoa::Buffer::new();
+            let r = digits.format(i).as_bytes();
+            let parts: [&[u8]; 9] = [
+                b"[\"",
+                r,
+                b"\",\"",
+                r,
+                b"\",\"",
+                topic,
+                b":",
+                r,
+                b"\",\"phx_join\",{}]",
+            ];
+            ws.text(&parts);
         }
         ws.flush().await?;
         let mut joined = 0;
         while joined < spec.ops {
-            if reply_ref(&next(&mut ws).await?).is_some() {
+            let frame = ws.next().await?;
+            if reply_ref(ws.payload(frame)).is_some() {
                 joined += 1;
             }
         }
@@ -157,29 +264,11 @@ async fn channels(spec: &Spec, mut ws: Ws) -> Result<BenchResult, BoxError> {
 
 fn result(spec: &Spec, ops: u64, times: (std::time::Duration, std::time::Duration)) -> BenchResult {
     BenchResult::new(
-        "floor",
+        &spec.client,
         spec.flavor.name(),
         spec.workload.name(),
         spec.payload,
         ops,
         times,
     )
-}
-
-async fn next(ws: &mut Ws) -> Result<Message, BoxError> {
-    Ok(ws.next().await.ok_or("connection closed")??)
-}
-
-/// The ref of a reply frame `["JOIN_REF","REF",...` when it is a number; `None` for anything
-/// else (broadcasts have `null` refs).
-fn reply_ref(message: &Message) -> Option<u64> {
-    let Message::Text(text) = message else {
-        return None;
-    };
-    let rest = text.as_str().strip_prefix('[')?;
-    let rest = rest.strip_prefix('"')?;
-    let rest = &rest[rest.find('"')? + 1..];
-    let rest = rest.strip_prefix(",\"")?;
-    let end = rest.find('"')?;
-    rest[..end].parse().ok()
 }

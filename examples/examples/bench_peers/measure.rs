@@ -107,6 +107,9 @@ pub(crate) struct BenchResult {
     /// RSS growth per joined idle channel, in bytes (channels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) mem_per_channel_bytes: Option<f64>,
+    /// Instructions per operation, from two callgrind runs (`--callgrind`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) instructions_per_op: Option<f64>,
 }
 
 impl BenchResult {
@@ -147,6 +150,7 @@ impl BenchResult {
             sent: None,
             lost: None,
             mem_per_channel_bytes: None,
+            instructions_per_op: None,
         }
     }
 

@@ -4,45 +4,50 @@ use std::time::Instant;
 
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
-use phoenix_channels::{Channel, Payload, Socket};
+use phoenix_channels::{Channel, Payload, Serializer, Socket};
 
 use crate::measure::{self, BenchResult, BoxError, Meter};
 use crate::spec::{Spec, Workload};
 
-/// The client name in the JSON lines.
+/// The client name in error messages.
 const NAME: &str = "phoenix-channels";
 
-/// Runs one workload.
+/// Runs one workload (`phoenix-channels/msgpack`: over MessagePack, `vsn=3.0.0`).
 pub(crate) async fn run(spec: &Spec) -> Result<BenchResult, BoxError> {
     let mut builder = Socket::builder(spec.url.as_str());
+    if msgpack(spec) {
+        builder = builder.serializer(Serializer::MessagePack);
+    }
     if let Some(capacity) = spec.queue_capacity {
         builder = builder.queue_capacity(capacity);
     }
-    // `connect` spawns the socket's driver; with `--inline-driver` this task awaits it
-    // alongside the workload, so pushes and replies never cross between tasks.
-    let (socket, driver) = builder.build()?;
-    let inline = spec.inline_driver;
-    let mut driver = std::pin::pin!(async move {
-        if inline {
-            driver.await;
-        } else {
-            let _ = tokio::spawn(driver).await;
-        }
-    });
-    let work = async {
+    let work = async |socket: &Socket| {
         socket.connected().await?;
         match spec.workload {
-            Workload::Sequential => sequential(spec, &socket).await,
-            Workload::Pipelined => pipelined(spec, &socket).await,
-            Workload::Fanout => fanout(spec, &socket).await,
-            Workload::Channels => channels(spec, &socket).await,
+            Workload::Sequential => sequential(spec, socket).await,
+            Workload::Pipelined => pipelined(spec, socket).await,
+            Workload::Fanout => fanout(spec, socket).await,
+            Workload::Channels => channels(spec, socket).await,
         }
     };
-    let work = tokio::time::timeout(spec.timeout, work);
-    let mut result = tokio::select! {
-        biased;
-        outcome = work => outcome.map_err(|_| format!("{NAME} {}: timed out", spec.workload))??,
-        () = &mut driver => return Err(format!("{NAME}: the socket driver ended").into()),
+    let inline = spec.inline_driver;
+    let mut result = if inline {
+        // `build` returns the driver; this task awaits it alongside the workload, so pushes
+        // and replies never cross between tasks.
+        let (socket, driver) = builder.build()?;
+        tokio::select! {
+            biased;
+            outcome = tokio::time::timeout(spec.timeout, work(&socket)) => {
+                outcome.map_err(|_| format!("{NAME} {}: timed out", spec.workload))??
+            }
+            () = driver => return Err(format!("{NAME}: the socket driver ended").into()),
+        }
+    } else {
+        // What a user writes: `connect` spawns the driver on the current runtime.
+        let socket = builder.connect()?;
+        tokio::time::timeout(spec.timeout, work(&socket))
+            .await
+            .map_err(|_| format!("{NAME} {}: timed out", spec.workload))??
     };
     if inline {
         result.driver = Some("inline".to_owned());
@@ -50,11 +55,19 @@ pub(crate) async fn run(spec: &Spec) -> Result<BenchResult, BoxError> {
     Ok(result)
 }
 
-/// The echo payload, serialized once (a `Payload` is reference-counted JSON text).
+/// Whether this run speaks MessagePack.
+fn msgpack(spec: &Spec) -> bool {
+    spec.client.ends_with("/msgpack")
+}
+
+/// The echo payload, serialized once in the run's format (a `Payload` is reference-counted).
 fn payload(spec: &Spec) -> Result<Payload, BoxError> {
-    Ok(Payload::from_json_text(measure::payload_text(
-        spec.payload,
-    ))?)
+    let text = measure::payload_text(spec.payload);
+    Ok(if msgpack(spec) {
+        Payload::msgpack(&serde_json::from_str::<serde_json::Value>(&text)?)?
+    } else {
+        Payload::from_json_text(text)?
+    })
 }
 
 async fn joined(spec: &Spec, socket: &Socket) -> Result<Channel, BoxError> {
@@ -147,7 +160,7 @@ async fn channels(spec: &Spec, socket: &Socket) -> Result<BenchResult, BoxError>
 
 fn result(spec: &Spec, ops: u64, times: (std::time::Duration, std::time::Duration)) -> BenchResult {
     BenchResult::new(
-        NAME,
+        &spec.client,
         spec.flavor.name(),
         spec.workload.name(),
         spec.payload,

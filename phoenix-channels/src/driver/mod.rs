@@ -8,6 +8,7 @@
 //! lost to cancellation.
 
 mod command;
+mod direct;
 mod malformed;
 pub(crate) mod queue;
 mod slot;
@@ -16,8 +17,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::SinkExt as _;
@@ -94,6 +95,9 @@ pub(crate) struct Driver {
     tap: broadcast::Sender<Inbound>,
     disconnect_waiters: Vec<oneshot::Sender<()>>,
     stopped: bool,
+    /// The task's waker, for the pushes that the handles write themselves (see
+    /// [`Driver::push_now`]): whatever they leave for the task to do wakes it.
+    waker: Option<Waker>,
     /// Frames this wake-up may still read.
     read_budget: usize,
     /// Channels whose consumer is far behind.
@@ -149,6 +153,7 @@ impl Driver {
             tap,
             disconnect_waiters: Vec::new(),
             stopped: false,
+            waker: None,
             read_budget: READ_BUDGET,
             congested: Vec::new(),
             pause_until: None,
@@ -489,6 +494,9 @@ impl Future for Driver {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
+        if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            this.waker = Some(cx.waker().clone());
+        }
         let span = this.span.clone();
         let _entered = span.enter();
         let mut rounds = 0;
@@ -509,25 +517,43 @@ impl Future for Driver {
         if this.finished() {
             return Poll::Ready(());
         }
+        if this.arm_timer(cx) {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
+
+impl Driver {
+    /// Arms the timer for the core's next deadline (or the end of a read pause) and polls it;
+    /// returns whether it has already fired.
+    ///
+    /// The timer is moved only to an earlier deadline, or after it fired: a later deadline
+    /// (the usual case: a push's timeout after the reply of the previous one) leaves it armed
+    /// early, and when it fires with nothing due it is armed again. Moving a tokio timer
+    /// earlier re-registers it in the timer wheel, so this saves two moves per round trip.
+    fn arm_timer(&mut self, cx: &mut Context<'_>) -> bool {
         // A pause in progress ends at its deadline; one that has run out is not waited for.
         let now = Instant::now();
-        let pause = this
+        let pause = self
             .pause_until
-            .filter(|at| !this.congested.is_empty() && *at > now);
-        let next = match (this.core.poll_timeout().map(Instant::from_std), pause) {
+            .filter(|at| !self.congested.is_empty() && *at > now);
+        let next = match (self.core.poll_timeout().map(Instant::from_std), pause) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if let Some(at) = next {
-            if this.timer_at != Some(at) {
-                this.timer.as_mut().reset(at);
-                this.timer_at = Some(at);
-            }
-            if this.timer.as_mut().poll(cx).is_ready() {
-                cx.waker().wake_by_ref();
-            }
+        let Some(at) = next else {
+            return false;
+        };
+        let stale = match self.timer_at {
+            None => true,
+            Some(armed) => at < armed || self.timer.is_elapsed(),
+        };
+        if stale {
+            self.timer.as_mut().reset(at);
+            self.timer_at = Some(at);
         }
-        Poll::Pending
+        self.timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -535,14 +561,21 @@ impl Future for Driver {
 /// await it. It ends when the socket stops.
 #[must_use = "the socket does nothing unless its driver runs"]
 pub struct SocketDriver {
-    driver: Pin<Box<Driver>>,
+    /// Shared with the handles, which lock it (without waiting) to write a push themselves
+    /// while the task is idle.
+    driver: Arc<Mutex<Driver>>,
 }
 
 impl SocketDriver {
     pub(crate) fn new(driver: Driver) -> Self {
         Self {
-            driver: Box::pin(driver),
+            driver: Arc::new(Mutex::new(driver)),
         }
+    }
+
+    /// The handles' access to the driver (see [`Driver::push_now`]).
+    pub(crate) fn shared(&self) -> Weak<Mutex<Driver>> {
+        Arc::downgrade(&self.driver)
     }
 }
 
@@ -555,7 +588,9 @@ impl fmt::Debug for SocketDriver {
 impl Future for SocketDriver {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.driver.as_mut().poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Held by a handle only for the moment it takes to write one push.
+        let mut driver = self.driver.lock().unwrap_or_else(PoisonError::into_inner);
+        Pin::new(&mut *driver).poll(cx)
     }
 }

@@ -300,8 +300,10 @@ impl SocketBuilder {
             outgoing.clone(),
             &shown,
         );
+        let driver = SocketDriver::new(driver);
         let shared = Arc::new(Shared {
             commands: cmd_tx,
+            driver: driver.shared(),
             status: status_rx,
             tap: tap_tx,
             next_channel: AtomicU64::new(1),
@@ -312,7 +314,7 @@ impl SocketBuilder {
             outgoing_limit: self.outgoing_limit,
             dropped_casts: AtomicU64::new(0),
         });
-        Ok((Socket { shared }, SocketDriver::new(driver)))
+        Ok((Socket { shared }, driver))
     }
 }
 

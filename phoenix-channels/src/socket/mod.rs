@@ -6,15 +6,15 @@ mod connect;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
 use crate::channel::ChannelBuilder;
-use crate::driver::Command;
+use crate::driver::{Command, Driver};
 use crate::error::SocketClosed;
 use crate::proto::SocketStatus;
 use crate::proto::channel::ChannelId;
@@ -54,6 +54,8 @@ pub(crate) struct ChannelDefaults {
 
 pub(super) struct Shared {
     pub(super) commands: mpsc::UnboundedSender<Command>,
+    /// The socket task's state, for pushes written without crossing to the task.
+    pub(super) driver: Weak<Mutex<Driver>>,
     pub(super) status: watch::Receiver<SocketStatus>,
     pub(super) tap: broadcast::Sender<Inbound>,
     pub(super) next_channel: AtomicU64,
@@ -166,6 +168,20 @@ impl Socket {
         // If the task is gone, the command's reply sender is dropped with it, which its waiter
         // reads as "socket closed".
         let _ = self.shared.commands.send(command);
+    }
+
+    /// Sends a push or cast command: a lone request is carried out at once on this thread when
+    /// the socket task is idle (written straight to the connection); anything else is queued
+    /// for the task.
+    pub(crate) fn send_push(&self, command: Command) {
+        if let Some(driver) = self.shared.driver.upgrade()
+            && let Ok(mut driver) = driver.try_lock()
+            && driver.takes_now(&command)
+        {
+            driver.push_now(command);
+            return;
+        }
+        self.send(command);
     }
 
     /// How many bytes of pushes and casts wait to be written to the connection (at most the

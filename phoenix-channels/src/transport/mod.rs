@@ -140,11 +140,12 @@ pub struct WebSocketSettings {
     /// How much one read from the connection may take, in bytes (default 64 KiB, at least
     /// 4 KiB; tungstenite's own default is 128 KiB).
     ///
-    /// tungstenite zeroes the free part of its read buffer before every read, so a big
-    /// buffer costs on every read, even one that finds a single small frame (at 128 KiB, a
-    /// quarter of the client's CPU per sequential round trip in `bench_peers`), while a small
-    /// one splits bursts into more reads and smaller batches (at 32 KiB, a fifth fewer
-    /// pipelined writes per second in `dust-connection`'s benchmark). 64 KiB costs neither.
+    /// The connection is read through a buffer of this size, filled without zeroing, and
+    /// tungstenite takes its frames from that buffer in small pieces: tungstenite zeroes the
+    /// free part of its own read buffer before every read, so a big buffer of its own would
+    /// cost on every read, even one that finds a single small frame (at 64 KiB, more than the
+    /// rest of the client's work per sequential round trip in `bench_peers`), while a small
+    /// read from the connection would split bursts into more reads and smaller batches.
     pub read_buffer_size: usize,
 }
 
@@ -153,6 +154,10 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
 
 /// The smallest [`WebSocketSettings::read_buffer_size`] used.
 const MIN_READ_BUFFER: usize = 4 << 10;
+
+/// tungstenite's own read buffer: how much it zeroes and takes per read from the buffered
+/// connection.
+const TUNGSTENITE_READ: usize = 4 << 10;
 
 impl Default for WebSocketSettings {
     fn default() -> Self {
@@ -166,9 +171,15 @@ impl Default for WebSocketSettings {
 impl WebSocketSettings {
     fn to_config(self) -> tungstenite::protocol::WebSocketConfig {
         tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(self.read_buffer_size.max(MIN_READ_BUFFER))
+            .read_buffer_size(TUNGSTENITE_READ)
             .max_message_size(Some(self.max_frame_size))
             .max_frame_size(Some(self.max_frame_size))
+    }
+
+    /// The connection, read through a buffer of [`read_buffer_size`](Self::read_buffer_size)
+    /// (allocated and zeroed once; writes pass through).
+    fn buffered<S: tokio::io::AsyncRead>(self, stream: S) -> tokio::io::BufReader<S> {
+        tokio::io::BufReader::with_capacity(self.read_buffer_size.max(MIN_READ_BUFFER), stream)
     }
 }
 
@@ -200,8 +211,10 @@ mod tests {
 
     #[test]
     fn settings_reach_tungstenite_with_a_small_read_buffer_by_default() {
+        // tungstenite zeroes its whole free read buffer before each read: it gets a small one,
+        // and the connection is read through a buffer of `read_buffer_size`.
         let config = WebSocketSettings::default().to_config();
-        assert_eq!(config.read_buffer_size, 64 << 10);
+        assert_eq!(config.read_buffer_size, TUNGSTENITE_READ);
         // One limit for a frame and for a message.
         assert_eq!(config.max_message_size, Some(16 << 20));
         assert_eq!(config.max_frame_size, Some(16 << 20));
@@ -219,5 +232,93 @@ mod tests {
             ..WebSocketSettings::default()
         };
         assert_eq!(tiny.to_config().read_buffer_size, MIN_READ_BUFFER);
+    }
+
+    /// Counts the reads that return data.
+    struct CountingReads {
+        inner: tokio::io::DuplexStream,
+        reads: usize,
+    }
+
+    impl tokio::io::AsyncRead for CountingReads {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+            if buf.filled().len() > before {
+                self.reads += 1;
+            }
+            polled
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_small_frames_is_taken_in_one_read_from_the_connection() {
+        use futures_util::StreamExt as _;
+        use tokio::io::AsyncWriteExt as _;
+        // 60 unmasked text frames of 100 bytes from the server: 6 KiB, more than tungstenite's
+        // own read buffer, well within the default read buffer of the connection.
+        let frame: Vec<u8> = [&[0x81, 100][..], &[b'x'; 100][..]].concat();
+        let burst = frame.repeat(60);
+        let (client, mut server) = tokio::io::duplex(64 << 10);
+        server.write_all(&burst).await.unwrap();
+        let settings = WebSocketSettings::default();
+        let counted = settings.buffered(CountingReads {
+            inner: client,
+            reads: 0,
+        });
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            ReadOnly(counted),
+            tungstenite::protocol::Role::Client,
+            Some(settings.to_config()),
+        )
+        .await;
+        for _ in 0..60 {
+            let message = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(message.len(), 100);
+        }
+        assert_eq!(ws.get_ref().0.get_ref().reads, 1);
+    }
+
+    /// A read-only stream seen as a duplex one (the test writes nothing).
+    struct ReadOnly<R>(R);
+
+    impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for ReadOnly<R> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl<R: Unpin> tokio::io::AsyncWrite for ReadOnly<R> {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
     }
 }

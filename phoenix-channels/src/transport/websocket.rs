@@ -126,7 +126,7 @@ impl Connector for WebSocketConnector {
         };
         let (stream, _response) = tokio_tungstenite::client_async_with_config(
             http,
-            Unmask::new(stream, secrets),
+            self.settings.buffered(Unmask::new(stream, secrets)),
             Some(self.settings.to_config()),
         )
         .await
@@ -194,7 +194,7 @@ where
         let (http, secrets) = http_request(request)?;
         let (stream, _response) = tokio_tungstenite::client_async_with_config(
             http,
-            Unmask::new(stream, secrets),
+            self.settings.buffered(Unmask::new(stream, secrets)),
             Some(self.settings.to_config()),
         )
         .await
