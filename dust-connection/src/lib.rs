@@ -4,7 +4,10 @@
 //! One socket to the Dust server's `/ws/sync`, one `store:{name}` channel per store, and for each
 //! store a write path made of tower layers — telemetry, your layers, validation and encoding,
 //! the outbox, and the push on the channel. A [`SyncEngine`] keeps the local state; the
-//! [`MemoryEngine`] is included.
+//! [`MemoryEngine`] is included, and its [`Replica`] handles read a store's replica without the
+//! network (`get`, `get_many`, `entry`, `enumerate` by [`Glob`], `range`, `status`) and
+//! subscribe to its changes by glob (a bounded [`Subscription`] stream, lag reported); a
+//! [`SyncedStore`] writes optimistically (applied to the replica at once, reverted if refused).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -102,8 +105,10 @@ mod device;
 mod engine;
 mod error;
 mod format;
+mod glob;
 pub mod layer;
 mod notice;
+mod replica;
 mod status;
 mod store;
 mod write;
@@ -118,7 +123,12 @@ pub use engine::{
 };
 pub use error::{BuildError, UnknownStore, WriteError};
 pub use format::Format;
+pub use glob::{Glob, GlobError, IntoGlob};
 pub use notice::Notice;
+pub use replica::{
+    DEFAULT_SUBSCRIBER_CAPACITY, Entry, IntoPath, Lagged, MAX_PAGE, Order, Page, Paging, ReadError,
+    Replica, ReplicaStatus, SubscribeOptions, Subscription, SyncedStore, Update, Watch, WatchError,
+};
 pub use status::{ConnectionStatus, Info, StateChange};
 pub use store::{Store, WriteService};
 pub use write::{

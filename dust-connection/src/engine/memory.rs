@@ -9,18 +9,53 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use super::{Capabilities, Change, ServerEvent, Snapshot, StoreStatus, SyncEngine, codec};
-use crate::write::Path;
+use super::materialize::{Diff, Entries, Stored, detect_type, materialize};
+use super::{Capabilities, Change, ServerEvent, Snapshot, StoreStatus, SyncEngine};
+use crate::replica::{Overlay, Subscribers};
+use crate::write::{ClientOpId, Path, Rejection, WriteAck};
 
 #[derive(Debug, Default)]
-struct StoreState {
-    /// Rendered path → the value as the server stores it (in its storage envelope).
-    entries: BTreeMap<String, Value>,
-    last_seq: u64,
-    status: Option<StoreStatus>,
-    capabilities: Option<Capabilities>,
-    caught_up: Option<u64>,
+pub(crate) struct StoreState {
+    /// Rendered path → the entry (its value in the server's storage envelope).
+    pub(crate) entries: Entries,
+    pub(crate) last_seq: u64,
+    pub(crate) status: Option<StoreStatus>,
+    pub(crate) capabilities: Option<Capabilities>,
+    pub(crate) caught_up: Option<u64>,
     gaps: Vec<(u64, u64)>,
+    /// The replica's subscribers ([`Replica::on`](crate::Replica::on)), served under the same
+    /// lock as the entries change, so each sees the changes in seq order.
+    pub(crate) subscribers: Subscribers,
+    /// The pending optimistic writes ([`SyncedStore`](crate::SyncedStore)) over the entries.
+    pub(crate) overlay: Overlay,
+}
+
+impl StoreState {
+    /// After the entries changed by `diff` at `seq`: the overlay's writes it confirms leave,
+    /// and subscribers get what changed for a reader.
+    fn publish(
+        &mut self,
+        seq: u64,
+        client_op_id: Option<&str>,
+        touched: Option<&Path>,
+        diff: &Diff,
+    ) {
+        if self.overlay.active() {
+            let changes = self
+                .overlay
+                .confirmed(&self.entries, seq, client_op_id, touched);
+            self.subscribers.dispatch_visible(seq, changes);
+        } else {
+            self.subscribers.dispatch(seq, diff.leaves());
+        }
+    }
+
+    /// A pending write left the overlay (confirmed, rejected, failed or dropped).
+    fn settle(&mut self, client_op_id: &str) {
+        let seq = self.last_seq;
+        let changes = self.overlay.settle(client_op_id, &self.entries, seq);
+        self.subscribers.dispatch_visible(seq, changes);
+    }
 }
 
 /// An in-memory [`SyncEngine`]: a replica of each store's entries, materialized from the
@@ -70,7 +105,7 @@ impl MemoryEngine {
         }
     }
 
-    fn with<R>(&self, store: &str, f: impl FnOnce(&mut StoreState) -> R) -> R {
+    pub(crate) fn with<R>(&self, store: &str, f: impl FnOnce(&mut StoreState) -> R) -> R {
         let mut stores = match self.stores.lock() {
             Ok(stores) => stores,
             Err(poisoned) => poisoned.into_inner(),
@@ -90,7 +125,7 @@ impl MemoryEngine {
     /// The entry at a rendered path, as [`entries`](Self::entries) shows it (`None` when the
     /// store holds no entry there; a path whose value was set to `null` is `Some(Value::Null)`).
     pub fn get(&self, store: &str, path: &str) -> Option<Value> {
-        self.with(store, |s| s.entries.get(path).map(codec::render))
+        self.with(store, |s| s.entries.get(path).map(Stored::rendered))
     }
 
     /// The replica of a store in the server's `entries` form: what the server holds, entry by
@@ -142,7 +177,7 @@ impl MemoryEngine {
             let entries = s
                 .entries
                 .iter()
-                .map(|(path, stored)| (path.clone(), codec::render(stored)))
+                .map(|(path, stored)| (path.clone(), stored.rendered()))
                 .collect();
             (s.last_seq, entries)
         })
@@ -173,6 +208,11 @@ impl MemoryEngine {
         self.with(store, |s| s.gaps.clone())
     }
 
+    /// Takes a pending optimistic write out of a store's overlay.
+    pub(crate) fn settle_pending(&self, store: &str, client_op_id: &str) {
+        self.with(store, |s| s.settle(client_op_id));
+    }
+
     fn apply(&self, store: &str, event: &ServerEvent) {
         let path = event
             .path_segments
@@ -194,7 +234,15 @@ impl MemoryEngine {
                 s.gaps.push(gap);
             }
             s.last_seq = seq;
-            materialize(&mut s.entries, &path, &event.op, &event.value, &mut diff);
+            materialize(
+                &mut s.entries,
+                &path,
+                &event.op,
+                &event.value,
+                seq,
+                &mut diff,
+            );
+            s.publish(seq, event.client_op_id.as_deref(), Some(&path), &diff);
             Ok(gap)
         });
         match outcome {
@@ -228,113 +276,6 @@ impl MemoryEngine {
     }
 }
 
-/// What an op did to a store's entries: subtrees removed (rendered paths), then entries set
-/// (rendered path, value as [`MemoryEngine::entries`] shows it).
-#[derive(Debug, Default)]
-struct Diff {
-    removed: Vec<String>,
-    set: Vec<(String, Value)>,
-}
-
-impl Diff {
-    fn upsert(&mut self, entries: &mut BTreeMap<String, Value>, path: String, value: &Value) {
-        let stored = codec::wrap(value);
-        self.set.push((path.clone(), codec::render(&stored)));
-        entries.insert(path, stored);
-    }
-
-    /// Removes `path` itself (when `with_path`) and every entry below it.
-    fn remove(&mut self, entries: &mut BTreeMap<String, Value>, path: &str, with_path: bool) {
-        let prefix = format!("{path}/");
-        let below: Vec<String> = entries
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut removed = !below.is_empty();
-        for key in below {
-            entries.remove(&key);
-        }
-        if with_path {
-            removed |= entries.remove(path).is_some();
-        }
-        if removed {
-            self.removed.push(path.to_owned());
-        }
-    }
-
-    /// `path` replaced by `value`: an expandable map by its leaves, anything else as one entry.
-    fn replace(&mut self, entries: &mut BTreeMap<String, Value>, path: &Path, value: &Value) {
-        let rendered = path.render();
-        match codec::expandable(value) {
-            Some(map) => {
-                self.remove(entries, &rendered, true);
-                let mut leaves = Vec::new();
-                codec::flatten(path, map, &mut leaves);
-                for (leaf, value) in leaves {
-                    self.upsert(entries, leaf, &value);
-                }
-            }
-            None => {
-                self.remove(entries, &rendered, false);
-                self.upsert(entries, rendered, value);
-            }
-        }
-    }
-}
-
-/// Applies one op of the log to a store's entries as the server's writer materializes it
-/// (`value` is the event's: a set's or merge's own value, an increment's new total, a set's
-/// whole members, a lease envelope, a file ref):
-///
-/// - `set`: the path's subtree is replaced; a map (not a typed value) becomes its leaves, an
-///   empty map nothing; anything else, `null` included, one entry;
-/// - `merge`: each key of the map is `set` under the path, except that a key whose value is
-///   not a map keeps the entries below it;
-/// - `delete`: the path and its subtree go; `release`: the path alone goes;
-/// - `put_file`: the path's subtree is replaced by the file ref;
-/// - `increment`, `add`, `remove`, `lease`, `renew`: the path's entry becomes the value, the
-///   entries below it stay.
-fn materialize(
-    entries: &mut BTreeMap<String, Value>,
-    path: &Path,
-    op: &str,
-    value: &Value,
-    diff: &mut Diff,
-) {
-    let rendered = path.render();
-    match op {
-        "set" | "put_file" => diff.replace(entries, path, value),
-        "merge" => {
-            let Value::Object(map) = value else {
-                tracing::warn!(path = %rendered, "a merge event without a map value; ignored");
-                return;
-            };
-            for (key, child_value) in map {
-                let Ok(child) = path.child(key.as_str()) else {
-                    tracing::warn!(path = %rendered, "a merge with an empty key; skipped");
-                    continue;
-                };
-                if codec::expandable(child_value).is_some() {
-                    diff.replace(entries, &child, child_value);
-                } else {
-                    diff.upsert(entries, child.render(), child_value);
-                }
-            }
-        }
-        "delete" => diff.remove(entries, &rendered, true),
-        "release" => {
-            if entries.remove(&rendered).is_some() {
-                diff.removed.push(rendered);
-            }
-        }
-        "increment" | "add" | "remove" | "lease" | "renew" => {
-            diff.upsert(entries, rendered, value);
-        }
-        other => tracing::warn!(path = %rendered, op = other, "an event of an unknown op; ignored"),
-    }
-}
-
 #[async_trait]
 impl SyncEngine for MemoryEngine {
     async fn last_store_seq(&self, store: &str) -> u64 {
@@ -358,13 +299,31 @@ impl SyncEngine for MemoryEngine {
     }
 
     async fn handle_snapshot(&self, store: &str, snapshot: &Snapshot) {
+        let seq = snapshot.snapshot_seq;
+        let entries = snapshot
+            .entries
+            .iter()
+            .map(|(path, entry)| {
+                let stored = Stored {
+                    value: entry.value.clone(),
+                    kind: entry.kind.clone().unwrap_or_else(|| {
+                        entry
+                            .value
+                            .get("_scalar")
+                            .map_or("map", detect_type)
+                            .to_owned()
+                    }),
+                    revision: seq,
+                    pending: false,
+                };
+                (path.clone(), stored)
+            })
+            .collect();
         self.with(store, |s| {
-            s.entries = snapshot
-                .entries
-                .iter()
-                .map(|(p, e)| (p.clone(), e.value.clone()))
-                .collect();
-            s.last_seq = snapshot.snapshot_seq;
+            let mut diff = Diff::default();
+            diff.replace_all(&mut s.entries, entries);
+            s.last_seq = seq;
+            s.publish(seq, None, None, &diff);
         });
         self.emit(Change::Snapshot {
             store: store.to_owned(),
@@ -380,11 +339,29 @@ impl SyncEngine for MemoryEngine {
         });
     }
 
+    async fn handle_write_accepted(&self, store: &str, client_op_id: &ClientOpId, ack: &WriteAck) {
+        self.with(store, |s| match ack.store_seq() {
+            Some(seq) if seq > s.last_seq => s.overlay.acked(client_op_id.as_str(), seq),
+            _ => s.settle(client_op_id.as_str()),
+        });
+    }
+
+    async fn handle_write_rejected(
+        &self,
+        store: &str,
+        client_op_id: &ClientOpId,
+        _rejection: &Rejection,
+    ) {
+        self.settle_pending(store, client_op_id.as_str());
+    }
+
     async fn handle_server_reset(&self, store: &str, server_seq: u64) {
         self.with(store, |s| {
-            s.entries.clear();
+            let mut diff = Diff::default();
+            diff.clear(&mut s.entries);
             s.last_seq = 0;
             s.caught_up = None;
+            s.publish(0, None, None, &diff);
         });
         self.emit(Change::Reset {
             store: store.to_owned(),

@@ -10,7 +10,10 @@ use serde_json::Value;
 use crate::write::{ClientOpId, Rejection, WriteAck};
 
 mod codec;
+mod materialize;
 mod memory;
+
+pub(crate) use materialize::{Entries, Stored, materialize_into};
 
 pub use memory::MemoryEngine;
 
