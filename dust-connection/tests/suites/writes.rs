@@ -53,6 +53,21 @@ async fn the_connect_url_is_the_seed_s_and_the_device_id_is_sent() {
     assert!(connection.is_connected());
 }
 
+/// Naming a store that was not configured is a lookup error when the store is looked up,
+/// before any write, never a write error.
+#[tokio::test]
+async fn an_unknown_store_is_refused_at_lookup_not_as_a_write_error() {
+    let server = server().await;
+    let engine = MemoryEngine::new();
+    let connection = connect(&server, &engine).await;
+    assert_eq!(
+        connection.store("acme/nope").unwrap_err(),
+        dust_connection::UnknownStore("acme/nope".into())
+    );
+    let app = connection.store(STORE).unwrap();
+    within("a write", app.set(["k"], 1)).await.unwrap();
+}
+
 #[tokio::test]
 async fn generated_device_ids_look_like_the_seed_s_and_can_be_kept() {
     let id = DeviceId::generate();
