@@ -421,58 +421,7 @@ impl SyncedStore {
         }
     }
 
-    /// Sets `value` at `path`.
-    pub fn put(
-        &self,
-        path: impl IntoSegments,
-        value: impl Into<Value>,
-    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
-        self.write(WriteRequest::set(path, value))
-    }
-
-    /// Deletes `path` and everything below it.
-    pub fn delete(
-        &self,
-        path: impl IntoSegments,
-    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
-        self.write(WriteRequest::delete(path))
-    }
-
-    /// Merges the map `value` into `path`.
-    pub fn merge(
-        &self,
-        path: impl IntoSegments,
-        value: impl Into<Value>,
-    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
-        self.write(WriteRequest::merge(path, value))
-    }
-
-    /// Adds `by` to the counter at `path`.
-    pub fn increment(
-        &self,
-        path: impl IntoSegments,
-        by: impl Into<Value>,
-    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
-        self.write(WriteRequest::increment(path, by))
-    }
-
-    /// Adds `member` to the set at `path`.
-    pub fn add(
-        &self,
-        path: impl IntoSegments,
-        member: impl Into<Value>,
-    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
-        self.write(WriteRequest::add(path, member))
-    }
-
-    /// Removes `member` from the set at `path`.
-    pub fn remove(
-        &self,
-        path: impl IntoSegments,
-        member: impl Into<Value>,
-    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
-        self.write(WriteRequest::remove(path, member))
-    }
+    crate::write::write_shortcuts!(put);
 }
 
 #[cfg(test)]
