@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use dust_connection::{
-    ControlError, DeviceId, DustConnection, Fence, Format, MemoryEngine, Notice, Store, WriteAck,
-    WriteError, WriteOp, WriteRequest,
+    ControlError, DeviceId, DustConnection, Fence, Format, MemoryEngine, Notice, Order, Paging,
+    Replica, Store, SubscribeOptions, WriteAck, WriteError, WriteOp, WriteRequest,
 };
+use futures_util::FutureExt as _;
 use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
+use futures_util::stream::{FuturesUnordered, SelectAll};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite};
 
@@ -222,6 +223,74 @@ fn command_store<'a>(
         .ok_or_else(|| format!("unknown store `{name}`"))
 }
 
+/// A `get` command: the entry at `path` from the local replica (`null` when absent).
+fn read_get(replica: &Replica, command: &Value) -> Result<Value, String> {
+    let path = segments(command.get("path"), "path")?;
+    let entry = replica.entry(path).map_err(|e| e.to_string())?;
+    Ok(match entry {
+        Some(entry) => json!({
+            "path": entry.path, "value": entry.value, "kind": entry.kind,
+            "revision": entry.revision, "pending": entry.pending,
+        }),
+        None => json!({"value": null}),
+    })
+}
+
+/// An `enum` command: one page of the entries matching `pattern` (`limit`, `order`
+/// `asc|desc`, `after` a cursor).
+fn read_enum(replica: &Replica, command: &Value) -> Result<Value, String> {
+    let pattern = command
+        .get("pattern")
+        .and_then(Value::as_str)
+        .ok_or("`pattern` (a glob) is required")?;
+    let mut paging = Paging::new();
+    if let Some(limit) = number(command, "limit")? {
+        paging = paging.limit(usize::try_from(limit).map_err(|e| e.to_string())?);
+    }
+    paging = match command.get("order").and_then(Value::as_str) {
+        None | Some("asc") => paging.order(Order::Asc),
+        Some("desc") => paging.order(Order::Desc),
+        Some(other) => return Err(format!("`order` is asc or desc, not `{other}`")),
+    };
+    if let Some(after) = command.get("after").and_then(Value::as_str) {
+        paging = paging.after(after);
+    }
+    let page = replica
+        .enumerate(pattern, paging)
+        .map_err(|e| e.to_string())?;
+    let entries: Vec<Value> = page
+        .entries
+        .into_iter()
+        .map(|e| json!({"path": e.path, "value": e.value, "kind": e.kind, "revision": e.revision}))
+        .collect();
+    Ok(json!({"entries": entries, "next_cursor": page.next_cursor}))
+}
+
+/// The lines of a `subscribe` command.
+type Lines = Pin<Box<dyn futures_util::Stream<Item = Value> + Send>>;
+
+/// A `subscribe` command: the replica's changes under `pattern` as `update` lines (and
+/// `lagged` lines where changes were lost), starting with the current entries when `current`
+/// is true; they are printed until the end of the input, then those already queued.
+fn subscribe(replica: &Replica, command: &Value, id: Value) -> Result<Lines, String> {
+    let pattern = command
+        .get("pattern")
+        .and_then(Value::as_str)
+        .ok_or("`pattern` (a glob) is required")?;
+    let current = command.get("current").and_then(Value::as_bool) == Some(true);
+    let updates = replica
+        .on_with(pattern, SubscribeOptions::new().with_current(current))
+        .map_err(|e| e.to_string())?;
+    Ok(Box::pin(updates.map(move |item| match item {
+        Ok(update) => json!({
+            "type": "update", "id": id, "path": update.path.render(),
+            "value": update.value, "seq": update.seq, "current": update.current,
+            "pending": update.pending,
+        }),
+        Err(lagged) => json!({"type": "lagged", "id": id, "missed": lagged.missed}),
+    })))
+}
+
 /// Runs a `rollback` (`to_seq`, and `path` for one path) or `status` command on `store`, at
 /// most 30 s; its reply as a JSON line's `reply`.
 async fn control(store: &Store, cmd: &str, command: &Value) -> Result<Value, ControlError> {
@@ -382,11 +451,14 @@ where
         .filter_map(|s| connection.store(s).ok().map(|h| (s.clone(), h)))
         .collect();
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+    // The `subscribe` commands' lines (`update`, `lagged`), printed as they come.
+    let mut subscriptions: SelectAll<Lines> = SelectAll::new();
     let mut lines = input.lines();
     loop {
         let line = tokio::select! {
             biased;
             Some(answer) = pending.next(), if !pending.is_empty() => { emit(answer_line(answer)); continue; }
+            Some(update) = subscriptions.next(), if !subscriptions.is_empty() => { emit(update); continue; }
             line = lines.next_line() => line,
         };
         let line = match line {
@@ -457,6 +529,36 @@ where
                     ),
                 }
             }
+            Some(cmd @ ("get" | "enum" | "subscribe")) => {
+                let id = command.get("id").cloned().unwrap_or(Value::Null);
+                let (store_name, _) = match command_store(&stores, &command) {
+                    Ok(found) => found,
+                    Err(message) => {
+                        emit(json!({"type": "error", "message": message, "line": line}));
+                        continue;
+                    }
+                };
+                let replica = engine.replica(&store_name);
+                let read = match cmd {
+                    "get" => read_get(&replica, &command),
+                    "enum" => read_enum(&replica, &command),
+                    _ => subscribe(&replica, &command, id.clone()).map(|updates| {
+                        subscriptions.push(updates);
+                        json!({"subscribed": true})
+                    }),
+                };
+                match read {
+                    Ok(mut answer) => {
+                        answer["type"] = json!(cmd);
+                        answer["id"] = id;
+                        answer["store"] = json!(store_name);
+                        emit(answer);
+                    }
+                    Err(message) => {
+                        emit(json!({"type": "error", "id": id, "message": message, "line": line}))
+                    }
+                }
+            }
             Some("info") => {
                 let mut info = connection.info().to_json();
                 info["type"] = json!("info");
@@ -516,6 +618,11 @@ where
             json!({"type": "error", "message": "gave up waiting for outstanding writes after 30 s"}),
         );
     }
+    // The changes already queued for the subscribers (every one the replica applied so far).
+    while let Some(Some(update)) = subscriptions.next().now_or_never() {
+        emit(update);
+    }
+    drop(subscriptions);
     connection.disconnect().await;
     // Dropping the handles ends the stores' workers and closes the notice streams; the watcher
     // then ends after printing what is left.

@@ -140,26 +140,32 @@ async fn over_messagepack_rollbacks_and_status_answer_and_the_replica_follows() 
     .unwrap();
     let mut options = options(server.url("/ws/sync"));
     options.format = dust_connection::Format::MessagePack;
-    let lines = script(
-        &[
-            json!({"cmd": "write", "id": 1, "store": "acme/app", "op": "set", "path": ["a"], "value": 1}),
-            json!({"cmd": "write", "id": 2, "store": "acme/app", "op": "set", "path": ["a"], "value": 2}),
-            json!({"cmd": "write", "id": 3, "store": "acme/app", "op": "set", "path": ["b"], "value": 3}),
-            json!({"cmd": "wait_acked"}),
-            json!({"cmd": "rollback", "id": 4, "store": "acme/app", "path": ["a"], "to_seq": 1}),
-            json!({"cmd": "rollback", "id": 5, "store": "acme/app", "path": ["a"], "to_seq": 1}),
-            json!({"cmd": "rollback", "id": 6, "store": "acme/app", "to_seq": 0}),
-            json!({"cmd": "rollback", "id": 7, "store": "acme/app", "to_seq": 1}),
-            json!({"cmd": "status", "id": 8, "store": "acme/app"}),
-            json!({"cmd": "rollback", "id": 9, "store": "acme/app"}),
-            // Sent once the store caught up again after the store rollback.
-            json!({"cmd": "write", "id": 10, "store": "acme/app", "op": "set", "path": ["c"], "value": 1}),
-            json!({"cmd": "wait_acked"}),
-            json!({"cmd": "state", "store": "acme/app"}),
-        ],
-        |input, output| run(options, input, output),
-    )
-    .await;
+    let mut tool = Interactive::start(|input, output| run(options, input, output));
+    for command in [
+        json!({"cmd": "write", "id": 1, "store": "acme/app", "op": "set", "path": ["a"], "value": 1}),
+        json!({"cmd": "write", "id": 2, "store": "acme/app", "op": "set", "path": ["a"], "value": 2}),
+        json!({"cmd": "write", "id": 3, "store": "acme/app", "op": "set", "path": ["b"], "value": 3}),
+        json!({"cmd": "wait_acked"}),
+        json!({"cmd": "rollback", "id": 4, "store": "acme/app", "path": ["a"], "to_seq": 1}),
+        json!({"cmd": "rollback", "id": 5, "store": "acme/app", "path": ["a"], "to_seq": 1}),
+        json!({"cmd": "rollback", "id": 6, "store": "acme/app", "to_seq": 0}),
+        json!({"cmd": "rollback", "id": 7, "store": "acme/app", "to_seq": 1}),
+        json!({"cmd": "status", "id": 8, "store": "acme/app"}),
+        json!({"cmd": "rollback", "id": 9, "store": "acme/app"}),
+        // Sent once the store caught up again after the store rollback.
+        json!({"cmd": "write", "id": 10, "store": "acme/app", "op": "set", "path": ["c"], "value": 1}),
+    ] {
+        tool.send(command).await;
+    }
+    // An `event` line is printed once the replica applied it: seqs 1–3, the path rollback's 4,
+    // the store rollback's 5 (from the catch-up) and the last write's 6.
+    let last = tool
+        .wait_for_nth(&json!({"type": "event", "store": "acme/app"}), 6)
+        .await;
+    assert_eq!(last["event"]["store_seq"], 6);
+    tool.send(json!({"cmd": "state", "store": "acme/app"}))
+        .await;
+    let lines = tool.finish().await;
     find(
         &lines,
         &json!({"type": "rollback", "id": 4, "reply": {"store_seq": 4, "noop": false}}),
@@ -189,6 +195,90 @@ async fn over_messagepack_rollbacks_and_status_answer_and_the_replica_follows() 
     let state = find(&lines, &json!({"type": "state", "store": "acme/app"}));
     assert_eq!(state["entries"], json!({"a": 1, "c": 1}));
     assert_eq!(state["last_seq"], 6);
+}
+
+/// `get`, `enum` and `subscribe` read the local replica: an entry with its type and
+/// revision, a page of a glob, and every change under a glob in seq order.
+#[tokio::test]
+async fn reads_and_subscriptions_come_from_the_replica() {
+    let server = dust_conformance::start(
+        ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new("dust_tok_t"))),
+    )
+    .await
+    .unwrap();
+    let mut tool = Interactive::start({
+        let options = options(server.url("/ws/sync"));
+        |input, output| run(options, input, output)
+    });
+    // An `event` line is printed once the replica has applied it: each wait below leaves the
+    // replica holding every write so far.
+    tool.send(json!({"cmd": "write", "id": 1, "store": "acme/app", "op": "set", "path": ["users", "ada"], "value": {"name": "Ada"}}))
+        .await;
+    tool.wait_for(&json!({"type": "event", "store": "acme/app"}))
+        .await;
+    for command in [
+        json!({"cmd": "subscribe", "id": 2, "store": "acme/app", "pattern": "users/*/name", "current": true}),
+        json!({"cmd": "write", "id": 3, "store": "acme/app", "op": "set", "path": ["users", "bob", "name"], "value": "Bob"}),
+        json!({"cmd": "write", "id": 4, "store": "acme/app", "op": "set", "path": ["other"], "value": 1}),
+        json!({"cmd": "write", "id": 5, "store": "acme/app", "op": "delete", "path": ["users", "ada"]}),
+    ] {
+        tool.send(command).await;
+    }
+    tool.wait_for_nth(&json!({"type": "event", "store": "acme/app"}), 4)
+        .await;
+    for command in [
+        json!({"cmd": "get", "id": 6, "store": "acme/app", "path": ["users", "bob", "name"]}),
+        json!({"cmd": "get", "id": 7, "store": "acme/app", "path": ["users", "ada", "name"]}),
+        json!({"cmd": "enum", "id": 8, "store": "acme/app", "pattern": "**", "limit": 1, "order": "desc"}),
+        json!({"cmd": "enum", "id": 9, "store": "acme/app", "pattern": "users/**/x/**"}),
+        json!({"cmd": "get", "id": 10, "store": "nope", "path": ["a"]}),
+    ] {
+        tool.send(command).await;
+    }
+    let lines = tool.finish().await;
+    find(
+        &lines,
+        &json!({"type": "get", "id": 6, "value": "Bob", "kind": "string", "revision": 2, "pending": false}),
+    );
+    find(&lines, &json!({"type": "get", "id": 7, "value": null}));
+    let page = find(&lines, &json!({"type": "enum", "id": 8}));
+    assert_eq!(
+        page["entries"],
+        json!([{"path": "users/bob/name", "value": "Bob", "kind": "string", "revision": 2}])
+    );
+    assert!(page["next_cursor"].is_string());
+    let bad = find(&lines, &json!({"type": "error", "id": 9}));
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap()
+            .contains("wildcard_many_not_tail"),
+        "{bad}"
+    );
+    find(
+        &lines,
+        &json!({"type": "error", "message": "unknown store `nope`"}),
+    );
+    let updates: Vec<(String, Value, u64, bool)> = lines
+        .iter()
+        .filter(|l| l["type"] == "update" && l["id"] == 2)
+        .map(|l| {
+            (
+                l["path"].as_str().unwrap().to_owned(),
+                l["value"].clone(),
+                l["seq"].as_u64().unwrap(),
+                l["current"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        updates,
+        [
+            ("users/ada/name".to_owned(), json!("Ada"), 1, true),
+            ("users/bob/name".to_owned(), json!("Bob"), 2, false),
+            ("users/ada/name".to_owned(), Value::Null, 4, false),
+        ]
+    );
 }
 
 /// When stdout is slower than the events, the output queue stays within `--output-buffer` and
