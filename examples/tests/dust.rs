@@ -31,13 +31,23 @@ fn options(url: String) -> Options {
     Options::parse(args.iter().map(|s| (*s).to_owned())).unwrap()
 }
 
-#[tokio::test]
-async fn a_script_writes_and_reports_everything() {
-    let server = dust_conformance::start(
+/// The Dust emulation with the tool's token.
+async fn emulation() -> dust_conformance::Server {
+    dust_conformance::start(
         ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new("dust_tok_t"))),
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// The tool, run in-process with `options`, driven one command at a time.
+fn interactive(options: Options) -> Interactive {
+    Interactive::start(|input, output| run(options, input, output))
+}
+
+#[tokio::test]
+async fn a_script_writes_and_reports_everything() {
+    let server = emulation().await;
     let lines = dust(
         server.url("/ws/sync"),
         &[
@@ -133,14 +143,10 @@ async fn a_script_writes_and_reports_everything() {
 /// answer with the server's typed replies, and the replica follows.
 #[tokio::test]
 async fn over_messagepack_rollbacks_and_status_answer_and_the_replica_follows() {
-    let server = dust_conformance::start(
-        ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new("dust_tok_t"))),
-    )
-    .await
-    .unwrap();
+    let server = emulation().await;
     let mut options = options(server.url("/ws/sync"));
     options.format = dust_connection::Format::MessagePack;
-    let mut tool = Interactive::start(|input, output| run(options, input, output));
+    let mut tool = interactive(options);
     for command in [
         json!({"cmd": "write", "id": 1, "store": "acme/app", "op": "set", "path": ["a"], "value": 1}),
         json!({"cmd": "write", "id": 2, "store": "acme/app", "op": "set", "path": ["a"], "value": 2}),
@@ -201,15 +207,8 @@ async fn over_messagepack_rollbacks_and_status_answer_and_the_replica_follows() 
 /// revision, a page of a glob, and every change under a glob in seq order.
 #[tokio::test]
 async fn reads_and_subscriptions_come_from_the_replica() {
-    let server = dust_conformance::start(
-        ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new("dust_tok_t"))),
-    )
-    .await
-    .unwrap();
-    let mut tool = Interactive::start({
-        let options = options(server.url("/ws/sync"));
-        |input, output| run(options, input, output)
-    });
+    let server = emulation().await;
+    let mut tool = interactive(options(server.url("/ws/sync")));
     // An `event` line is printed once the replica has applied it: each wait below leaves the
     // replica holding every write so far.
     tool.send(json!({"cmd": "write", "id": 1, "store": "acme/app", "op": "set", "path": ["users", "ada"], "value": {"name": "Ada"}}))
@@ -288,11 +287,7 @@ async fn a_blocked_stdout_keeps_the_output_bounded_and_reports_drops() {
     const WRITES: usize = 500;
     const BOUND: usize = 4096;
     const PIPE: usize = 512;
-    let server = dust_conformance::start(
-        ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new("dust_tok_t"))),
-    )
-    .await
-    .unwrap();
+    let server = emulation().await;
     let url = server.url("/ws/sync");
     let args = [
         "--url",
@@ -365,15 +360,8 @@ fn numbers_compare_as_numbers() {
 /// as the emulation renders them, and the last server seq applied.
 #[tokio::test]
 async fn state_prints_the_replica_as_the_server_holds_it() {
-    let server = dust_conformance::start(
-        ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new("dust_tok_t"))),
-    )
-    .await
-    .unwrap();
-    let mut tool = Interactive::start({
-        let options = options(server.url("/ws/sync"));
-        |input, output| run(options, input, output)
-    });
+    let server = emulation().await;
+    let mut tool = interactive(options(server.url("/ws/sync")));
     for command in [
         json!({"cmd": "write", "id": 1, "store": "acme/app", "op": "set", "path": ["users", "ada"], "value": {"name": "Ada", "age": 36, "big": 9_007_199_254_740_993_u64}}),
         json!({"cmd": "write", "id": 2, "store": "acme/app", "op": "merge", "path": ["users", "ada"], "value": {"age": 37, "x": 1.5}}),
@@ -458,11 +446,7 @@ async fn state_prints_the_replica_as_the_server_holds_it() {
 /// `state` answers in command order, at once, while writes wait for their replies.
 #[tokio::test]
 async fn state_answers_while_writes_are_outstanding() {
-    let server = dust_conformance::start(
-        ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new("dust_tok_t"))),
-    )
-    .await
-    .unwrap();
+    let server = emulation().await;
     server
         .dust()
         .unwrap()

@@ -97,6 +97,21 @@ pub(super) fn string_field(value: Value, name: &'static str) -> Result<String, D
     }
 }
 
+/// The next `len` bytes of a binary frame's header as a UTF-8 field (`name` in the error).
+pub(super) fn take_field(
+    rest: &mut &[u8],
+    len: u8,
+    name: &'static str,
+) -> Result<String, DecodeError> {
+    let len = usize::from(len);
+    if rest.len() < len {
+        return Err(DecodeError::Truncated);
+    }
+    let (head, tail) = rest.split_at(len);
+    *rest = tail;
+    String::from_utf8(head.to_vec()).map_err(|_| DecodeError::NotUtf8(name))
+}
+
 pub(super) fn decode_v2_binary(bytes: &[u8]) -> Result<Incoming, DecodeError> {
     let (&kind, rest) = bytes.split_first().ok_or(DecodeError::Truncated)?;
     if kind != KIND_PUSH {
@@ -106,15 +121,7 @@ pub(super) fn decode_v2_binary(bytes: &[u8]) -> Result<Incoming, DecodeError> {
         return Err(DecodeError::Truncated);
     };
     let mut rest = rest;
-    let mut field = |len: u8, name: &'static str| -> Result<String, DecodeError> {
-        let len = usize::from(len);
-        if rest.len() < len {
-            return Err(DecodeError::Truncated);
-        }
-        let (head, tail) = rest.split_at(len);
-        rest = tail;
-        String::from_utf8(head.to_vec()).map_err(|_| DecodeError::NotUtf8(name))
-    };
+    let mut field = |len: u8, name: &'static str| take_field(&mut rest, len, name);
     // An empty join_ref stays an empty string: Phoenix compares it with the channel's join_ref
     // like any other value, so a push with an empty join_ref to a joined topic is outdated.
     let join_ref = field(*join_ref_len, "join_ref")?;

@@ -42,15 +42,7 @@ fn decode_header_push(bytes: &[u8]) -> Result<Incoming, DecodeError> {
         return Err(DecodeError::Truncated);
     };
     let mut rest = rest;
-    let mut field = |len: u8, name: &'static str| -> Result<String, DecodeError> {
-        let len = usize::from(len);
-        if rest.len() < len {
-            return Err(DecodeError::Truncated);
-        }
-        let (head, tail) = rest.split_at(len);
-        rest = tail;
-        String::from_utf8(head.to_vec()).map_err(|_| DecodeError::NotUtf8(name))
-    };
+    let mut field = |len: u8, name: &'static str| super::decode::take_field(&mut rest, len, name);
     let join_ref = field(*join_ref_len, "join_ref")?;
     let topic = field(*topic_len, "topic")?;
     let event = field(*event_len, "event")?;
