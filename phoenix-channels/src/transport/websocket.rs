@@ -124,14 +124,7 @@ impl Connector for WebSocketConnector {
         } else {
             Box::new(tcp)
         };
-        let (stream, _response) = tokio_tungstenite::client_async_with_config(
-            http,
-            self.settings.buffered(Unmask::new(stream, secrets)),
-            Some(self.settings.to_config()),
-        )
-        .await
-        .map_err(ws_error)?;
-        Ok(Box::new(WsTransport(stream)))
+        handshake(&self.settings, http, secrets, stream).await
     }
 }
 
@@ -192,15 +185,29 @@ where
             .await
             .map_err(|e| DisconnectReason::Io(e.to_string()))?;
         let (http, secrets) = http_request(request)?;
-        let (stream, _response) = tokio_tungstenite::client_async_with_config(
-            http,
-            self.settings.buffered(Unmask::new(stream, secrets)),
-            Some(self.settings.to_config()),
-        )
-        .await
-        .map_err(ws_error)?;
-        Ok(Box::new(WsTransport(stream)))
+        handshake(&self.settings, http, secrets, stream).await
     }
+}
+
+/// The WebSocket handshake over `stream` (credentials put back on the wire by [`Unmask`],
+/// reads buffered as `settings` say), and the transport it opens.
+async fn handshake<S>(
+    settings: &WebSocketSettings,
+    http: tungstenite::handshake::client::Request,
+    secrets: Secrets,
+    stream: S,
+) -> Result<BoxTransport, DisconnectReason>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (stream, _response) = tokio_tungstenite::client_async_with_config(
+        http,
+        settings.buffered(Unmask::new(stream, secrets)),
+        Some(settings.to_config()),
+    )
+    .await
+    .map_err(ws_error)?;
+    Ok(Box::new(WsTransport(stream)))
 }
 
 /// The upgrade request as tungstenite gets it — with placeholders for the query values (but
