@@ -105,6 +105,10 @@ impl Database {
             }
             _ => DurableError::Sqlite(error),
         };
+        // Never wait for another process's lock: say it is busy.
+        connection
+            .busy_timeout(std::time::Duration::ZERO)
+            .map_err(busy)?;
         // Exclusive locking: the first write transaction takes the file for good, so a second
         // process fails here instead of interleaving its writes with ours.
         connection
@@ -113,9 +117,11 @@ impl Database {
         let _: String = connection
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .map_err(busy)?;
-        // A commit is durable when it returns (the WAL is synced): the outbox's contract.
+        // The cache's commits survive a process crash (kill -9) without a disk sync each: the
+        // WAL is in the OS's hands when a commit returns. The outbox's appends sync the disk
+        // (`synchronous = FULL` around their commit, see `outbox::append`).
         connection
-            .pragma_update(None, "synchronous", "FULL")
+            .pragma_update(None, "synchronous", "NORMAL")
             .map_err(busy)?;
         let version: i64 = connection
             .pragma_query_value(None, "user_version", |row| row.get(0))
