@@ -15,6 +15,7 @@ use crate::connection::{ConnInner, DustConnection};
 use crate::device::{DeviceId, TokenProvider, TokenSource};
 use crate::engine::{MemoryEngine, SyncEngine};
 use crate::error::{BuildError, WriteError};
+use crate::file::FileToken;
 use crate::format::Format;
 use crate::layer::outbox_internal::{Spawn, WorkerConfig};
 use crate::layer::{ChannelService, OutboxLayer, TelemetryLayer, ValidateLayer, Worker};
@@ -298,6 +299,10 @@ impl DustConnectionBuilder {
         // The seed's query: capver, device_id, token (alphabetical, as Elixir encodes its map),
         // then vsn, which phoenix-channels appends.
         let mut builder = Socket::builder(&self.url);
+        let file_token = match &token {
+            TokenSource::Fixed(token) => FileToken::Fixed(token.clone()),
+            TokenSource::Provider(provider) => FileToken::Provider(provider.clone()),
+        };
         match token {
             TokenSource::Fixed(token) => {
                 builder = builder
@@ -384,6 +389,8 @@ impl DustConnectionBuilder {
             stores,
             store_names: self.stores.clone(),
             url,
+            endpoint: self.url.clone(),
+            file_token,
             device_id,
             reported: Mutex::new(Reported {
                 status: ConnectionStatus::Disconnected,

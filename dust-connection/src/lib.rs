@@ -104,6 +104,7 @@ mod control;
 mod device;
 mod engine;
 mod error;
+mod file;
 mod format;
 mod glob;
 pub mod layer;
@@ -122,6 +123,10 @@ pub use engine::{
     SyncEngine, unwrap_stored,
 };
 pub use error::{BuildError, UnknownStore, WriteError};
+pub use file::{
+    DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_FILE_SIZE, FileBody, FileClient, FileError, FileRef,
+    FileRefError,
+};
 pub use format::Format;
 pub use glob::{Glob, GlobError, IntoGlob};
 pub use notice::Notice;
