@@ -110,6 +110,7 @@ mod glob;
 pub mod layer;
 mod notice;
 mod replica;
+mod single_flight;
 mod status;
 mod store;
 mod write;
@@ -133,6 +134,9 @@ pub use notice::Notice;
 pub use replica::{
     DEFAULT_SUBSCRIBER_CAPACITY, Entry, IntoPath, Lagged, MAX_PAGE, Order, Page, Paging, ReadError,
     Replica, ReplicaStatus, SubscribeOptions, Subscription, SyncedStore, Update, Watch, WatchError,
+};
+pub use single_flight::{
+    DEFAULT_LEASE_TTL, Flight, LOCK_PREFIX, SingleFlight, SingleFlightError, Source,
 };
 pub use status::{ConnectionStatus, Info, StateChange};
 pub use store::{Store, WriteService};
