@@ -240,15 +240,27 @@ async fn the_heartbeat_keeps_the_lease_past_its_ttl() {
         .unwrap();
     let runs = Arc::new(AtomicUsize::new(0));
     let b_run = follower(&b, &runs, "from-b");
-    // Three times: a write to the lease (its acquisition, then renewals) reaches the
-    // follower's replica, and the server's time moves two thirds of the TTL on. Without
-    // renewals, the lease would expire on the second move and no write would come.
+    // Three times: the lease is written (acquired, then renewed) at the server's current
+    // time, as the follower's replica shows, and the server's time moves two thirds of the
+    // TTL on. Without renewals, the lease would expire on the second move and no write
+    // would come.
+    let ttl_ms = TTL.as_millis() as i64;
     for round in 0..3 {
-        let update = within(&format!("a renewal ({round})"), lock.next())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(update.value.is_some(), "{update:?}");
+        let now_ms = clock.now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+        loop {
+            let update = within(&format!("a renewal ({round})"), lock.next())
+                .await
+                .unwrap()
+                .unwrap();
+            let expires_at = update
+                .value
+                .as_ref()
+                .and_then(|lease| lease["expires_at"].as_i64())
+                .unwrap_or_else(|| panic!("not a lease: {update:?}"));
+            if expires_at >= now_ms + ttl_ms {
+                break;
+            }
+        }
         clock.advance(TTL * 2 / 3);
     }
     go.send(()).unwrap();
