@@ -21,14 +21,17 @@
 //!   (`on_unavailable: :run_local`): while Dust is unreachable, callers get
 //!   [`SingleFlightError::Timeout`].
 
+use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use rand::RngExt as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::error::WriteError;
@@ -70,6 +73,19 @@ pub struct Flight<T> {
     pub value: T,
     /// Where it comes from.
     pub source: Source,
+    /// Whether it is a value the [`fresh`](SingleFlight::fresh) test refused, served because
+    /// no fresh one came within the wait timeout.
+    pub stale: bool,
+}
+
+impl<T> Flight<T> {
+    fn new(value: T, source: Source) -> Self {
+        Self {
+            value,
+            source,
+            stale: false,
+        }
+    }
 }
 
 /// Why a [`SingleFlight::run`] gave no value.
@@ -148,6 +164,17 @@ pub struct SingleFlight {
     lease_ttl: Duration,
     wait_timeout: Option<Duration>,
     holder: Option<String>,
+    fresh: Option<Fresh>,
+}
+
+/// The freshness test of published values.
+#[derive(Clone)]
+struct Fresh(Arc<dyn Fn(&Value) -> bool + Send + Sync>);
+
+impl fmt::Debug for Fresh {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Fresh(..)")
+    }
 }
 
 /// What a round of trying the lease found.
@@ -168,6 +195,7 @@ impl SingleFlight {
             lease_ttl: DEFAULT_LEASE_TTL,
             wait_timeout: None,
             holder: None,
+            fresh: None,
         }
     }
 
@@ -189,6 +217,22 @@ impl SingleFlight {
     /// The holder named in the lease (default none).
     pub fn holder(mut self, holder: impl Into<String>) -> Self {
         self.holder = Some(holder.into());
+        self
+    }
+
+    /// Only published values that pass `fresh` (seen as JSON) count: one that does not is
+    /// computed again, and overwritten (the Elixir SDK's `fresh?`). If no fresh value comes
+    /// within the wait timeout, the last one is served with [`Flight::stale`] set rather than
+    /// [`SingleFlightError::Timeout`].
+    ///
+    /// ```
+    /// # fn demo(flights: dust_connection::SingleFlight) {
+    /// let now = 1_767_225_600;
+    /// let flights = flights.fresh(move |value| value["at"].as_u64().is_some_and(|at| at + 3600 > now));
+    /// # }
+    /// ```
+    pub fn fresh(mut self, fresh: impl Fn(&Value) -> bool + Send + Sync + 'static) -> Self {
+        self.fresh = Some(Fresh(Arc::new(fresh)));
         self
     }
 
@@ -227,20 +271,24 @@ impl SingleFlight {
             marker: PhantomData,
         };
         if let Some(value) = self.cached(&flight)? {
-            return Ok(Flight {
-                value,
-                source: Source::Cached,
-            });
+            return Ok(Flight::new(value, Source::Cached));
         }
         let deadline = Instant::now() + self.wait();
-        let lease = match self.acquire_or_await(&flight, deadline).await? {
-            Step::Value(value) => {
-                return Ok(Flight {
-                    value,
-                    source: Source::Awaited,
-                });
+        let lease = match self.acquire_or_await(&flight, deadline).await {
+            Ok(Step::Value(value)) => return Ok(Flight::new(value, Source::Awaited)),
+            Ok(Step::Lease(lease)) => lease,
+            Err(SingleFlightError::Timeout(waited)) => {
+                // With a freshness test, the last value rather than nothing.
+                return match self.read(&flight)? {
+                    Some((value, _)) if self.fresh.is_some() => Ok(Flight {
+                        value,
+                        source: Source::Cached,
+                        stale: true,
+                    }),
+                    _ => Err(SingleFlightError::Timeout(waited)),
+                };
             }
-            Step::Lease(lease) => lease,
+            Err(error) => return Err(error),
         };
         let mut held = Held::new(&self.store, lease.clone());
         let value = match self.compute(&lease, compute).await {
@@ -260,20 +308,12 @@ impl SingleFlight {
         loop {
             if self.publish(&flight, &lease, &encoded).await? {
                 held.release(self.wait()).await;
-                return Ok(Flight {
-                    value,
-                    source: Source::Computed,
-                });
+                return Ok(Flight::new(value, Source::Computed));
             }
             held.disarm();
             let deadline = Instant::now() + self.wait();
             match self.acquire_or_await(&flight, deadline).await? {
-                Step::Value(published) => {
-                    return Ok(Flight {
-                        value: published,
-                        source: Source::Awaited,
-                    });
-                }
+                Step::Value(published) => return Ok(Flight::new(published, Source::Awaited)),
                 Step::Lease(again) => {
                     held = Held::new(&self.store, again.clone());
                     lease = again;
@@ -282,12 +322,22 @@ impl SingleFlight {
         }
     }
 
-    /// The published value at the key, if there is one (confirmed, not a pending local
-    /// write).
+    /// The published value at the key, if there is one that is fresh.
     fn cached<T: DeserializeOwned, E>(
         &self,
         flight: &Keys<T>,
     ) -> Result<Option<T>, SingleFlightError<E>> {
+        Ok(self
+            .read(flight)?
+            .and_then(|(value, fresh)| fresh.then_some(value)))
+    }
+
+    /// The published value at the key, if there is one (confirmed, not a pending local
+    /// write), and whether it passes the freshness test.
+    fn read<T: DeserializeOwned, E>(
+        &self,
+        flight: &Keys<T>,
+    ) -> Result<Option<(T, bool)>, SingleFlightError<E>> {
         let Some(entry) = self.replica.entry(&flight.key)? else {
             return Ok(None);
         };
@@ -300,9 +350,11 @@ impl SingleFlight {
                 entry.kind
             )));
         };
-        serde_json::from_str(text)
-            .map(Some)
-            .map_err(|e| SingleFlightError::Decode(e.to_string()))
+        let decode = |e: serde_json::Error| SingleFlightError::Decode(e.to_string());
+        let json: Value = serde_json::from_str(text).map_err(decode)?;
+        let fresh = self.fresh.as_ref().is_none_or(|fresh| (fresh.0)(&json));
+        let value = serde_json::from_value(json).map_err(decode)?;
+        Ok(Some((value, fresh)))
     }
 
     /// Tries the lease until it is acquired or a value is published, waiting for the holder's

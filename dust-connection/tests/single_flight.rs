@@ -404,3 +404,77 @@ async fn a_value_that_is_not_a_result_and_a_foreign_replica_are_errors() {
         "{outcome:?}"
     );
 }
+
+#[tokio::test]
+async fn a_stale_value_is_computed_again_and_served_stale_when_no_fresh_one_comes() {
+    let (server, _clock) = server().await;
+    let (a, b) = (device(&server).await, device(&server).await);
+    let first: Outcome = a
+        .flights
+        .run(KEY, |_lease| async { Ok("v1".to_owned()) })
+        .await;
+    assert_eq!(first.unwrap().source, Source::Computed);
+    // v1 is not fresh for b: b computes again and overwrites it.
+    let wants = |wanted: &'static str| move |value: &serde_json::Value| value == wanted;
+    let second: Outcome = b
+        .flights
+        .clone()
+        .fresh(wants("v2"))
+        .run(KEY, |_lease| async { Ok("v2".to_owned()) })
+        .await;
+    let second = second.unwrap();
+    assert_eq!(
+        (second.value.as_str(), second.source, second.stale),
+        ("v2", Source::Computed, false)
+    );
+    // Only v3 is fresh, and its leader never finishes: a follower serves v2, marked stale,
+    // at its wait timeout.
+    let flights = a.flights.clone().fresh(wants("v3"));
+    let (started, started_rx) = oneshot::channel();
+    let _leader = tokio::spawn(async move {
+        flights
+            .run(KEY, |_lease| async move {
+                let _ = started.send(());
+                std::future::pending::<Result<String, String>>().await
+            })
+            .await
+    });
+    within("the leader computes", started_rx).await.unwrap();
+    let waited: Outcome = b
+        .flights
+        .clone()
+        .fresh(wants("v3"))
+        .wait_timeout(TTL)
+        .run(KEY, |_lease| async { Ok("never".to_owned()) })
+        .await;
+    let waited = waited.unwrap();
+    assert_eq!(
+        (waited.value.as_str(), waited.source, waited.stale),
+        ("v2", Source::Cached, true)
+    );
+    // Without a last value, the same wait is a timeout.
+    let flights = a.flights.clone();
+    let (started, started_rx) = oneshot::channel();
+    let _other = tokio::spawn(async move {
+        flights
+            .run("reports/other", |_lease| async move {
+                let _ = started.send(());
+                std::future::pending::<Result<String, String>>().await
+            })
+            .await
+    });
+    within("the other leader computes", started_rx)
+        .await
+        .unwrap();
+    let timed_out: Outcome = b
+        .flights
+        .clone()
+        .fresh(wants("v3"))
+        .wait_timeout(TTL)
+        .run("reports/other", |_lease| async { Ok("never".to_owned()) })
+        .await;
+    assert!(
+        matches!(timed_out, Err(SingleFlightError::Timeout(t)) if t == TTL),
+        "{timed_out:?}"
+    );
+}
