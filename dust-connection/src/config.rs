@@ -15,6 +15,7 @@ use crate::connection::{ConnInner, DustConnection};
 use crate::device::{DeviceId, TokenProvider, TokenSource};
 use crate::engine::{MemoryEngine, SyncEngine};
 use crate::error::{BuildError, WriteError};
+use crate::file::FileToken;
 use crate::format::Format;
 #[cfg(feature = "sqlite")]
 use crate::layer::outbox_internal::Recovered;
@@ -348,6 +349,10 @@ impl DustConnectionBuilder {
         // The seed's query: capver, device_id, token (alphabetical, as Elixir encodes its map),
         // then vsn, which phoenix-channels appends.
         let mut builder = Socket::builder(&self.url);
+        let file_token = match &token {
+            TokenSource::Fixed(token) => FileToken::Fixed(token.clone()),
+            TokenSource::Provider(provider) => FileToken::Provider(provider.clone()),
+        };
         match token {
             TokenSource::Fixed(token) => {
                 builder = builder
@@ -439,6 +444,8 @@ impl DustConnectionBuilder {
             stores,
             store_names: self.stores.clone(),
             url,
+            endpoint: self.url.clone(),
+            file_token,
             device_id,
             reported: Mutex::new(Reported {
                 status: ConnectionStatus::Disconnected,

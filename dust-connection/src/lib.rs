@@ -106,11 +106,13 @@ mod device;
 mod durable;
 mod engine;
 mod error;
+mod file;
 mod format;
 mod glob;
 pub mod layer;
 mod notice;
 mod replica;
+mod single_flight;
 mod status;
 mod store;
 mod write;
@@ -126,6 +128,10 @@ pub use engine::{
     SyncEngine, unwrap_stored,
 };
 pub use error::{BuildError, UnknownStore, WriteError};
+pub use file::{
+    DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_FILE_SIZE, FileBody, FileClient, FileError, FileRef,
+    FileRefError,
+};
 pub use format::Format;
 pub use glob::{Glob, GlobError, IntoGlob};
 pub use layer::QueuedWrite;
@@ -133,6 +139,9 @@ pub use notice::Notice;
 pub use replica::{
     DEFAULT_SUBSCRIBER_CAPACITY, Entry, IntoPath, Lagged, MAX_PAGE, Order, Page, Paging, ReadError,
     Replica, ReplicaStatus, SubscribeOptions, Subscription, SyncedStore, Update, Watch, WatchError,
+};
+pub use single_flight::{
+    DEFAULT_LEASE_TTL, Flight, LOCK_PREFIX, SingleFlight, SingleFlightError, Source,
 };
 pub use status::{ConnectionStatus, Info, StateChange};
 pub use store::{Store, WriteService};
