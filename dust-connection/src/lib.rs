@@ -123,7 +123,7 @@ pub use device::{DeviceId, TokenProvider};
 #[cfg(feature = "sqlite")]
 pub use durable::{Database, DurableError, SqliteCache};
 pub use engine::{
-    Cache, CacheError, CachedEntry, CachedStore, Capabilities, Change, Commit,
+    CATCH_UP_BATCH, Cache, CacheError, CachedEntry, CachedStore, Capabilities, Change, Commit,
     MAX_UNPERSISTED_EVENTS, MemoryCache, MemoryEngine, ServerEvent, Snapshot, SnapshotEntry,
     StoreStatus, SyncEngine, unwrap_stored,
 };

@@ -94,6 +94,10 @@ enum Step {
     Event(ServerEvent),
     Snapshot(Snapshot),
     Reset(u64),
+    /// A join: the events that follow are a catch-up (batched into the cache)...
+    Joined,
+    /// ...until it completes.
+    CaughtUp,
 }
 
 fn event(seq: u64, op: &str, segments: &[String], value: Value, id: u64) -> ServerEvent {
@@ -137,17 +141,25 @@ fn steps(seed: u64, len: usize) -> Vec<Step> {
             out.push(Step::Snapshot(serde_json::from_value(snapshot).unwrap()));
             continue;
         }
+        if (5..7).contains(&roll) {
+            out.push(if roll == 5 {
+                Step::Joined
+            } else {
+                Step::CaughtUp
+            });
+            continue;
+        }
         if roll < 5 {
             seq = 0;
             out.push(Step::Reset(rng.random_range(0..3)));
             continue;
         }
-        if roll < 10 && !sent.is_empty() {
+        if roll < 12 && !sent.is_empty() {
             let again = sent[rng.random_range(0..sent.len())].clone();
             out.push(Step::Event(again));
             continue;
         }
-        seq += if roll < 14 { rng.random_range(2..4) } else { 1 };
+        seq += if roll < 16 { rng.random_range(2..4) } else { 1 };
         let at = path(&mut rng);
         let (op, value) = match rng.random_range(0..11) {
             0..=2 => ("set", map(&mut rng, 2)),
@@ -177,6 +189,8 @@ fn steps(seed: u64, len: usize) -> Vec<Step> {
         sent.push(event.clone());
         out.push(Step::Event(event));
     }
+    // The join ends (a catch-up still running writes what it applied).
+    out.push(Step::CaughtUp);
     out
 }
 
@@ -185,6 +199,11 @@ async fn apply(engine: &MemoryEngine, step: &Step) {
         Step::Event(event) => engine.handle_server_event(STORE, event).await,
         Step::Snapshot(snapshot) => engine.handle_snapshot(STORE, snapshot).await,
         Step::Reset(server_seq) => engine.handle_server_reset(STORE, *server_seq).await,
+        Step::Joined => engine.set_status(STORE, StoreStatus::Connected).await,
+        Step::CaughtUp => {
+            let seq = engine.seq(STORE);
+            engine.set_catch_up_complete(STORE, seq).await;
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! [`SqliteCache`]: the durable [`Cache`], each store's entries and last seq in the
-//! [`Database`], every applied event one transaction that also retires the outbox row of the
-//! write it confirms.
+//! [`Database`], every applied event (or run of a catch-up's) one transaction that also retires
+//! the outbox rows of the writes it confirms.
 
 use std::collections::BTreeMap;
 
@@ -29,9 +29,9 @@ CREATE TABLE IF NOT EXISTS cache_entries (
 
 /// The durable [`Cache`]: the stores' state in a [`Database`], next to its outbox.
 ///
-/// Each [`commit`](Cache::commit) is one SQLite transaction that writes the event's entries,
-/// the store's last seq and, when the event carries a `client_op_id`, removes that write's
-/// outbox row: after a crash, a queued write is either still in the outbox or already in the
+/// Each [`commit`](Cache::commit) (one event, or a run of a catch-up's) is one SQLite
+/// transaction that writes the events' entries, the store's last seq and, for each event
+/// carrying a `client_op_id`, removes that write's outbox row: after a crash, a queued write is either still in the outbox or already in the
 /// cache, never both and never neither. Transactions run with `synchronous=NORMAL` in WAL
 /// mode: a commit survives the process being killed (`kill -9`) without an fsync per event;
 /// a power cut may lose the last commits, never atomicity (the next join catches up from the
@@ -173,22 +173,28 @@ impl Cache for SqliteCache {
         Ok(self.load_stores()?)
     }
 
-    fn commit(&self, store: &str, commit: &Commit) -> Result<(), CacheError> {
+    fn commit(&self, store: &str, commits: &[Commit]) -> Result<(), CacheError> {
+        let Some(last) = commits.last() else {
+            return Ok(());
+        };
         self.transaction(|tx| {
-            if !commit.removed.is_empty() {
-                let mut delete =
-                    tx.prepare_cached("DELETE FROM cache_entries WHERE store = ?1 AND path = ?2")?;
-                for path in &commit.removed {
-                    delete.execute(params![store, path])?;
+            for commit in commits {
+                if !commit.removed.is_empty() {
+                    let mut delete = tx.prepare_cached(
+                        "DELETE FROM cache_entries WHERE store = ?1 AND path = ?2",
+                    )?;
+                    for path in &commit.removed {
+                        delete.execute(params![store, path])?;
+                    }
+                }
+                for (path, entry) in &commit.set {
+                    upsert(tx, store, path, entry)?;
+                }
+                if let Some(id) = &commit.client_op_id {
+                    retire(tx, store, id)?;
                 }
             }
-            for (path, entry) in &commit.set {
-                upsert(tx, store, path, entry)?;
-            }
-            set_seq(tx, store, commit.seq)?;
-            if let Some(id) = &commit.client_op_id {
-                retire(tx, store, id)?;
-            }
+            set_seq(tx, store, last.seq)?;
             Ok(())
         })?;
         Ok(())
@@ -258,7 +264,7 @@ mod tests {
             "a".into(),
             CachedEntry::new(json!({"_scalar": 1}), "integer", 1),
         ));
-        cache.commit("s", &commit).unwrap();
+        cache.commit("s", &[commit]).unwrap();
         assert_eq!(ids(&db, "s"), [b.as_str()], "a's row left with its event");
         assert_eq!(ids(&db, "t"), [other.as_str()], "another store's row stays");
         let loaded = cache.load_stores().unwrap();
@@ -272,7 +278,7 @@ mod tests {
             "b".into(),
             CachedEntry::new(json!({"_scalar": 2}), "integer", 2),
         ));
-        assert!(cache.commit("s", &failing).is_err());
+        assert!(cache.commit("s", &[failing]).is_err());
         assert_eq!(ids(&db, "s"), [b.as_str()]);
         assert_eq!(cache.load_stores().unwrap(), loaded);
 

@@ -145,9 +145,10 @@ pub trait Cache: Send + Sync + 'static {
     /// Every store's state.
     fn load(&self) -> Result<BTreeMap<String, CachedStore>, CacheError>;
 
-    /// Applies one event's changes to `store` and sets its last seq to `commit.seq`, at once
-    /// (a durable cache also retires the outbox row of `commit.client_op_id`).
-    fn commit(&self, store: &str, commit: &Commit) -> Result<(), CacheError>;
+    /// Applies consecutive events' changes to `store`, in order, and sets its last seq to the
+    /// last one's, all at once (a durable cache also retires the outbox rows of their
+    /// `client_op_id`s in the same step). One event, or a run of a catch-up's.
+    fn commit(&self, store: &str, commits: &[Commit]) -> Result<(), CacheError>;
 
     /// Replaces `store`'s state by `state` (a snapshot, or the engine rewriting a store it
     /// failed to keep), at once; `retire` lists the `client_op_id`s of events the new state
@@ -206,16 +207,18 @@ impl Cache for MemoryCache {
         }))
     }
 
-    fn commit(&self, store: &str, commit: &Commit) -> Result<(), CacheError> {
+    fn commit(&self, store: &str, commits: &[Commit]) -> Result<(), CacheError> {
         self.with(|stores| {
             let state = stores.entry(store.to_owned()).or_default();
-            for path in &commit.removed {
-                state.entries.remove(path);
+            for commit in commits {
+                for path in &commit.removed {
+                    state.entries.remove(path);
+                }
+                for (path, entry) in &commit.set {
+                    state.entries.insert(path.clone(), entry.clone());
+                }
+                state.last_seq = commit.seq;
             }
-            for (path, entry) in &commit.set {
-                state.entries.insert(path.clone(), entry.clone());
-            }
-            state.last_seq = commit.seq;
         });
         Ok(())
     }

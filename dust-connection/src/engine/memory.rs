@@ -32,6 +32,10 @@ pub(crate) struct StoreState {
     pub(crate) overlay: Overlay,
     /// Since the cache failed: it is behind the entries (see [`MemoryEngine::with_cache`]).
     pub(crate) behind: Option<Behind>,
+    /// Joined, catch-up not complete: events go to the cache in batches.
+    pub(crate) catching_up: bool,
+    /// The applied events not in the cache yet (while catching up).
+    pub(crate) unflushed: Vec<crate::engine::Commit>,
 }
 
 impl StoreState {
@@ -301,7 +305,11 @@ impl SyncEngine for MemoryEngine {
     }
 
     async fn set_status(&self, store: &str, status: StoreStatus) {
-        self.with(store, |s| s.status = Some(status));
+        self.with(store, |s| {
+            s.status = Some(status);
+            s.catching_up = status == StoreStatus::Connected;
+        });
+        self.persist(store, Step::Flush);
         self.emit(Change::Status {
             store: store.to_owned(),
             status,
@@ -351,7 +359,11 @@ impl SyncEngine for MemoryEngine {
     }
 
     async fn set_catch_up_complete(&self, store: &str, through_seq: u64) {
-        self.with(store, |s| s.caught_up = Some(through_seq));
+        self.with(store, |s| {
+            s.caught_up = Some(through_seq);
+            s.catching_up = false;
+        });
+        self.persist(store, Step::Flush);
         self.repair(store);
         self.emit(Change::CaughtUp {
             store: store.to_owned(),

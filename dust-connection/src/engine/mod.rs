@@ -19,7 +19,7 @@ pub(crate) use materialize::{Entries, Stored, materialize_into};
 
 pub use cache::{Cache, CacheError, CachedEntry, CachedStore, Commit, MemoryCache};
 pub use memory::MemoryEngine;
-pub use persist::MAX_UNPERSISTED_EVENTS;
+pub use persist::{CATCH_UP_BATCH, MAX_UNPERSISTED_EVENTS};
 
 /// A store's connection status, as the engine sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

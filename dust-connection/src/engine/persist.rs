@@ -16,6 +16,9 @@ use super::memory::{MemoryEngine, StoreState};
 /// are kept meanwhile, and this bounds them.
 pub const MAX_UNPERSISTED_EVENTS: usize = 65_536;
 
+/// How many events of a catch-up go to the cache in one [`Cache::commit`] (at most).
+pub const CATCH_UP_BATCH: usize = 256;
+
 /// A store's cache is behind its entries since a failure.
 #[derive(Debug)]
 pub(crate) struct Behind {
@@ -31,10 +34,10 @@ pub(crate) struct Behind {
 }
 
 impl Behind {
-    /// Behind since a step carrying `client_op_id` failed.
-    fn new(client_op_id: Option<&str>) -> Self {
+    /// Behind since a step failed, its events carrying `retire`.
+    fn new(retire: Vec<String>) -> Self {
         Self {
-            retire: client_op_id.map(str::to_owned).into_iter().collect(),
+            retire,
             events: 1,
             next_try: 2,
             stalled: false,
@@ -63,21 +66,14 @@ impl Behind {
 
 /// What the engine just applied to a store, for its cache.
 pub(crate) enum Step {
-    /// An event.
+    /// An event (held with the next ones while a catch-up runs).
     Commit(Commit),
+    /// The events held go to the cache now (the catch-up completed or the join ended).
+    Flush,
     /// A snapshot (the store's entries now).
     Replace,
     /// A server reset.
     Forget,
-}
-
-impl Step {
-    fn client_op_id(&self) -> Option<&str> {
-        match self {
-            Self::Commit(commit) => commit.client_op_id.as_deref(),
-            Self::Replace | Self::Forget => None,
-        }
-    }
 }
 
 /// The commit of an event that changed `diff` in `entries` (now at `seq`).
@@ -104,7 +100,12 @@ impl MemoryEngine {
     /// An engine that starts from `cache`'s state (every store at once: reads answer from it
     /// before any connection, and [`last_store_seq`](crate::SyncEngine::last_store_seq) is the
     /// cached seq, so the first join catches up from there) and writes to it each event,
-    /// snapshot and reset it applies, in the store's task, before the call returns.
+    /// snapshot and reset it applies, in the store's task, before the call returns — except
+    /// while a store catches up (from its join, [`StoreStatus::Connected`](crate::StoreStatus::Connected), to
+    /// `catch_up_complete`): its events then go to the cache together, [`CATCH_UP_BATCH`] at a
+    /// time and at the end of the catch-up (or when the join ends), one [`Cache::commit`] each.
+    /// Either way the cache only ever holds a state the store was in, so a process that dies
+    /// with events not yet written starts from an earlier seq and catches up again.
     ///
     /// **When the cache fails** (disk full, I/O error), nothing panics and nothing is lost
     /// silently: the engine emits [`Change::CacheFailed`] and goes on from memory (reads,
@@ -197,30 +198,44 @@ impl MemoryEngine {
         self.cache.is_some() && self.with(store, |s| s.behind.is_some())
     }
 
-    /// Writes what the engine just applied to `store` to the cache, if it has one.
+    /// Writes what the engine just applied to `store` to the cache, if it has one: an event at
+    /// once, or, while the store catches up, with the next ones (up to [`CATCH_UP_BATCH`]).
     pub(crate) fn persist(&self, store: &str, step: Step) {
         let Some(cache) = self.cache.as_ref() else {
             return;
         };
         if self.with(store, |s| s.behind.is_some()) {
-            let (now, stalled) = self.with(store, |s| {
-                s.behind
-                    .as_mut()
-                    .map_or((false, false), |b| b.record(step.client_op_id()))
-            });
-            if stalled {
-                let error = format!(
-                    "more than {MAX_UNPERSISTED_EVENTS} events not persisted: the cache stays \
-                     behind until the engine restarts"
-                );
-                self.cache_failed(store, error);
-            } else if now || !matches!(step, Step::Commit(_)) {
-                self.repair(store);
-            }
+            self.persist_behind(store, &step);
             return;
         }
-        let result = match &step {
-            Step::Commit(commit) => cache.commit(store, commit),
+        let (batch, step) = match step {
+            Step::Commit(commit) => {
+                let batch = self.with(store, |s| {
+                    s.unflushed.push(commit);
+                    if s.catching_up && s.unflushed.len() < CATCH_UP_BATCH {
+                        Vec::new()
+                    } else {
+                        std::mem::take(&mut s.unflushed)
+                    }
+                });
+                (batch, Step::Flush)
+            }
+            other => (
+                self.with(store, |s| std::mem::take(&mut s.unflushed)),
+                other,
+            ),
+        };
+        if !batch.is_empty()
+            && let Err(error) = cache.commit(store, &batch)
+        {
+            let retire = batch.into_iter().filter_map(|c| c.client_op_id).collect();
+            self.with(store, |s| s.behind = Some(Behind::new(retire)));
+            self.cache_failed(store, error.to_string());
+            self.persist_behind(store, &step);
+            return;
+        }
+        let result = match step {
+            Step::Commit(_) | Step::Flush => return,
             Step::Replace => {
                 let state = self.with(store, |s| CachedStore::from_entries(s.last_seq, &s.entries));
                 cache.replace(store, &state, &[])
@@ -228,8 +243,30 @@ impl MemoryEngine {
             Step::Forget => cache.forget(store),
         };
         if let Err(error) = result {
-            self.with(store, |s| s.behind = Some(Behind::new(step.client_op_id())));
+            self.with(store, |s| s.behind = Some(Behind::new(Vec::new())));
             self.cache_failed(store, error.to_string());
+        }
+    }
+
+    /// A step applied while the store's cache is behind: counted, and the store rewritten
+    /// when it is time.
+    fn persist_behind(&self, store: &str, step: &Step) {
+        let id = match step {
+            Step::Flush => return,
+            Step::Commit(commit) => commit.client_op_id.as_deref(),
+            Step::Replace | Step::Forget => None,
+        };
+        let (now, stalled) = self.with(store, |s| {
+            s.behind.as_mut().map_or((false, false), |b| b.record(id))
+        });
+        if stalled {
+            let error = format!(
+                "more than {MAX_UNPERSISTED_EVENTS} events not persisted: the cache stays \
+                 behind until the engine restarts"
+            );
+            self.cache_failed(store, error);
+        } else if now || !matches!(step, Step::Commit(_)) {
+            self.repair(store);
         }
     }
 
@@ -277,7 +314,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::engine::{MemoryCache, ServerEvent, Snapshot, SyncEngine};
+    use crate::engine::{MemoryCache, ServerEvent, Snapshot, StoreStatus, SyncEngine};
 
     fn event(seq: u64, op: &str, path: &str, value: Value, id: &str) -> ServerEvent {
         serde_json::from_value(json!({
@@ -292,6 +329,7 @@ mod tests {
         inner: MemoryCache,
         fail: Arc<AtomicBool>,
         retired: Arc<Mutex<Vec<String>>>,
+        commits: Arc<Mutex<usize>>,
     }
 
     impl Flaky {
@@ -308,13 +346,12 @@ mod tests {
         fn load(&self) -> Result<BTreeMap<String, CachedStore>, CacheError> {
             self.inner.load()
         }
-        fn commit(&self, store: &str, commit: &Commit) -> Result<(), CacheError> {
+        fn commit(&self, store: &str, commits: &[Commit]) -> Result<(), CacheError> {
             self.check()?;
-            self.retired
-                .lock()
-                .unwrap()
-                .extend(commit.client_op_id.clone());
-            self.inner.commit(store, commit)
+            *self.commits.lock().unwrap() += 1;
+            let ids = commits.iter().filter_map(|c| c.client_op_id.clone());
+            self.retired.lock().unwrap().extend(ids);
+            self.inner.commit(store, commits)
         }
         fn replace(
             &self,
@@ -426,6 +463,40 @@ mod tests {
             }
         }
         assert_eq!((failed, repaired), (2, Some(5)));
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_goes_to_the_cache_in_batches_and_live_events_one_by_one() {
+        let cache = Flaky::default();
+        let engine = MemoryEngine::with_cache(cache.clone()).unwrap();
+        let n = CATCH_UP_BATCH as u64 + 10;
+        engine.set_status("s", StoreStatus::Connected).await;
+        for seq in 1..=n {
+            let id = format!("op{seq}");
+            engine
+                .handle_server_event("s", &event(seq, "set", "a", json!(seq), &id))
+                .await;
+        }
+        assert_eq!(*cache.commits.lock().unwrap(), 1, "one full batch so far");
+        assert_eq!(cache.load().unwrap()["s"].last_seq, CATCH_UP_BATCH as u64);
+        engine.set_catch_up_complete("s", n).await;
+        assert_eq!(*cache.commits.lock().unwrap(), 2, "the rest at the end");
+        assert_eq!(cache.load().unwrap()["s"], cached(&engine, "s"));
+        assert_eq!(cache.retired.lock().unwrap().len(), n as usize);
+
+        engine
+            .handle_server_event("s", &event(n + 1, "set", "b", json!(1), "live"))
+            .await;
+        assert_eq!(*cache.commits.lock().unwrap(), 3, "a live event at once");
+
+        // A join that ends mid catch-up writes what it applied.
+        engine.set_status("s", StoreStatus::Connected).await;
+        engine
+            .handle_server_event("s", &event(n + 2, "set", "c", json!(2), "x"))
+            .await;
+        assert_eq!(cache.load().unwrap()["s"].last_seq, n + 1);
+        engine.set_status("s", StoreStatus::Reconnecting).await;
+        assert_eq!(cache.load().unwrap()["s"], cached(&engine, "s"));
     }
 
     #[tokio::test]
