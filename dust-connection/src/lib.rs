@@ -103,7 +103,6 @@ mod connection;
 mod control;
 mod device;
 #[cfg(feature = "sqlite")]
-#[allow(dead_code)] // Until the cache and the outbox use it (their branches are in progress).
 mod durable;
 mod engine;
 mod error;
@@ -130,6 +129,7 @@ pub use engine::{
 pub use error::{BuildError, UnknownStore, WriteError};
 pub use format::Format;
 pub use glob::{Glob, GlobError, IntoGlob};
+pub use layer::QueuedWrite;
 pub use notice::Notice;
 pub use replica::{
     DEFAULT_SUBSCRIBER_CAPACITY, Entry, IntoPath, Lagged, MAX_PAGE, Order, Page, Paging, ReadError,

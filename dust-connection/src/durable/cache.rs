@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, Statement, Transaction, params};
 
 use super::{Database, DurableError, outbox};
 use crate::engine::{Cache, CacheError, CachedEntry, CachedStore, Commit};
@@ -66,7 +66,7 @@ impl SqliteCache {
     pub fn load_stores(&self) -> Result<BTreeMap<String, CachedStore>, DurableError> {
         let connection = self.db.lock();
         let mut stores = BTreeMap::new();
-        let mut select = connection.prepare_cached("SELECT store, last_seq FROM cache_stores")?;
+        let mut select = connection.prepare("SELECT store, last_seq FROM cache_stores")?;
         let rows = select.query_map([], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
         })?;
@@ -74,8 +74,8 @@ impl SqliteCache {
             let (store, seq) = row?;
             stores.insert(store, CachedStore::new(seq_of(seq)?, BTreeMap::new()));
         }
-        let mut select = connection
-            .prepare_cached("SELECT store, path, value, kind, revision FROM cache_entries")?;
+        let mut select =
+            connection.prepare("SELECT store, path, value, kind, revision FROM cache_entries")?;
         let rows = select.query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,
@@ -120,7 +120,7 @@ fn sql_seq(seq: u64) -> Result<i64, DurableError> {
 
 fn set_seq(connection: &Connection, store: &str, seq: u64) -> Result<(), DurableError> {
     connection
-        .prepare_cached(
+        .prepare(
             "INSERT INTO cache_stores (store, last_seq) VALUES (?1, ?2)
              ON CONFLICT (store) DO UPDATE SET last_seq = excluded.last_seq",
         )?
@@ -128,34 +128,32 @@ fn set_seq(connection: &Connection, store: &str, seq: u64) -> Result<(), Durable
     Ok(())
 }
 
+const UPSERT: &str = "INSERT INTO cache_entries (store, path, value, kind, revision)
+     VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT (store, path) DO UPDATE SET
+         value = excluded.value, kind = excluded.kind, revision = excluded.revision";
+
 fn upsert(
-    connection: &Connection,
+    statement: &mut Statement<'_>,
     store: &str,
     path: &str,
     entry: &CachedEntry,
 ) -> Result<(), DurableError> {
     let value = serde_json::to_string(&entry.value)
         .map_err(|error| DurableError::Corrupt(format!("cache entry {path}: {error}")))?;
-    connection
-        .prepare_cached(
-            "INSERT INTO cache_entries (store, path, value, kind, revision)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (store, path) DO UPDATE SET
-                 value = excluded.value, kind = excluded.kind, revision = excluded.revision",
-        )?
-        .execute(params![
-            store,
-            path,
-            value,
-            entry.kind,
-            sql_seq(entry.revision)?
-        ])?;
+    statement.execute(params![
+        store,
+        path,
+        value,
+        entry.kind,
+        sql_seq(entry.revision)?
+    ])?;
     Ok(())
 }
 
 fn clear(connection: &Connection, store: &str) -> Result<(), DurableError> {
     connection
-        .prepare_cached("DELETE FROM cache_entries WHERE store = ?1")?
+        .prepare("DELETE FROM cache_entries WHERE store = ?1")?
         .execute(params![store])?;
     Ok(())
 }
@@ -178,17 +176,15 @@ impl Cache for SqliteCache {
             return Ok(());
         };
         self.transaction(|tx| {
+            let mut delete =
+                tx.prepare("DELETE FROM cache_entries WHERE store = ?1 AND path = ?2")?;
+            let mut set = tx.prepare(UPSERT)?;
             for commit in commits {
-                if !commit.removed.is_empty() {
-                    let mut delete = tx.prepare_cached(
-                        "DELETE FROM cache_entries WHERE store = ?1 AND path = ?2",
-                    )?;
-                    for path in &commit.removed {
-                        delete.execute(params![store, path])?;
-                    }
+                for path in &commit.removed {
+                    delete.execute(params![store, path])?;
                 }
                 for (path, entry) in &commit.set {
-                    upsert(tx, store, path, entry)?;
+                    upsert(&mut set, store, path, entry)?;
                 }
                 if let Some(id) = &commit.client_op_id {
                     retire(tx, store, id)?;
@@ -208,8 +204,9 @@ impl Cache for SqliteCache {
     ) -> Result<(), CacheError> {
         self.transaction(|tx| {
             clear(tx, store)?;
+            let mut set = tx.prepare(UPSERT)?;
             for (path, entry) in &state.entries {
-                upsert(tx, store, path, entry)?;
+                upsert(&mut set, store, path, entry)?;
             }
             set_seq(tx, store, state.last_seq)?;
             for id in retire_ids {
@@ -223,7 +220,7 @@ impl Cache for SqliteCache {
     fn forget(&self, store: &str) -> Result<(), CacheError> {
         self.transaction(|tx| {
             clear(tx, store)?;
-            tx.prepare_cached("DELETE FROM cache_stores WHERE store = ?1")?
+            tx.prepare("DELETE FROM cache_stores WHERE store = ?1")?
                 .execute(params![store])?;
             Ok(())
         })?;
@@ -247,7 +244,7 @@ mod tests {
         outbox::pending(db, store)
             .unwrap()
             .into_iter()
-            .map(|w| w.client_op_id.as_str().to_owned())
+            .map(|p| p.write.client_op_id.as_str().to_owned())
             .collect()
     }
 

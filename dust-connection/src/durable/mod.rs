@@ -108,6 +108,10 @@ impl Database {
             }
             _ => DurableError::Sqlite(error),
         };
+        // Never wait for another process's lock: say it is busy.
+        connection
+            .busy_timeout(std::time::Duration::ZERO)
+            .map_err(busy)?;
         // Exclusive locking: the first write transaction takes the file for good, so a second
         // process fails here instead of interleaving its writes with ours.
         connection
@@ -116,9 +120,9 @@ impl Database {
         let _: String = connection
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .map_err(busy)?;
-        // WAL with `synchronous=NORMAL`: a commit survives the process being killed without an
-        // fsync per commit (the cache's events); what must survive a power cut too syncs
-        // around its own commit.
+        // The cache's commits survive a process crash (kill -9) without a disk sync each: the
+        // WAL is in the OS's hands when a commit returns. The outbox's appends sync the disk
+        // (`synchronous = FULL` around their commit, see `outbox::append`).
         connection
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(busy)?;

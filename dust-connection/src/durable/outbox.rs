@@ -7,7 +7,8 @@ use rusqlite::{Connection, params};
 use super::{Database, DurableError};
 use crate::write::{ClientOpId, EncodedWrite, Path};
 
-/// The outbox table. `position` orders the writes of every store (issue order, across
+/// The outbox table. `sent` is set before a write is first sent: a recovered write that was
+/// never sent cannot have been applied. `position` orders the writes of every store (issue order, across
 /// restarts); a row leaves when its write is answered, or in the cache's transaction that
 /// applies the write's own event.
 pub(super) const SCHEMA: &str = "
@@ -19,7 +20,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     op TEXT NOT NULL,
     path TEXT NOT NULL,
     kind INTEGER NOT NULL,
-    params BLOB NOT NULL
+    params BLOB NOT NULL,
+    sent INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_by_op ON outbox (store, client_op_id);
 ";
@@ -53,7 +55,7 @@ pub(crate) fn append(
     let mut connection = db.lock();
     let transaction = connection.transaction()?;
     {
-        let mut insert = transaction.prepare_cached(
+        let mut insert = transaction.prepare(
             "INSERT INTO outbox (store, client_op_id, event, op, path, kind, params)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
@@ -100,16 +102,41 @@ pub(crate) fn retire(
     client_op_id: &ClientOpId,
 ) -> Result<(), DurableError> {
     connection
-        .prepare_cached("DELETE FROM outbox WHERE store = ?1 AND client_op_id = ?2")?
+        .prepare("DELETE FROM outbox WHERE store = ?1 AND client_op_id = ?2")?
         .execute(params![store, client_op_id.as_str()])?;
     Ok(())
 }
 
+/// Marks writes as sent, in one transaction, before they are sent.
+pub(crate) fn mark_sent(
+    db: &Database,
+    store: &str,
+    client_op_ids: &[ClientOpId],
+) -> Result<(), DurableError> {
+    let mut connection = db.lock();
+    let transaction = connection.transaction()?;
+    {
+        let mut update = transaction
+            .prepare("UPDATE outbox SET sent = 1 WHERE store = ?1 AND client_op_id = ?2")?;
+        for id in client_op_ids {
+            update.execute(params![store, id.as_str()])?;
+        }
+    }
+    transaction.commit()?;
+    Ok(())
+}
+
+/// A write of the outbox, and whether it may have been sent.
+pub(crate) struct Pending {
+    pub(crate) write: EncodedWrite,
+    pub(crate) sent: bool,
+}
+
 /// The writes still in `store`'s outbox, in issue order.
-pub(crate) fn pending(db: &Database, store: &str) -> Result<Vec<EncodedWrite>, DurableError> {
+pub(crate) fn pending(db: &Database, store: &str) -> Result<Vec<Pending>, DurableError> {
     let connection = db.lock();
-    let mut select = connection.prepare_cached(
-        "SELECT client_op_id, event, op, path, kind, params FROM outbox
+    let mut select = connection.prepare(
+        "SELECT client_op_id, event, op, path, kind, params, sent FROM outbox
          WHERE store = ?1 ORDER BY position",
     )?;
     let rows = select.query_map(params![store], |row| {
@@ -120,12 +147,14 @@ pub(crate) fn pending(db: &Database, store: &str) -> Result<Vec<EncodedWrite>, D
             row.get::<_, String>(3)?,
             row.get::<_, i64>(4)?,
             row.get::<_, Vec<u8>>(5)?,
+            row.get::<_, bool>(6)?,
         ))
     })?;
     let mut writes = Vec::new();
     for row in rows {
-        let (client_op_id, event, op, path, kind, params) = row?;
-        writes.push(decode(client_op_id, &event, &op, &path, kind, params)?);
+        let (client_op_id, event, op, path, kind, params, sent) = row?;
+        let write = decode(client_op_id, &event, &op, &path, kind, params)?;
+        writes.push(Pending { write, sent });
     }
     Ok(writes)
 }
@@ -181,6 +210,10 @@ mod tests {
         crate::write::encode(request, format).await.unwrap()
     }
 
+    fn writes(pending: Vec<Pending>) -> Vec<EncodedWrite> {
+        pending.into_iter().map(|p| p.write).collect()
+    }
+
     fn key(writes: &[EncodedWrite]) -> Vec<(String, &str, &str, String, Payload)> {
         writes
             .iter()
@@ -199,11 +232,14 @@ mod tests {
         let c = encoded(Format::Json, WriteRequest::delete(["c"])).await;
         append(&db, "s1", &[a.clone(), b.clone()]).unwrap();
         append(&db, "s2", std::slice::from_ref(&c)).unwrap();
-        let back = pending(&db, "s1").unwrap();
+        let back = writes(pending(&db, "s1").unwrap());
         assert_eq!(key(&back), key(&[a.clone(), b.clone()]));
-        assert_eq!(key(&pending(&db, "s2").unwrap()), key(&[c]));
+        assert_eq!(key(&writes(pending(&db, "s2").unwrap())), key(&[c]));
+        mark_sent(&db, "s1", std::slice::from_ref(&b.client_op_id)).unwrap();
+        let sent: Vec<bool> = pending(&db, "s1").unwrap().iter().map(|p| p.sent).collect();
+        assert_eq!(sent, [false, true]);
         remove(&db, "s1", &a.client_op_id).unwrap();
-        assert_eq!(key(&pending(&db, "s1").unwrap()), key(&[b]));
+        assert_eq!(key(&writes(pending(&db, "s1").unwrap())), key(&[b]));
     }
 
     #[test]
