@@ -133,6 +133,21 @@ const UPSERT: &str = "INSERT INTO cache_entries (store, path, value, kind, revis
      ON CONFLICT (store, path) DO UPDATE SET
          value = excluded.value, kind = excluded.kind, revision = excluded.revision";
 
+const DELETE: &str = "DELETE FROM cache_entries WHERE store = ?1 AND path = ?2";
+
+/// The statement in `slot`, prepared on first use.
+fn prepared<'a, 'c>(
+    slot: &'a mut Option<Statement<'c>>,
+    connection: &'c Connection,
+    sql: &str,
+) -> Result<&'a mut Statement<'c>, DurableError> {
+    if slot.is_none() {
+        *slot = Some(connection.prepare(sql)?);
+    }
+    slot.as_mut()
+        .ok_or_else(|| DurableError::Corrupt("a statement was not prepared".into()))
+}
+
 fn upsert(
     statement: &mut Statement<'_>,
     store: &str,
@@ -176,15 +191,14 @@ impl Cache for SqliteCache {
             return Ok(());
         };
         self.transaction(|tx| {
-            let mut delete =
-                tx.prepare("DELETE FROM cache_entries WHERE store = ?1 AND path = ?2")?;
-            let mut set = tx.prepare(UPSERT)?;
+            // Prepared once per transaction, when first needed.
+            let (mut delete, mut set) = (None, None);
             for commit in commits {
                 for path in &commit.removed {
-                    delete.execute(params![store, path])?;
+                    prepared(&mut delete, tx, DELETE)?.execute(params![store, path])?;
                 }
                 for (path, entry) in &commit.set {
-                    upsert(&mut set, store, path, entry)?;
+                    upsert(prepared(&mut set, tx, UPSERT)?, store, path, entry)?;
                 }
                 if let Some(id) = &commit.client_op_id {
                     retire(tx, store, id)?;
