@@ -531,9 +531,120 @@ async fn a_new_engine_on_the_same_file_joins_from_the_persisted_seq_and_catches_
         .await
         .unwrap();
 
-    // And the file holds the caught-up state.
+    // The file holds the caught-up state.
     let db = Database::open(dir.db()).unwrap();
     let engine = MemoryEngine::open(&db).unwrap();
     assert_eq!(engine.seq(STORE), target);
     assert_eq!(engine.entries(STORE), server_entries(&server).await);
+    drop((engine, db));
+
+    // More writes, then the server compacts its log: the next join, from below the snapshot,
+    // gets the snapshot, and the file holds it.
+    let writer = connect(&server, &other).await;
+    let store = writer.store(STORE).unwrap();
+    within("writes before the compaction", async {
+        store
+            .set(["users", "ada"], json!({"name": "Ada L."}))
+            .await
+            .unwrap();
+        store.increment(["visits"], 1).await.unwrap();
+    })
+    .await;
+    writer.disconnect().await;
+    let snapshot_seq = dust(&server).compact(STORE).await.unwrap().unwrap();
+    assert!(snapshot_seq > target);
+    let db = Database::open(dir.db()).unwrap();
+    let engine = MemoryEngine::open(&db).unwrap();
+    let mut changes = engine.subscribe();
+    let (third, third_gone) = Recording::new(engine.clone());
+    let connection = builder(&server).engine(third.clone()).connect().unwrap();
+    wait_engine(&engine, "the engine takes the snapshot", || {
+        engine.seq(STORE) == snapshot_seq
+    })
+    .await;
+    assert_eq!(third.asked.lock().unwrap().first(), Some(&target));
+    let mut snapshots = Vec::new();
+    while let Ok(change) = changes.try_recv() {
+        if let dust_connection::Change::Snapshot { seq, .. } = change {
+            snapshots.push(seq);
+        }
+    }
+    assert_eq!(snapshots, [snapshot_seq], "the catch-up was a snapshot");
+    assert_eq!(engine.entries(STORE), server_entries(&server).await);
+    connection.disconnect().await;
+    drop((connection, third, engine, db));
+    within("the connection lets go of the engine", third_gone)
+        .await
+        .unwrap();
+    let db = Database::open(dir.db()).unwrap();
+    let engine = MemoryEngine::open(&db).unwrap();
+    assert_eq!(engine.seq(STORE), snapshot_seq);
+    assert_eq!(engine.entries(STORE), server_entries(&server).await);
+}
+
+#[tokio::test]
+async fn the_cache_and_the_durable_outbox_share_one_database() {
+    let server = server().await;
+    let dir = TempDir::new("with-outbox");
+    let device = || dust_connection::DeviceId::new("device-cache-outbox");
+
+    let db = Database::open(dir.db()).unwrap();
+    let engine = MemoryEngine::open(&db).unwrap();
+    let (recording, gone) = Recording::new(engine.clone());
+    let connection = builder(&server)
+        .device_id(device())
+        .engine(recording.clone())
+        .durable_outbox(db.clone())
+        .connect()
+        .unwrap();
+    let app = connection.store(STORE).unwrap();
+    let queued = within("queued", async {
+        let mut queued = Vec::new();
+        for i in 0..20 {
+            let write = dust_connection::WriteRequest::set(["items", &format!("i{i:02}")], i);
+            queued.push(app.queue(write).await.unwrap());
+        }
+        queued
+    })
+    .await;
+    within("acked", async {
+        for write in queued {
+            write.await.unwrap();
+        }
+    })
+    .await;
+    let seq = server_seq(&server).await;
+    wait_engine(&engine, "the engine applies the writes", || {
+        engine.seq(STORE) == seq
+    })
+    .await;
+    connection.disconnect().await;
+    drop((connection, app, recording, engine, db));
+    within("the connection lets go of the engine", gone)
+        .await
+        .unwrap();
+
+    let db = Database::open(dir.db()).unwrap();
+    let engine = MemoryEngine::open(&db).unwrap();
+    assert_eq!(engine.seq(STORE), seq);
+    assert_eq!(engine.entries(STORE), server_entries(&server).await);
+    let connection = builder(&server)
+        .device_id(device())
+        .engine(engine.clone())
+        .durable_outbox(db.clone())
+        .connect()
+        .unwrap();
+    let app = connection.store(STORE).unwrap();
+    assert!(
+        app.recovered().is_empty(),
+        "every answered write left the outbox"
+    );
+    wait_joined(&connection, STORE).await;
+    within("a write after the restart", app.set(["after"], true))
+        .await
+        .unwrap();
+    let logged = logged_ids(&server, STORE).await;
+    assert_eq!(logged.len(), 21, "each write applied once, none resent");
+    assert_applied_once_in_order(&server, STORE, &logged).await;
+    connection.disconnect().await;
 }
