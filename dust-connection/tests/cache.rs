@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use common::*;
 use dust_connection::{
-    Capabilities, ClientOpId, Database, MemoryEngine, Order, Paging, Rejection, Replica,
-    ServerEvent, Snapshot, StoreStatus, SyncEngine, WriteAck,
+    Cache, Capabilities, ClientOpId, Database, MemoryCache, MemoryEngine, Order, Paging, Rejection,
+    Replica, ServerEvent, Snapshot, SqliteCache, StoreStatus, SyncEngine, WriteAck,
 };
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -297,28 +297,44 @@ fn reads(engine: &MemoryEngine) -> Value {
 async fn the_memory_and_the_sqlite_engines_read_the_same_and_so_does_the_reopened_file() {
     for seed in 0..12 {
         let dir = TempDir::new(&format!("differential-{seed}"));
-        let memory = MemoryEngine::new();
+        // The reference (no cache), the in-memory cache, the SQLite one.
+        let plain = MemoryEngine::new();
+        let memory_cache = MemoryCache::new();
+        let memory = MemoryEngine::with_cache(memory_cache.clone()).unwrap();
         let db = Database::open(dir.db()).unwrap();
         let durable = MemoryEngine::open(&db).unwrap();
         let steps = steps(seed, 300);
         for (i, step) in steps.iter().enumerate() {
-            apply(&memory, step).await;
-            apply(&durable, step).await;
+            for engine in [&plain, &memory, &durable] {
+                apply(engine, step).await;
+            }
             if i % 50 == 0 {
-                assert_eq!(reads(&memory), reads(&durable), "seed {seed}, step {i}");
+                let expected = reads(&plain);
+                assert_eq!(expected, reads(&memory), "seed {seed}, step {i}: memory");
+                assert_eq!(expected, reads(&durable), "seed {seed}, step {i}: sqlite");
             }
         }
-        let expected = reads(&memory);
-        assert_eq!(expected, reads(&durable), "seed {seed}: live");
-        assert!(!durable.cache_behind(STORE));
+        let expected = reads(&plain);
+        assert_eq!(expected, reads(&memory), "seed {seed}: memory, live");
+        assert_eq!(expected, reads(&durable), "seed {seed}: sqlite, live");
+        assert!(!durable.cache_behind(STORE) && !memory.cache_behind(STORE));
         drop((durable, db));
 
+        // What the two caches hold is the same, and engines made from them read the same.
         let db = Database::open(dir.db()).unwrap();
+        let sqlite_cache = SqliteCache::new(db.clone());
+        assert_eq!(
+            sqlite_cache.load().unwrap(),
+            memory_cache.load().unwrap(),
+            "seed {seed}"
+        );
         let reopened = MemoryEngine::open(&db).unwrap();
-        assert_eq!(expected, reads(&reopened), "seed {seed}: reopened");
+        assert_eq!(expected, reads(&reopened), "seed {seed}: sqlite, reopened");
+        let rebuilt = MemoryEngine::with_cache(memory_cache).unwrap();
+        assert_eq!(expected, reads(&rebuilt), "seed {seed}: memory, rebuilt");
         assert_eq!(
             reopened.last_store_seq(STORE).await,
-            memory.last_store_seq(STORE).await
+            plain.last_store_seq(STORE).await
         );
     }
 }
