@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 
 use super::cache::Cache;
 use super::materialize::{Diff, Entries, Stored, detect_type, materialize};
-use super::persist::{Behind, Step, commit_of};
+use super::persist::{Persisted, Step, commit_of};
 use super::{Capabilities, Change, ServerEvent, Snapshot, StoreStatus, SyncEngine};
 use crate::replica::{Overlay, Subscribers};
 use crate::write::{ClientOpId, Path, Rejection, WriteAck};
@@ -30,12 +30,8 @@ pub(crate) struct StoreState {
     pub(crate) subscribers: Subscribers,
     /// The pending optimistic writes ([`SyncedStore`](crate::SyncedStore)) over the entries.
     pub(crate) overlay: Overlay,
-    /// Since the cache failed: it is behind the entries (see [`MemoryEngine::with_cache`]).
-    pub(crate) behind: Option<Behind>,
-    /// Joined, catch-up not complete: events go to the cache in batches.
-    pub(crate) catching_up: bool,
-    /// The applied events not in the cache yet (while catching up).
-    pub(crate) unflushed: Vec<crate::engine::Commit>,
+    /// Where the store stands with the engine's cache ([`MemoryEngine::with_cache`]).
+    pub(crate) persisted: Persisted,
 }
 
 impl StoreState {
@@ -308,7 +304,7 @@ impl SyncEngine for MemoryEngine {
     async fn set_status(&self, store: &str, status: StoreStatus) {
         self.with(store, |s| {
             s.status = Some(status);
-            s.catching_up = status == StoreStatus::Connected;
+            s.persisted.catching_up = status == StoreStatus::Connected;
         });
         self.persist(store, Step::Flush);
         self.emit(Change::Status {
@@ -362,7 +358,7 @@ impl SyncEngine for MemoryEngine {
     async fn set_catch_up_complete(&self, store: &str, through_seq: u64) {
         self.with(store, |s| {
             s.caught_up = Some(through_seq);
-            s.catching_up = false;
+            s.persisted.catching_up = false;
         });
         self.persist(store, Step::Flush);
         self.repair(store);

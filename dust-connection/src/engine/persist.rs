@@ -19,6 +19,17 @@ pub const MAX_UNPERSISTED_EVENTS: usize = 65_536;
 /// How many events of a catch-up go to the cache in one [`Cache::commit`] (at most).
 pub const CATCH_UP_BATCH: usize = 256;
 
+/// Where a store stands with the engine's cache.
+#[derive(Debug, Default)]
+pub(crate) struct Persisted {
+    /// Since the cache failed: it is behind the entries.
+    behind: Option<Behind>,
+    /// Joined, catch-up not complete: events go to the cache in batches.
+    pub(crate) catching_up: bool,
+    /// The applied events not in the cache yet (while catching up).
+    unflushed: Vec<Commit>,
+}
+
 /// A store's cache is behind its entries since a failure.
 #[derive(Debug)]
 pub(crate) struct Behind {
@@ -195,7 +206,7 @@ impl MemoryEngine {
     /// Whether the engine has a cache and the store's state in it is behind the engine's
     /// since a failure (see [`with_cache`](Self::with_cache)).
     pub fn cache_behind(&self, store: &str) -> bool {
-        self.cache.is_some() && self.with(store, |s| s.behind.is_some())
+        self.cache.is_some() && self.with(store, |s| s.persisted.behind.is_some())
     }
 
     /// Writes what the engine just applied to `store` to the cache, if it has one: an event at
@@ -204,24 +215,24 @@ impl MemoryEngine {
         let Some(cache) = self.cache.as_ref() else {
             return;
         };
-        if self.with(store, |s| s.behind.is_some()) {
+        if self.with(store, |s| s.persisted.behind.is_some()) {
             self.persist_behind(store, &step);
             return;
         }
         let (batch, step) = match step {
             Step::Commit(commit) => {
                 let batch = self.with(store, |s| {
-                    s.unflushed.push(commit);
-                    if s.catching_up && s.unflushed.len() < CATCH_UP_BATCH {
+                    s.persisted.unflushed.push(commit);
+                    if s.persisted.catching_up && s.persisted.unflushed.len() < CATCH_UP_BATCH {
                         Vec::new()
                     } else {
-                        std::mem::take(&mut s.unflushed)
+                        std::mem::take(&mut s.persisted.unflushed)
                     }
                 });
                 (batch, Step::Flush)
             }
             other => (
-                self.with(store, |s| std::mem::take(&mut s.unflushed)),
+                self.with(store, |s| std::mem::take(&mut s.persisted.unflushed)),
                 other,
             ),
         };
@@ -229,7 +240,7 @@ impl MemoryEngine {
             && let Err(error) = cache.commit(store, &batch)
         {
             let retire = batch.into_iter().filter_map(|c| c.client_op_id).collect();
-            self.with(store, |s| s.behind = Some(Behind::new(retire)));
+            self.with(store, |s| s.persisted.behind = Some(Behind::new(retire)));
             self.cache_failed(store, error.to_string());
             self.persist_behind(store, &step);
             return;
@@ -243,7 +254,9 @@ impl MemoryEngine {
             Step::Forget => cache.forget(store),
         };
         if let Err(error) = result {
-            self.with(store, |s| s.behind = Some(Behind::new(Vec::new())));
+            self.with(store, |s| {
+                s.persisted.behind = Some(Behind::new(Vec::new()))
+            });
             self.cache_failed(store, error.to_string());
         }
     }
@@ -257,7 +270,10 @@ impl MemoryEngine {
             Step::Replace | Step::Forget => None,
         };
         let (now, stalled) = self.with(store, |s| {
-            s.behind.as_mut().map_or((false, false), |b| b.record(id))
+            s.persisted
+                .behind
+                .as_mut()
+                .map_or((false, false), |b| b.record(id))
         });
         if stalled {
             let error = format!(
@@ -276,7 +292,7 @@ impl MemoryEngine {
             return;
         };
         let work = self.with(store, |s| {
-            let behind = s.behind.as_ref().filter(|b| !b.stalled)?;
+            let behind = s.persisted.behind.as_ref().filter(|b| !b.stalled)?;
             let state = CachedStore::from_entries(s.last_seq, &s.entries);
             Some((state, behind.retire.clone()))
         });
@@ -285,7 +301,7 @@ impl MemoryEngine {
         };
         match cache.replace(store, &state, &retire) {
             Ok(()) => {
-                self.with(store, |s| s.behind = None);
+                self.with(store, |s| s.persisted.behind = None);
                 tracing::info!(store, seq = state.last_seq, "the cache caught up");
                 self.emit(Change::CacheRepaired {
                     store: store.to_owned(),
@@ -518,7 +534,7 @@ mod tests {
         // The first failure, one per try (at 2, 4, ... 65536 events), the stall.
         assert_eq!(failures, 1 + 16 + 1);
         engine.with("s", |s| {
-            let behind = s.behind.as_ref().unwrap();
+            let behind = s.persisted.behind.as_ref().unwrap();
             assert!(behind.stalled && behind.retire.len() <= MAX_UNPERSISTED_EVENTS);
         });
         cache.fail.store(false, Ordering::SeqCst);
