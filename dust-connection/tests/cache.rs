@@ -664,3 +664,32 @@ async fn the_cache_and_the_durable_outbox_share_one_database() {
     assert_applied_once_in_order(&server, STORE, &logged).await;
     connection.disconnect().await;
 }
+
+#[tokio::test]
+async fn a_process_that_dies_mid_catch_up_restarts_from_a_state_the_store_was_in() {
+    let dir = TempDir::new("mid-catch-up");
+    let plain = MemoryEngine::new();
+    let db = Database::open(dir.db()).unwrap();
+    let durable = MemoryEngine::open(&db).unwrap();
+    let batch = dust_connection::CATCH_UP_BATCH;
+    let mut rng = SmallRng::seed_from_u64(7);
+    let mut at_batch = None;
+    for engine in [&plain, &durable] {
+        engine.set_status(STORE, StoreStatus::Connected).await;
+    }
+    for seq in 1..=(batch + 10) as u64 {
+        let event = event(seq, "set", &path(&mut rng), map(&mut rng, 1), seq);
+        for engine in [&plain, &durable] {
+            engine.handle_server_event(STORE, &event).await;
+        }
+        if seq == batch as u64 {
+            at_batch = Some(reads(&plain));
+        }
+    }
+    // Killed before `catch_up_complete`: the last 10 events never reached the file.
+    drop((durable, db));
+    let db = Database::open(dir.db()).unwrap();
+    let reopened = MemoryEngine::open(&db).unwrap();
+    assert_eq!(reopened.last_store_seq(STORE).await, batch as u64);
+    assert_eq!(Some(reads(&reopened)), at_batch);
+}
