@@ -574,18 +574,23 @@ async fn a_new_engine_on_the_same_file_joins_from_the_persisted_seq_and_catches_
     let mut changes = engine.subscribe();
     let (third, third_gone) = Recording::new(engine.clone());
     let connection = builder(&server).engine(third.clone()).connect().unwrap();
-    wait_engine(&engine, "the engine takes the snapshot", || {
-        engine.seq(STORE) == snapshot_seq
+    let taken = within("the engine takes the snapshot", async {
+        loop {
+            match changes.recv().await {
+                Ok(dust_connection::Change::Snapshot { seq, .. }) => break seq,
+                Ok(_) => {}
+                Err(error) => panic!("the engine's changes: {error}"),
+            }
+        }
     })
     .await;
+    assert_eq!(taken, snapshot_seq);
+    assert_eq!(engine.seq(STORE), snapshot_seq);
     assert_eq!(third.asked.lock().unwrap().first(), Some(&target));
-    let mut snapshots = Vec::new();
-    while let Ok(change) = changes.try_recv() {
-        if let dust_connection::Change::Snapshot { seq, .. } = change {
-            snapshots.push(seq);
-        }
-    }
-    assert_eq!(snapshots, [snapshot_seq], "the catch-up was a snapshot");
+    assert!(
+        third.delivered.lock().unwrap().is_empty(),
+        "the catch-up was the snapshot alone"
+    );
     assert_eq!(engine.entries(STORE), server_entries(&server).await);
     connection.disconnect().await;
     drop((connection, third, engine, db));

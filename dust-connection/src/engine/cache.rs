@@ -163,6 +163,12 @@ pub trait Cache: Send + Sync + 'static {
 
     /// Forgets `store` (the server was reset): its last seq is 0 and it holds nothing.
     fn forget(&self, store: &str) -> Result<(), CacheError>;
+
+    /// Whether the calls wait for a disk (or anything slow): the engine then makes them on
+    /// Tokio's blocking pool, awaited by the store's task. `true` unless overridden.
+    fn blocking(&self) -> bool {
+        true
+    }
 }
 
 /// A [`Cache`] in memory: what a [`MemoryEngine`](super::MemoryEngine) applied, kept for the
@@ -236,5 +242,9 @@ impl Cache for MemoryCache {
     fn forget(&self, store: &str) -> Result<(), CacheError> {
         self.with(|stores| stores.remove(store));
         Ok(())
+    }
+
+    fn blocking(&self) -> bool {
+        false
     }
 }

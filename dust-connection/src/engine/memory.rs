@@ -225,7 +225,7 @@ impl MemoryEngine {
         self.with(store, |s| s.settle(client_op_id));
     }
 
-    fn apply(&self, store: &str, event: &ServerEvent) {
+    async fn apply(&self, store: &str, event: &ServerEvent) {
         let path = event
             .path_segments
             .clone()
@@ -265,7 +265,7 @@ impl MemoryEngine {
             Err(()) => tracing::debug!(store, seq, "duplicate event dropped"),
             Ok((gap, commit)) => {
                 if let Some(commit) = commit {
-                    self.persist(store, Step::Commit(commit));
+                    self.persist(store, Step::Commit(commit)).await;
                 }
                 if let Some((expected, got)) = gap {
                     tracing::warn!(store, expected, got, "gap in the store's events");
@@ -306,7 +306,7 @@ impl SyncEngine for MemoryEngine {
             s.status = Some(status);
             s.persisted.catching_up = status == StoreStatus::Connected;
         });
-        self.persist(store, Step::Flush);
+        self.persist(store, Step::Flush).await;
         self.emit(Change::Status {
             store: store.to_owned(),
             status,
@@ -318,7 +318,7 @@ impl SyncEngine for MemoryEngine {
     }
 
     async fn handle_server_event(&self, store: &str, event: &ServerEvent) {
-        self.apply(store, event);
+        self.apply(store, event).await;
     }
 
     async fn handle_snapshot(&self, store: &str, snapshot: &Snapshot) {
@@ -348,7 +348,7 @@ impl SyncEngine for MemoryEngine {
             s.last_seq = seq;
             s.publish(seq, None, None, &diff);
         });
-        self.persist(store, Step::Replace);
+        self.persist(store, Step::Replace).await;
         self.emit(Change::Snapshot {
             store: store.to_owned(),
             seq: snapshot.snapshot_seq,
@@ -360,8 +360,8 @@ impl SyncEngine for MemoryEngine {
             s.caught_up = Some(through_seq);
             s.persisted.catching_up = false;
         });
-        self.persist(store, Step::Flush);
-        self.repair(store);
+        self.persist(store, Step::Flush).await;
+        self.repair(store).await;
         self.emit(Change::CaughtUp {
             store: store.to_owned(),
             through_seq,
@@ -392,7 +392,7 @@ impl SyncEngine for MemoryEngine {
             s.caught_up = None;
             s.publish(0, None, None, &diff);
         });
-        self.persist(store, Step::Forget);
+        self.persist(store, Step::Forget).await;
         self.emit(Change::Reset {
             store: store.to_owned(),
             server_seq,

@@ -87,6 +87,24 @@ pub(crate) enum Step {
     Forget,
 }
 
+/// Runs `f` on the cache: on Tokio's blocking pool when the cache waits for a disk
+/// ([`Cache::blocking`]), so a slow disk delays the store's task and never the runtime's other
+/// tasks; in place otherwise, or outside a Tokio runtime.
+async fn on_cache(
+    cache: &Arc<dyn Cache>,
+    f: impl FnOnce(&dyn Cache) -> Result<(), CacheError> + Send + 'static,
+) -> Result<(), CacheError> {
+    let runtime = match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if cache.blocking() => runtime,
+        _ => return f(cache.as_ref()),
+    };
+    let cache = cache.clone();
+    runtime
+        .spawn_blocking(move || f(cache.as_ref()))
+        .await
+        .unwrap_or_else(|join| Err(CacheError::Other(join.to_string().into())))
+}
+
 /// The commit of an event that changed `diff` in `entries` (now at `seq`).
 pub(crate) fn commit_of(
     entries: &Entries,
@@ -116,7 +134,9 @@ impl MemoryEngine {
     /// `catch_up_complete`): its events then go to the cache together, [`CATCH_UP_BATCH`] at a
     /// time and at the end of the catch-up (or when the join ends), one [`Cache::commit`] each.
     /// Either way the cache only ever holds a state the store was in, so a process that dies
-    /// with events not yet written starts from an earlier seq and catches up again.
+    /// with events not yet written starts from an earlier seq and catches up again. A cache
+    /// that waits for a disk ([`Cache::blocking`], e.g. SQLite) is called on Tokio's blocking
+    /// pool, awaited by the store's task: a slow disk delays that store, not the runtime.
     ///
     /// **When the cache fails** (disk full, I/O error), nothing panics and nothing is lost
     /// silently: the engine emits [`Change::CacheFailed`] and goes on from memory (reads,
@@ -211,12 +231,12 @@ impl MemoryEngine {
 
     /// Writes what the engine just applied to `store` to the cache, if it has one: an event at
     /// once, or, while the store catches up, with the next ones (up to [`CATCH_UP_BATCH`]).
-    pub(crate) fn persist(&self, store: &str, step: Step) {
+    pub(crate) async fn persist(&self, store: &str, step: Step) {
         let Some(cache) = self.cache.as_ref() else {
             return;
         };
         if self.with(store, |s| s.persisted.behind.is_some()) {
-            self.persist_behind(store, &step);
+            self.persist_behind(store, &step).await;
             return;
         }
         let (batch, step) = match step {
@@ -236,22 +256,29 @@ impl MemoryEngine {
                 other,
             ),
         };
-        if !batch.is_empty()
-            && let Err(error) = cache.commit(store, &batch)
-        {
-            let retire = batch.into_iter().filter_map(|c| c.client_op_id).collect();
-            self.with(store, |s| s.persisted.behind = Some(Behind::new(retire)));
-            self.cache_failed(store, error.to_string());
-            self.persist_behind(store, &step);
-            return;
+        if !batch.is_empty() {
+            // Kept aside: if the commit fails, the rewrite retires them.
+            let retire: Vec<String> = batch
+                .iter()
+                .filter_map(|c| c.client_op_id.clone())
+                .collect();
+            let name = store.to_owned();
+            let result = on_cache(cache, move |cache| cache.commit(&name, &batch)).await;
+            if let Err(error) = result {
+                self.with(store, |s| s.persisted.behind = Some(Behind::new(retire)));
+                self.cache_failed(store, error.to_string());
+                self.persist_behind(store, &step).await;
+                return;
+            }
         }
+        let name = store.to_owned();
         let result = match step {
             Step::Commit(_) | Step::Flush => return,
             Step::Replace => {
                 let state = self.with(store, |s| CachedStore::from_entries(s.last_seq, &s.entries));
-                cache.replace(store, &state, &[])
+                on_cache(cache, move |cache| cache.replace(&name, &state, &[])).await
             }
-            Step::Forget => cache.forget(store),
+            Step::Forget => on_cache(cache, move |cache| cache.forget(&name)).await,
         };
         if let Err(error) = result {
             self.with(store, |s| {
@@ -263,7 +290,7 @@ impl MemoryEngine {
 
     /// A step applied while the store's cache is behind: counted, and the store rewritten
     /// when it is time.
-    fn persist_behind(&self, store: &str, step: &Step) {
+    async fn persist_behind(&self, store: &str, step: &Step) {
         let id = match step {
             Step::Flush => return,
             Step::Commit(commit) => commit.client_op_id.as_deref(),
@@ -282,12 +309,12 @@ impl MemoryEngine {
             );
             self.cache_failed(store, error);
         } else if now || !matches!(step, Step::Commit(_)) {
-            self.repair(store);
+            self.repair(store).await;
         }
     }
 
     /// Tries to rewrite a store whose cache is behind.
-    pub(crate) fn repair(&self, store: &str) {
+    pub(crate) async fn repair(&self, store: &str) {
         let Some(cache) = self.cache.as_ref() else {
             return;
         };
@@ -299,13 +326,15 @@ impl MemoryEngine {
         let Some((state, retire)) = work else {
             return;
         };
-        match cache.replace(store, &state, &retire) {
+        let seq = state.last_seq;
+        let name = store.to_owned();
+        match on_cache(cache, move |cache| cache.replace(&name, &state, &retire)).await {
             Ok(()) => {
                 self.with(store, |s| s.persisted.behind = None);
-                tracing::info!(store, seq = state.last_seq, "the cache caught up");
+                tracing::info!(store, seq, "the cache caught up");
                 self.emit(Change::CacheRepaired {
                     store: store.to_owned(),
-                    seq: state.last_seq,
+                    seq,
                 });
             }
             Err(error) => self.cache_failed(store, error.to_string()),
