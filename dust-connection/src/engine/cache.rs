@@ -76,6 +76,21 @@ impl CachedStore {
 /// What one applied event changed in a store: the entries it wrote and the ones it removed,
 /// the seq the store is at after it, and the event's `client_op_id` (the write it confirms,
 /// whose outbox row a durable cache retires in the same transaction).
+///
+/// ```
+/// use dust_connection::{Cache, CachedEntry, Commit, MemoryCache};
+/// use serde_json::json;
+///
+/// let cache = MemoryCache::new();
+/// let mut commit = Commit::new(1, Some("op_1".into()));
+/// commit.set.push(("users/ada/name".into(), CachedEntry::new(json!({"_scalar": "Ada"}), "string", 1)));
+/// cache.commit("org/app", &[commit])?;
+///
+/// let stores = cache.load()?;
+/// assert_eq!(stores["org/app"].last_seq, 1);
+/// assert_eq!(stores["org/app"].entries["users/ada/name"].kind, "string");
+/// # Ok::<(), dust_connection::CacheError>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Commit {
@@ -175,6 +190,22 @@ pub trait Cache: Send + Sync + 'static {
 /// next engine made from a clone of it in this process (e.g. an engine rebuilt after a
 /// connection is torn down). Nothing survives the process; [`MemoryEngine::new`] needs no cache
 /// at all.
+///
+/// ```
+/// use dust_connection::{MemoryCache, MemoryEngine, ServerEvent, SyncEngine};
+/// use serde_json::json;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let cache = MemoryCache::new();
+/// let first = MemoryEngine::with_cache(cache.clone())?;
+/// let event: ServerEvent = serde_json::from_value(json!({"store_seq": 3, "op": "set", "path": "k", "value": 1}))?;
+/// first.handle_server_event("org/app", &event).await;
+/// drop(first);
+/// // A new engine (e.g. for a new connection) starts where the first one was.
+/// let second = MemoryEngine::with_cache(cache)?;
+/// assert_eq!((second.seq("org/app"), second.get("org/app", "k")), (3, Some(json!(1))));
+/// # Ok(()) }
+/// ```
 ///
 /// [`MemoryEngine::new`]: super::MemoryEngine::new
 #[derive(Clone, Default)]
