@@ -250,7 +250,7 @@ mod tests {
 
     async fn queued(db: &Database, store: &str, request: WriteRequest) -> ClientOpId {
         let write = crate::write::encode(request, Format::Json).await.unwrap();
-        outbox::append(db, store, std::slice::from_ref(&write)).unwrap();
+        outbox::append(db, store, std::slice::from_ref(&write), true).unwrap();
         write.client_op_id
     }
 
