@@ -122,10 +122,11 @@ pub use connection::DustConnection;
 pub use control::{ControlError, PathRollback, StoreReport, StoreRollback};
 pub use device::{DeviceId, TokenProvider};
 #[cfg(feature = "sqlite")]
-pub use durable::{Database, DurableError};
+pub use durable::{Database, DurableError, SqliteCache};
 pub use engine::{
-    Capabilities, Change, MemoryEngine, ServerEvent, Snapshot, SnapshotEntry, StoreStatus,
-    SyncEngine, unwrap_stored,
+    CATCH_UP_BATCH, Cache, CacheError, CachedEntry, CachedStore, Capabilities, Change, Commit,
+    MAX_UNPERSISTED_EVENTS, MemoryCache, MemoryEngine, ServerEvent, Snapshot, SnapshotEntry,
+    StoreStatus, SyncEngine, unwrap_stored,
 };
 pub use error::{BuildError, UnknownStore, WriteError};
 pub use file::{
