@@ -120,7 +120,7 @@ fn sql_seq(seq: u64) -> Result<i64, DurableError> {
 
 fn set_seq(connection: &Connection, store: &str, seq: u64) -> Result<(), DurableError> {
     connection
-        .prepare(
+        .prepare_cached(
             "INSERT INTO cache_stores (store, last_seq) VALUES (?1, ?2)
              ON CONFLICT (store) DO UPDATE SET last_seq = excluded.last_seq",
         )?

@@ -69,7 +69,7 @@ fn insert(
 ) -> Result<(), DurableError> {
     let transaction = connection.transaction()?;
     {
-        let mut insert = transaction.prepare(
+        let mut insert = transaction.prepare_cached(
             "INSERT INTO outbox (store, client_op_id, event, op, path, kind, params, sent)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
@@ -124,7 +124,7 @@ pub(crate) fn retire(
     client_op_id: &ClientOpId,
 ) -> Result<(), DurableError> {
     connection
-        .prepare("DELETE FROM outbox WHERE store = ?1 AND client_op_id = ?2")?
+        .prepare_cached("DELETE FROM outbox WHERE store = ?1 AND client_op_id = ?2")?
         .execute(params![store, client_op_id.as_str()])?;
     Ok(())
 }
@@ -139,7 +139,7 @@ pub(crate) fn mark_sent(
     let transaction = connection.transaction()?;
     {
         let mut update = transaction
-            .prepare("UPDATE outbox SET sent = 1 WHERE store = ?1 AND client_op_id = ?2")?;
+            .prepare_cached("UPDATE outbox SET sent = 1 WHERE store = ?1 AND client_op_id = ?2")?;
         for id in client_op_ids {
             update.execute(params![store, id.as_str()])?;
         }
@@ -157,7 +157,7 @@ pub(crate) struct Pending {
 /// The writes still in `store`'s outbox, in issue order.
 pub(crate) fn pending(db: &Database, store: &str) -> Result<Vec<Pending>, DurableError> {
     let connection = db.lock();
-    let mut select = connection.prepare(
+    let mut select = connection.prepare_cached(
         "SELECT client_op_id, event, op, path, kind, params, sent FROM outbox
          WHERE store = ?1 ORDER BY position",
     )?;
