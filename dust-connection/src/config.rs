@@ -294,6 +294,9 @@ impl DustConnectionBuilder {
     /// waited for during [`unknown_outcome_settle`](Self::unknown_outcome_settle) first, in
     /// case its old connection's channel process still applies it).
     ///
+    /// Recovered writes hold slots of the outbox's capacity (beyond it if they must: new writes
+    /// then wait until enough of them are answered).
+    ///
     /// A write that fails because the connection shut down ([`WriteError::Closed`]) stays in
     /// the database and goes out on the next start. Disk syncs are grouped: the writes that
     /// arrive together share one transaction.

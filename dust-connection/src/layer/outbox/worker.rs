@@ -93,7 +93,7 @@ pub(crate) struct StoreLink {
     pub(crate) journal: Journal,
     /// The writes a durable outbox held when the process started, in issue order, whether
     /// each may have been sent, and where each one's answer goes.
-    pub(crate) recovered: Vec<(Recovered, Reply)>,
+    pub(crate) recovered: Vec<(Recovered, Reply, Permit)>,
 }
 
 /// The worker's bounds and policies (from the builder).

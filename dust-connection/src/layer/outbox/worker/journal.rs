@@ -17,8 +17,8 @@ where
 {
     /// Takes in the writes a durable outbox held when the process started: they take the
     /// first tickets, in issue order.
-    pub(super) fn recover(&mut self, recovered: Vec<(Recovered, Reply)>) {
-        if recovered.iter().any(|(r, _)| r.sent) {
+    pub(super) fn recover(&mut self, recovered: Vec<(Recovered, Reply, Permit)>) {
+        if recovered.iter().any(|(r, _, _)| r.sent) {
             // Epoch 0 is before the first join of this process: the recovered writes' "join".
             self.ended.insert(0, JoinEnd::Recovered);
             self.settle_deadline = Some(Instant::now() + self.config.unknown_outcome_settle);
@@ -26,7 +26,7 @@ where
         if !recovered.is_empty() {
             tracing::info!(store = %self.store, writes = recovered.len(), "writes recovered from the durable outbox");
         }
-        for (ticket, (Recovered { write, sent }, reply)) in (1..).zip(recovered) {
+        for (ticket, (Recovered { write, sent }, reply, permit)) in (1..).zip(recovered) {
             self.by_op_id.insert(write.client_op_id.clone(), ticket);
             // A write that was sent may have been applied: its fate is learned as after a lost
             // connection. One never sent is simply queued.
@@ -50,7 +50,7 @@ where
                     journaled: true,
                     marked_sent: sent,
                     queued: None,
-                    _permit: Permit { gate: None },
+                    _permit: permit,
                 },
             );
         }
