@@ -182,9 +182,17 @@ impl DustConnection {
 
     /// Closes the connection for good; writes not answered yet fail. The state change to
     /// `Disconnected` is emitted before this returns.
+    ///
+    /// A connection built with [`DustConnectionBuilder::manual`] and never connected stays
+    /// unconnected: its socket task is dropped without running, so nothing is sent.
     pub async fn disconnect(&self) {
-        self.connect();
-        self.inner.socket.disconnect().await;
+        let unstarted = lock(&self.inner.driver).take();
+        match unstarted {
+            // Never started: dropping the socket's task closes its channels (the stores' workers
+            // see the channel gone and answer their writes) without a connection attempt.
+            Some(driver) => drop(driver),
+            None => self.inner.socket.disconnect().await,
+        }
         self.report(ConnectionStatus::Disconnected, None);
     }
 

@@ -14,9 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use dust_connection::{
-    Database, DeviceId, MemoryEngine, Notice, QueuedWrite, WriteError, WriteRequest,
-};
+use dust_connection::{Database, DeviceId, MemoryEngine, QueuedWrite, WriteError, WriteRequest};
 use serde_json::json;
 
 /// A fresh database file for one test.
@@ -59,6 +57,8 @@ async fn writes_queued_offline_survive_a_restart_and_land_once_in_issue_order() 
     for answer in answers {
         assert_eq!(within("closed", answer).await, Err(WriteError::Closed));
     }
+    // A manual connection disconnected before it connected never connected.
+    assert_eq!(server.control().stats().connects_accepted, 0);
     let nothing_sent = dust(&server)
         .ops(STORE)
         .await
@@ -136,18 +136,36 @@ async fn writes_applied_before_a_cut_are_answered_from_the_catch_up_and_never_re
         .unwrap();
     wait_joined(&first, STORE).await;
     let app = first.store(STORE).unwrap();
-    let mut notices = first.notices();
-    // Applied by the server, their replies lost: the process stops before it learns.
+    // Another device watches the store: it sees what the server applied.
+    let watched = MemoryEngine::new();
+    let observer = builder(&server)
+        .device_id(DeviceId::new("observer"))
+        .engine(watched.clone())
+        .connect()
+        .unwrap();
+    wait_joined(&observer, STORE).await;
+    // The server's frames to the first device stop arriving: it applies the writes, and the
+    // process never learns (no reply, no event) before it dies.
+    let control = server.control();
+    let first_connection = control
+        .connections()
+        .into_iter()
+        .find(|c| c.params.get("device_id").map(String::as_str) == Some("laptop-2"))
+        .expect("the first device's connection");
+    control
+        .set_delay(first_connection.id, Duration::from_secs(600))
+        .unwrap();
     let mut issued = Vec::new();
     let mut pending: Vec<QueuedWrite> = Vec::new();
     for i in 0..5 {
-        dust(&server).drop_next_write_reply();
         let queued = within("queued", app.queue(write(i))).await.unwrap();
-        let id = queued.client_op_id().as_str().to_owned();
-        wait_for_event(&mut notices, &id).await;
-        issued.push(id);
+        issued.push(queued.client_op_id().as_str().to_owned());
         pending.push(queued);
     }
+    wait_engine(&watched, "the server applied them", || {
+        watched.get(STORE, "items/004").is_some()
+    })
+    .await;
     crash(&workers).await;
     first.disconnect().await;
     drop((app, first, pending));
@@ -301,20 +319,6 @@ async fn a_database_is_held_by_one_opener_at_a_time() {
     ));
     drop(db);
     Database::open(&path).unwrap();
-}
-
-/// Waits for the event of the write `id` (it was applied).
-async fn wait_for_event(notices: &mut tokio::sync::broadcast::Receiver<Notice>, id: &str) {
-    within("applied on the server", async {
-        loop {
-            if let Notice::Event { event, .. } = notices.recv().await.unwrap()
-                && event.client_op_id.as_deref() == Some(id)
-            {
-                return;
-            }
-        }
-    })
-    .await;
 }
 
 type Workers = std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>;

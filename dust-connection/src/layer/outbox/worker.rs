@@ -486,7 +486,10 @@ where
             }
             Err(_) => {}
         }
-        if let Some(reply) = entry.reply.take() {
+        // Its slot is free before its caller hears back.
+        let reply = entry.reply.take();
+        drop(entry);
+        if let Some(reply) = reply {
             let _ = reply.send(result);
         }
     }
