@@ -100,6 +100,10 @@ pub(crate) struct Driver {
     waker: Option<Waker>,
     /// Frames this wake-up may still read.
     read_budget: usize,
+    /// The transport had nothing to read this wake-up: its waker is registered, so another
+    /// read before the next wake-up would find nothing either (and still cost tungstenite a
+    /// zeroed read buffer).
+    read_idle: bool,
     /// Channels whose consumer is far behind.
     congested: Vec<ChannelId>,
     /// The end of the current read pause for them.
@@ -155,6 +159,7 @@ impl Driver {
             stopped: false,
             waker: None,
             read_budget: READ_BUDGET,
+            read_idle: false,
             congested: Vec::new(),
             pause_until: None,
             pause_started: None,
@@ -357,6 +362,7 @@ impl Driver {
             match result {
                 Ok(transport) => {
                     self.transport = Some(transport);
+                    self.read_idle = false;
                     self.core.handle_connected(Self::now());
                 }
                 Err(reason) => self.core.handle_disconnected(Self::now(), reason),
@@ -366,7 +372,7 @@ impl Driver {
         let mut lost = None;
         if !self.read_paused(cx) {
             let now = Self::now();
-            while self.read_budget > 0 {
+            while self.read_budget > 0 && !self.read_idle {
                 let Some(transport) = self.transport.as_mut() else {
                     break;
                 };
@@ -382,7 +388,10 @@ impl Driver {
                     }
                     Poll::Ready(Some(Err(reason))) => lost = Some(reason),
                     Poll::Ready(None) => lost = Some(DisconnectReason::Eof),
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        self.read_idle = true;
+                        break;
+                    }
                 }
                 progress = true;
                 if lost.is_some() {
@@ -501,6 +510,7 @@ impl Future for Driver {
         let _entered = span.enter();
         let mut rounds = 0;
         this.read_budget = READ_BUDGET;
+        this.read_idle = false;
         while this.poll_round(cx) {
             this.flush_consumers();
             if this.finished() {
