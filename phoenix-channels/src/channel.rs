@@ -12,8 +12,8 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
 use crate::backoff::RejoinPolicy;
-use crate::driver::Command;
 use crate::driver::queue::{self, Delivery, Item, QueueRx};
+use crate::driver::{Command, ReplyReader};
 use crate::error::{JoinError, Lagged, PushError};
 use crate::handler::{ChannelContext, ChannelHandler, HandlerTask};
 use crate::proto::channel::{ChannelId, ChannelOptions, ChannelState, CloseCause, JoinParams};
@@ -396,7 +396,7 @@ impl Channel {
             reply: Some(tx),
             cost,
         });
-        Push(PushState::Waiting(rx))
+        Push(PushState::Waiting(rx, self.inner.socket.reply_reader()))
     }
 
     /// Sends `event` without waiting for a reply, for events the server never answers. Sent
@@ -485,7 +485,8 @@ enum PushState {
     Failed(Option<PushError>),
     /// Waiting for room in the outgoing buffer.
     Room(Box<WaitingForRoom>),
-    Waiting(oneshot::Receiver<Result<Reply, PushError>>),
+    /// Waiting for the reply, which this push's task may read itself.
+    Waiting(oneshot::Receiver<Result<Reply, PushError>>, ReplyReader),
 }
 
 impl fmt::Debug for PushState {
@@ -493,7 +494,7 @@ impl fmt::Debug for PushState {
         match self {
             Self::Failed(error) => f.debug_tuple("Failed").field(error).finish(),
             Self::Room(_) => f.write_str("WaitingForRoom"),
-            Self::Waiting(_) => f.write_str("WaitingForReply"),
+            Self::Waiting(..) => f.write_str("WaitingForReply"),
         }
     }
 }
@@ -544,9 +545,7 @@ impl Future for Push {
                         Poll::Pending => Poll::Pending,
                     },
                 },
-                PushState::Waiting(rx) => Pin::new(rx)
-                    .poll(cx)
-                    .map(|r| r.unwrap_or(Err(PushError::SocketClosed))),
+                PushState::Waiting(rx, reader) => reader.poll_reply(rx, cx),
             };
         }
     }

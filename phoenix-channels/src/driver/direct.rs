@@ -47,7 +47,7 @@ impl Driver {
         let mut cx = Context::from_waker(&waker);
         self.command(command);
         let mut wake = self.dispatch();
-        if let Err(reason) = self.poll_write(&mut cx) {
+        if let Err(reason) = self.poll_write() {
             self.transport_lost(reason);
             self.dispatch();
             wake = true;

@@ -11,6 +11,7 @@ mod command;
 mod direct;
 mod malformed;
 pub(crate) mod queue;
+mod reader;
 mod slot;
 
 use std::collections::VecDeque;
@@ -28,6 +29,8 @@ use tokio::time::{Instant, Sleep};
 
 pub(crate) use command::Command;
 use malformed::MalformedLog;
+use reader::WriteWake;
+pub(crate) use reader::{IoWake, ReplyReader};
 use slot::Slot;
 
 use crate::frame::OutFrame;
@@ -98,6 +101,15 @@ pub(crate) struct Driver {
     /// The task's waker, for the pushes that the handles write themselves (see
     /// [`Driver::push_now`]): whatever they leave for the task to do wakes it.
     waker: Option<Waker>,
+    /// What the connection wakes (see [`reader`]): a waiting push that reads its own reply,
+    /// else this task.
+    io: Arc<IoWake>,
+    io_waker: Waker,
+    /// What the connection's writes wake ([`WriteWake`]).
+    write_waker: Waker,
+    /// When the task wakes at the latest while a waiting push takes the connection's
+    /// readiness, in case that push is not polled (see [`reader::READER_CHECK`]).
+    reader_check: Option<Instant>,
     /// Frames this wake-up may still read.
     read_budget: usize,
     /// The transport had nothing to read this wake-up: its waker is registered, so another
@@ -135,7 +147,12 @@ impl Driver {
         let max_pause = MAX_READ_PAUSE.min(config.heartbeat_timeout / 4);
         let mut core = SocketCore::new(config);
         core.start(Instant::now().into_std());
+        let io = Arc::new(IoWake::default());
         Self {
+            io_waker: Waker::from(io.clone()),
+            write_waker: Waker::from(Arc::new(WriteWake(io.clone()))),
+            io,
+            reader_check: None,
             core,
             setup: Arc::new(setup),
             connector,
@@ -287,10 +304,15 @@ impl Driver {
     }
 
     /// Writes queued frames to the transport and flushes once for the batch.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), DisconnectReason> {
+    fn poll_write(&mut self) -> Result<(), DisconnectReason> {
         let Some(transport) = self.transport.as_mut() else {
             return Ok(());
         };
+        if self.outbox.is_empty() && !self.needs_flush {
+            return Ok(());
+        }
+        self.io.set_write_pending(true);
+        let cx = &mut Context::from_waker(&self.write_waker);
         let mut transport: Pin<&mut dyn transport::Transport> = Pin::new(&mut **transport);
         while !self.outbox.is_empty() {
             match transport.as_mut().poll_ready(cx) {
@@ -312,6 +334,8 @@ impl Driver {
                 Poll::Pending => {}
             }
         }
+        self.io
+            .set_write_pending(!self.outbox.is_empty() || self.needs_flush);
         Ok(())
     }
 
@@ -376,7 +400,8 @@ impl Driver {
                 let Some(transport) = self.transport.as_mut() else {
                     break;
                 };
-                let next = Pin::new(&mut **transport).poll_next(cx);
+                let next =
+                    Pin::new(&mut **transport).poll_next(&mut Context::from_waker(&self.io_waker));
                 self.read_budget -= 1;
                 match next {
                     Poll::Ready(Some(Ok(Received::Text(text)))) => self.core.handle_text(now, text),
@@ -419,7 +444,7 @@ impl Driver {
 
         progress |= self.dispatch();
 
-        if let Err(reason) = self.poll_write(cx) {
+        if let Err(reason) = self.poll_write() {
             self.transport_lost(reason);
             self.dispatch();
             progress = true;
@@ -505,29 +530,39 @@ impl Future for Driver {
         let this = &mut *self;
         if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             this.waker = Some(cx.waker().clone());
+            this.io.set_task(cx.waker());
         }
-        let span = this.span.clone();
+        this.run(cx)
+    }
+}
+
+impl Driver {
+    /// The task's work for one wake-up: rounds until nothing happens (or the budget is spent).
+    fn run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let span = self.span.clone();
         let _entered = span.enter();
+        // This wake-up reads whatever a waiting push was woken for.
+        self.io.paying();
         let mut rounds = 0;
-        this.read_budget = READ_BUDGET;
-        this.read_idle = false;
-        while this.poll_round(cx) {
-            this.flush_consumers();
-            if this.finished() {
+        self.read_budget = READ_BUDGET;
+        self.read_idle = false;
+        while self.poll_round(cx) {
+            self.flush_consumers();
+            if self.finished() {
                 return Poll::Ready(());
             }
             rounds += 1;
-            if rounds == 16 || this.read_budget == 0 {
+            if rounds == 16 || self.read_budget == 0 {
                 // Busy: let other tasks run, and come back at once.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
         }
-        this.flush_consumers();
-        if this.finished() {
+        self.flush_consumers();
+        if self.finished() {
             return Poll::Ready(());
         }
-        if this.arm_timer(cx) {
+        if self.arm_timer(cx) {
             cx.waker().wake_by_ref();
         }
         Poll::Pending
@@ -548,10 +583,16 @@ impl Driver {
         let pause = self
             .pause_until
             .filter(|at| !self.congested.is_empty() && *at > now);
-        let next = match (self.core.poll_timeout().map(Instant::from_std), pause) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // A waiting push that reads its own reply (see [`reader`]) is checked on by then.
+        self.reader_check = self.reader_check.filter(|at| *at > now);
+        let next = [
+            self.core.poll_timeout().map(Instant::from_std),
+            pause,
+            self.reader_check,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let Some(at) = next else {
             return false;
         };
@@ -586,6 +627,16 @@ impl SocketDriver {
     /// The handles' access to the driver (see [`Driver::push_now`]).
     pub(crate) fn shared(&self) -> Weak<Mutex<Driver>> {
         Arc::downgrade(&self.driver)
+    }
+
+    /// What the connection wakes, for the pushes that read their own replies
+    /// ([`ReplyReader`]).
+    pub(crate) fn io(&self) -> Arc<IoWake> {
+        self.driver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .io
+            .clone()
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
 use crate::channel::ChannelBuilder;
-use crate::driver::{Command, Driver};
+use crate::driver::{Command, Driver, IoWake, ReplyReader};
 use crate::error::SocketClosed;
 use crate::proto::SocketStatus;
 use crate::proto::channel::ChannelId;
@@ -56,6 +56,8 @@ pub(super) struct Shared {
     pub(super) commands: mpsc::UnboundedSender<Command>,
     /// The socket task's state, for pushes written without crossing to the task.
     pub(super) driver: Weak<Mutex<Driver>>,
+    /// What the connection wakes, for pushes that read their own replies.
+    pub(super) io: Arc<IoWake>,
     pub(super) status: watch::Receiver<SocketStatus>,
     pub(super) tap: broadcast::Sender<Inbound>,
     pub(super) next_channel: AtomicU64,
@@ -182,6 +184,11 @@ impl Socket {
             return;
         }
         self.send(command);
+    }
+
+    /// What lets a push's task read the reply itself while the socket task is idle.
+    pub(crate) fn reply_reader(&self) -> ReplyReader {
+        ReplyReader::new(self.shared.driver.clone(), self.shared.io.clone())
     }
 
     /// How many bytes of pushes and casts wait to be written to the connection (at most the
