@@ -16,6 +16,9 @@ use crate::device::{DeviceId, TokenProvider, TokenSource};
 use crate::engine::{MemoryEngine, SyncEngine};
 use crate::error::{BuildError, WriteError};
 use crate::format::Format;
+#[cfg(feature = "sqlite")]
+use crate::layer::outbox_internal::Recovered;
+use crate::layer::outbox_internal::{Journal, Journaled};
 use crate::layer::outbox_internal::{Spawn, WorkerConfig};
 use crate::layer::{ChannelService, OutboxLayer, TelemetryLayer, ValidateLayer, Worker};
 use crate::status::{ConnectionStatus, Reported, shown_url, watch_status};
@@ -68,6 +71,8 @@ pub struct DustConnectionBuilder {
     rejoin_policy: Option<Arc<dyn RejoinPolicy>>,
     spawn: Option<Spawn>,
     format: Format,
+    #[cfg(feature = "sqlite")]
+    durable_outbox: Option<crate::Database>,
 }
 
 impl fmt::Debug for DustConnectionBuilder {
@@ -96,6 +101,8 @@ impl DustConnectionBuilder {
             max_in_flight: 64,
             unknown_outcome_settle: Duration::from_secs(3),
             spawn: None,
+            #[cfg(feature = "sqlite")]
+            durable_outbox: None,
             unknown_outcome: UnknownOutcome::AtMostOnce,
             reorder_capacity: 10_000,
             gap_timeout: Duration::from_secs(5),
@@ -277,10 +284,48 @@ impl DustConnectionBuilder {
         self
     }
 
+    /// Keeps each store's outbox on disk in `database`: a write is on disk, in order, before
+    /// it counts as queued ([`Store::queue`](crate::Store::queue)) and before it is sent, and
+    /// stays there until it is answered. The writes the database holds when the connection is
+    /// built are recovered ([`Store::recovered`](crate::Store::recovered)): each one whose own
+    /// event shows up in the store's catch-up is answered from it and never resent; the others
+    /// are sent once, first, in their issue order (a write the crashed process had sent is
+    /// waited for during [`unknown_outcome_settle`](Self::unknown_outcome_settle) first, in
+    /// case its old connection's channel process still applies it).
+    ///
+    /// A write that fails because the connection shut down ([`WriteError::Closed`]) stays in
+    /// the database and goes out on the next start. Disk syncs are grouped: the writes that
+    /// arrive together share one transaction.
+    ///
+    /// Use the same device id ([`device_id`](Self::device_id)) across restarts, and a
+    /// [`MemoryEngine::open`](crate::MemoryEngine) on the same database, so that the catch-up
+    /// starts from the replica's seq and the writes it confirms leave the outbox atomically.
+    ///
+    /// [`WriteError::Closed`]: crate::WriteError::Closed
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use dust_connection::{Database, DeviceId, DustConnection};
+    ///
+    /// let db = Database::open("app.db")?;
+    /// let dust = DustConnection::builder("ws://localhost:7755/ws/sync")
+    ///     .token("dust_tok_dev")
+    ///     .device_id(DeviceId::new("laptop-1"))
+    ///     .store("acme/app")
+    ///     .durable_outbox(db)
+    ///     .connect()?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "sqlite")]
+    pub fn durable_outbox(mut self, database: crate::Database) -> Self {
+        self.durable_outbox = Some(database);
+        self
+    }
+
     /// Builds the connection and (unless manual) starts connecting. Must be called inside a
     /// tokio runtime.
-    pub fn connect(self) -> Result<DustConnection, BuildError> {
-        let token = self.token.ok_or(BuildError::Missing("token"))?;
+    pub fn connect(mut self) -> Result<DustConnection, BuildError> {
+        let token = self.token.take().ok_or(BuildError::Missing("token"))?;
         if self.stores.is_empty() {
             return Err(BuildError::Missing("store"));
         }
@@ -290,6 +335,11 @@ impl DustConnectionBuilder {
                 return Err(BuildError::DuplicateStore(store.clone()));
             }
         }
+        let mut journals = Vec::with_capacity(self.stores.len());
+        for name in &self.stores {
+            journals.push(self.journal(&Arc::from(name.as_str()))?);
+        }
+        let mut journals = journals.into_iter();
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| BuildError::Socket(phoenix_channels::BuildError::NoRuntime))?;
         let device_id = self.device_id.unwrap_or_else(DeviceId::generate);
@@ -351,6 +401,10 @@ impl DustConnectionBuilder {
         let mut stores = BTreeMap::new();
         for name in &self.stores {
             let store: Arc<str> = Arc::from(name.as_str());
+            let journaled = journals.next().unwrap_or_else(|| Journaled {
+                journal: Journal::none(store.clone()),
+                recovered: Vec::new(),
+            });
             let outbox = OutboxLayer::new(
                 socket.clone(),
                 store.clone(),
@@ -358,6 +412,7 @@ impl DustConnectionBuilder {
                 notices.clone(),
                 config.clone(),
                 spawn.clone(),
+                journaled,
             )
             .layer(ChannelService::new(self.write_timeout));
             let mut service: WriteService =
@@ -403,5 +458,30 @@ impl DustConnectionBuilder {
             connection.connect();
         }
         Ok(connection)
+    }
+}
+
+impl DustConnectionBuilder {
+    /// A store's outbox journal, and the writes it holds.
+    fn journal(&self, store: &Arc<str>) -> Result<Journaled, BuildError> {
+        #[cfg(feature = "sqlite")]
+        if let Some(database) = &self.durable_outbox {
+            let recovered = crate::durable::outbox::pending(database, store)
+                .map_err(|error| BuildError::Durable(error.to_string()))?
+                .into_iter()
+                .map(|pending| Recovered {
+                    write: pending.write,
+                    sent: pending.sent,
+                })
+                .collect();
+            return Ok(Journaled {
+                journal: Journal::durable(store.clone(), database.clone()),
+                recovered,
+            });
+        }
+        Ok(Journaled {
+            journal: Journal::none(store.clone()),
+            recovered: Vec::new(),
+        })
     }
 }

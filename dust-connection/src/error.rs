@@ -48,6 +48,10 @@ pub enum WriteError {
     /// error type as the rest of the stack.
     #[error("transport: {0}")]
     Transport(PushError),
+    /// The durable outbox could not put the write on disk (disk full, I/O error): it was not
+    /// queued and not sent.
+    #[error("the durable outbox could not keep the write: {0}")]
+    Storage(String),
 }
 
 impl WriteError {
@@ -79,4 +83,7 @@ pub enum BuildError {
     /// The same store is configured twice.
     #[error("store `{0}` is configured twice")]
     DuplicateStore(String),
+    /// The durable outbox could not be read.
+    #[error("durable outbox: {0}")]
+    Durable(String),
 }

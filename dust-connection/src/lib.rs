@@ -102,6 +102,8 @@ mod config;
 mod connection;
 mod control;
 mod device;
+#[cfg(feature = "sqlite")]
+mod durable;
 mod engine;
 mod error;
 mod format;
@@ -117,6 +119,8 @@ pub use config::{DustConnectionBuilder, PERMANENT_JOIN_ERRORS, UnknownOutcome};
 pub use connection::DustConnection;
 pub use control::{ControlError, PathRollback, StoreReport, StoreRollback};
 pub use device::{DeviceId, TokenProvider};
+#[cfg(feature = "sqlite")]
+pub use durable::{Database, DurableError};
 pub use engine::{
     Capabilities, Change, MemoryEngine, ServerEvent, Snapshot, SnapshotEntry, StoreStatus,
     SyncEngine, unwrap_stored,
@@ -124,6 +128,7 @@ pub use engine::{
 pub use error::{BuildError, UnknownStore, WriteError};
 pub use format::Format;
 pub use glob::{Glob, GlobError, IntoGlob};
+pub use layer::QueuedWrite;
 pub use notice::Notice;
 pub use replica::{
     DEFAULT_SUBSCRIBER_CAPACITY, Entry, IntoPath, Lagged, MAX_PAGE, Order, Page, Paging, ReadError,

@@ -12,7 +12,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt as _};
 
 use crate::error::WriteError;
-use crate::layer::Outbox;
+use crate::layer::{Outbox, QueuedWrite};
 use crate::write::{IntoSegments, Lease, WriteAck, WriteRequest};
 
 /// The write path of a store, as one boxed service (telemetry, the user's layers, validation,
@@ -69,6 +69,60 @@ impl Store {
     ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
         request.order = self.outbox.order(true);
         self.service.clone().oneshot(request)
+    }
+
+    /// Writes, and resolves as soon as the write is in the outbox — on disk, with a
+    /// [durable outbox](crate::DustConnectionBuilder::durable_outbox) — with the
+    /// [`QueuedWrite`] to await for the server's answer.
+    ///
+    /// The write takes its place in the issue order when this is called, as with
+    /// [`write`](Self::write). It fails before being queued as `write` does (an invalid
+    /// write, a layer's error, [`WriteError::Storage`] if the disk refused it); once queued,
+    /// the write is sent even if the [`QueuedWrite`] is dropped (with a durable outbox; an
+    /// in-memory outbox forgets a write not yet sent when its answer is dropped).
+    ///
+    /// ```no_run
+    /// # async fn demo(store: dust_connection::Store) -> Result<(), dust_connection::WriteError> {
+    /// use dust_connection::WriteRequest;
+    ///
+    /// let queued = store.queue(WriteRequest::increment(["stats", "visits"], 1)).await?;
+    /// let ack = queued.await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn queue(
+        &self,
+        mut request: WriteRequest,
+    ) -> impl Future<Output = Result<QueuedWrite, WriteError>> + Send + 'static {
+        let (queued, is_queued) = tokio::sync::oneshot::channel();
+        let client_op_id = request.client_op_id.clone();
+        request.order = self.outbox.order_signalled(true, Some(queued));
+        let mut write = Box::pin(self.service.clone().oneshot(request));
+        async move {
+            tokio::select! {
+                biased;
+                id = is_queued => match id {
+                    Ok(id) => Ok(QueuedWrite::new(id, write)),
+                    // The signal was dropped unsent: the write failed before it was queued.
+                    Err(_) => match write.await {
+                        Err(error) => Err(error),
+                        Ok(_) => Err(WriteError::Closed),
+                    },
+                },
+                result = &mut write => match result {
+                    Err(error) => Err(error),
+                    // Answered without reaching the outbox (a layer answered it).
+                    Ok(ack) => Ok(QueuedWrite::new(client_op_id, std::future::ready(Ok(ack)))),
+                },
+            }
+        }
+    }
+
+    /// The writes this store's [durable outbox](crate::DustConnectionBuilder::durable_outbox)
+    /// held when the connection was built (queued by an earlier process that stopped or
+    /// crashed before their answers), in issue order, each with its answer to come. They go
+    /// out whether or not this is called; the first call takes them, later calls get none.
+    pub fn recovered(&self) -> Vec<QueuedWrite> {
+        self.outbox.take_recovered()
     }
 
     /// Writes without waiting for its turn or for room: fails with

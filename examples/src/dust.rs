@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use dust_connection::{
-    ControlError, DeviceId, DustConnection, Fence, Format, MemoryEngine, Notice, Order, Paging,
-    Replica, Store, SubscribeOptions, WriteAck, WriteError, WriteOp, WriteRequest,
+    ControlError, Database, DeviceId, DustConnection, Fence, Format, MemoryEngine, Notice, Order,
+    Paging, QueuedWrite, Replica, Store, SubscribeOptions, SyncedStore, WriteAck, WriteError,
+    WriteOp, WriteRequest,
 };
 use futures_util::FutureExt as _;
 use futures_util::StreamExt;
@@ -41,10 +42,13 @@ pub struct Options {
     /// The wire format (`--format json|msgpack`, default `json`: `vsn=2.0.0`; `msgpack` is
     /// `vsn=3.0.0`).
     pub format: Format,
+    /// The durable cache and outbox (`--db PATH`): writes are on disk before `queued` is
+    /// printed and survive a crash; the replica is read from the file at start.
+    pub db: Option<std::path::PathBuf>,
 }
 
 /// The usage text.
-pub const USAGE: &str = "usage: dust --url ws://HOST:PORT/ws/sync --token T --store S [--store S2]... [--device-id D] [--heartbeat-ms N] [--ca-file PATH] [--output-buffer BYTES] [--format json|msgpack]";
+pub const USAGE: &str = "usage: dust --url ws://HOST:PORT/ws/sync --token T --store S [--store S2]... [--device-id D] [--heartbeat-ms N] [--ca-file PATH] [--output-buffer BYTES] [--format json|msgpack] [--db PATH]";
 
 impl Options {
     /// Parses the command-line arguments (without the program name).
@@ -54,6 +58,7 @@ impl Options {
         let mut ca_file = None;
         let mut output_buffer = DEFAULT_OUTPUT_BUFFER;
         let mut format = Format::Json;
+        let mut db = None;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             if arg == "--output-buffer" {
@@ -67,6 +72,7 @@ impl Options {
                 "--store" => stores.push(value("--store")?),
                 "--device-id" => device_id = Some(value("--device-id")?),
                 "--ca-file" => ca_file = Some(value("--ca-file")?.into()),
+                "--db" => db = Some(value("--db")?.into()),
                 "--format" => {
                     format = match value("--format")?.as_str() {
                         "json" => Format::Json,
@@ -103,6 +109,7 @@ impl Options {
             ca_file,
             output_buffer,
             format,
+            db,
         })
     }
 }
@@ -209,10 +216,10 @@ fn request(command: &Value) -> Result<WriteRequest, String> {
 }
 
 /// The store a command names (`"store"`), with its name.
-fn command_store<'a>(
-    stores: &'a HashMap<String, Store>,
+fn command_store<'a, T>(
+    stores: &'a HashMap<String, T>,
     command: &Value,
-) -> Result<(String, &'a Store), String> {
+) -> Result<(String, &'a T), String> {
     let name = command
         .get("store")
         .and_then(Value::as_str)
@@ -223,17 +230,18 @@ fn command_store<'a>(
         .ok_or_else(|| format!("unknown store `{name}`"))
 }
 
-/// A `get` command: the entry at `path` from the local replica (`null` when absent).
+/// A `get` command: the value at `path` from the local replica (`null` when absent, a map
+/// for a subtree), with the entry's type and revision when it is a leaf.
 fn read_get(replica: &Replica, command: &Value) -> Result<Value, String> {
     let path = segments(command.get("path"), "path")?;
-    let entry = replica.entry(path).map_err(|e| e.to_string())?;
-    Ok(match entry {
-        Some(entry) => json!({
-            "path": entry.path, "value": entry.value, "kind": entry.kind,
-            "revision": entry.revision, "pending": entry.pending,
-        }),
-        None => json!({"value": null}),
-    })
+    let value = replica.get(path.clone()).map_err(|e| e.to_string())?;
+    let mut answer = json!({"path": path, "value": value});
+    if let Some(entry) = replica.entry(path).map_err(|e| e.to_string())? {
+        answer["kind"] = json!(entry.kind);
+        answer["revision"] = json!(entry.revision);
+        answer["pending"] = json!(entry.pending);
+    }
+    Ok(answer)
 }
 
 /// An `enum` command: one page of the entries matching `pattern` (`limit`, `order`
@@ -269,23 +277,30 @@ fn read_enum(replica: &Replica, command: &Value) -> Result<Value, String> {
 /// The lines of a `subscribe` command.
 type Lines = Pin<Box<dyn futures_util::Stream<Item = Value> + Send>>;
 
-/// A `subscribe` command: the replica's changes under `pattern` as `update` lines (and
-/// `lagged` lines where changes were lost), starting with the current entries when `current`
-/// is true; they are printed until the end of the input, then those already queued.
-fn subscribe(replica: &Replica, command: &Value, id: Value) -> Result<Lines, String> {
+/// A `subscribe` command: the server-confirmed changes under `pattern` as `change` lines, in
+/// seq order (and `lagged` lines where changes were lost), starting with the current entries
+/// when `current` is true; they are printed until the end of the input, then those already
+/// queued. The tool's own writes show here when the server confirms them, not before.
+fn subscribe(replica: &Replica, store: &str, command: &Value, id: Value) -> Result<Lines, String> {
     let pattern = command
         .get("pattern")
         .and_then(Value::as_str)
         .ok_or("`pattern` (a glob) is required")?;
     let current = command.get("current").and_then(Value::as_bool) == Some(true);
     let updates = replica
-        .on_with(pattern, SubscribeOptions::new().with_current(current))
+        .on_with(
+            pattern,
+            SubscribeOptions::new()
+                .with_current(current)
+                .confirmed_only(true),
+        )
         .map_err(|e| e.to_string())?;
+    let (store, pattern) = (store.to_owned(), pattern.to_owned());
     Ok(Box::pin(updates.map(move |item| match item {
         Ok(update) => json!({
-            "type": "update", "id": id, "path": update.path.render(),
-            "value": update.value, "seq": update.seq, "current": update.current,
-            "pending": update.pending,
+            "type": "change", "id": id, "store": store, "pattern": pattern,
+            "path": update.path.render(), "value": update.value, "seq": update.seq,
+            "current": update.current,
         }),
         Err(lagged) => json!({"type": "lagged", "id": id, "missed": lagged.missed}),
     })))
@@ -322,7 +337,19 @@ async fn control(store: &Store, cmd: &str, command: &Value) -> Result<Value, Con
 }
 
 type Answer = (Value, String, String, Result<WriteAck, WriteError>);
-type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// Where a write is: in the outbox (on disk with `--db`), or answered.
+enum Step {
+    Queued(Value, String, QueuedWrite),
+    Answered(Answer),
+}
+type Pending = Pin<Box<dyn Future<Output = Step> + Send>>;
+
+/// The answer of a queued write.
+fn answer(id: Value, store: String, queued: QueuedWrite) -> Pending {
+    let client_op_id = queued.client_op_id().to_string();
+    Box::pin(async move { Step::Answered((id, store, client_op_id, queued.await)) })
+}
 
 fn answer_line((id, store, client_op_id, result): Answer) -> Value {
     match result {
@@ -397,12 +424,22 @@ where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    // The local replica, which the `state` command prints.
+    // The durable cache and outbox, with `--db`.
+    let database = match &options.db {
+        Some(path) => {
+            Some(Database::open(path).map_err(|e| format!("--db {}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    // The local replica, which `get`, `enum`, `subscribe` and `state` read.
     let engine = MemoryEngine::new();
     let mut builder = DustConnection::builder(&options.url)
         .token(&options.token)
         .format(options.format)
         .engine(engine.clone());
+    if let Some(database) = &database {
+        builder = builder.durable_outbox(database.clone());
+    }
     for store in &options.stores {
         builder = builder.store(store);
     }
@@ -445,19 +482,41 @@ where
     });
     connection.connect();
 
-    let stores: HashMap<String, Store> = options
+    // Writes are optimistic: a `get` sees them before their answer.
+    let stores: HashMap<String, SyncedStore> = options
         .stores
         .iter()
-        .filter_map(|s| connection.store(s).ok().map(|h| (s.clone(), h)))
+        .filter_map(|s| {
+            let store = connection.store(s).ok()?;
+            Some((s.clone(), engine.replica(s).optimistic(&store)))
+        })
         .collect();
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+    // The writes the durable outbox held: their answers are printed as they come.
+    for (name, store) in &stores {
+        for queued in store.store().recovered() {
+            pending.push(answer(Value::Null, name.clone(), queued));
+        }
+    }
+    let durable = database.is_some();
+    let on_step = |step: Step, pending: &mut FuturesUnordered<Pending>| match step {
+        Step::Queued(id, store, queued) => {
+            if durable {
+                emit(
+                    json!({"type": "queued", "id": id, "store": store, "client_op_id": queued.client_op_id().as_str()}),
+                );
+            }
+            pending.push(answer(id, store, queued));
+        }
+        Step::Answered(answer) => emit(answer_line(answer)),
+    };
     // The `subscribe` commands' lines (`update`, `lagged`), printed as they come.
     let mut subscriptions: SelectAll<Lines> = SelectAll::new();
     let mut lines = input.lines();
     loop {
         let line = tokio::select! {
             biased;
-            Some(answer) = pending.next(), if !pending.is_empty() => { emit(answer_line(answer)); continue; }
+            Some(step) = pending.next(), if !pending.is_empty() => { on_step(step, &mut pending); continue; }
             Some(update) = subscriptions.next(), if !subscriptions.is_empty() => { emit(update); continue; }
             line = lines.next_line() => line,
         };
@@ -497,13 +556,17 @@ where
                     }
                 };
                 let client_op_id = request.client_op_id.to_string();
+                // The write takes its place in the store's order now, and is applied to the
+                // replica's view at once.
+                let queue = store.queue(request);
                 let mut write: Pending = Box::pin(async move {
-                    let result = store.write(request).await;
-                    (id, store_name, client_op_id, result)
+                    match queue.await {
+                        Ok(queued) => Step::Queued(id, store_name, queued),
+                        Err(error) => Step::Answered((id, store_name, client_op_id, Err(error))),
+                    }
                 });
-                // One poll queues the write in its store's outbox, so writes keep command order.
                 match futures_util::poll!(write.as_mut()) {
-                    Poll::Ready(answer) => emit(answer_line(answer)),
+                    Poll::Ready(step) => on_step(step, &mut pending),
                     Poll::Pending => pending.push(write),
                 }
             }
@@ -516,7 +579,7 @@ where
                         continue;
                     }
                 };
-                match control(store, cmd, &command).await {
+                match control(store.store(), cmd, &command).await {
                     Ok(reply) => {
                         emit(json!({"type": cmd, "id": id, "store": store_name, "reply": reply}))
                     }
@@ -542,7 +605,7 @@ where
                 let read = match cmd {
                     "get" => read_get(&replica, &command),
                     "enum" => read_enum(&replica, &command),
-                    _ => subscribe(&replica, &command, id.clone()).map(|updates| {
+                    _ => subscribe(&replica, &store_name, &command, id.clone()).map(|updates| {
                         subscriptions.push(updates);
                         json!({"subscribed": true})
                     }),
@@ -583,7 +646,7 @@ where
                     loop {
                         tokio::select! {
                             () = &mut sleep => break,
-                            Some(answer) = pending.next(), if !pending.is_empty() => emit(answer_line(answer)),
+                            Some(step) = pending.next(), if !pending.is_empty() => on_step(step, &mut pending),
                         }
                     }
                 }
@@ -592,8 +655,8 @@ where
                 ),
             },
             Some("wait_acked") => {
-                while let Some(answer) = pending.next().await {
-                    emit(answer_line(answer));
+                while let Some(step) = pending.next().await {
+                    on_step(step, &mut pending);
                 }
                 emit(json!({"type": "wait_acked", "outstanding": 0}));
             }
@@ -606,8 +669,8 @@ where
         }
     }
     let drain = async {
-        while let Some(answer) = pending.next().await {
-            emit(answer_line(answer));
+        while let Some(step) = pending.next().await {
+            on_step(step, &mut pending);
         }
     };
     if tokio::time::timeout(Duration::from_secs(30), drain)

@@ -231,15 +231,24 @@ async fn reads_and_subscriptions_come_from_the_replica() {
         json!({"cmd": "enum", "id": 8, "store": "acme/app", "pattern": "**", "limit": 1, "order": "desc"}),
         json!({"cmd": "enum", "id": 9, "store": "acme/app", "pattern": "users/**/x/**"}),
         json!({"cmd": "get", "id": 10, "store": "nope", "path": ["a"]}),
+        json!({"cmd": "get", "id": 11, "store": "acme/app", "path": ["users"]}),
     ] {
         tool.send(command).await;
     }
     let lines = tool.finish().await;
     find(
         &lines,
-        &json!({"type": "get", "id": 6, "value": "Bob", "kind": "string", "revision": 2, "pending": false}),
+        &json!({"type": "get", "id": 6, "store": "acme/app", "path": ["users", "bob", "name"], "value": "Bob", "kind": "string", "revision": 2, "pending": false}),
     );
-    find(&lines, &json!({"type": "get", "id": 7, "value": null}));
+    find(
+        &lines,
+        &json!({"type": "get", "id": 7, "path": ["users", "ada", "name"], "value": null}),
+    );
+    // A subtree reads back as a map.
+    find(
+        &lines,
+        &json!({"type": "get", "id": 11, "path": ["users"], "value": {"bob": {"name": "Bob"}}}),
+    );
     let page = find(&lines, &json!({"type": "enum", "id": 8}));
     assert_eq!(
         page["entries"],
@@ -260,7 +269,7 @@ async fn reads_and_subscriptions_come_from_the_replica() {
     );
     let updates: Vec<(String, Value, u64, bool)> = lines
         .iter()
-        .filter(|l| l["type"] == "update" && l["id"] == 2)
+        .filter(|l| l["type"] == "change" && l["id"] == 2)
         .map(|l| {
             (
                 l["path"].as_str().unwrap().to_owned(),
@@ -471,4 +480,50 @@ async fn state_answers_while_writes_are_outstanding() {
         "state and info are answered in order, before the delayed reply: {lines:#?}"
     );
     assert!(lines[state]["last_seq"].as_u64().unwrap() <= 1);
+}
+
+/// A `get` right after a `write`, before the server answers it, sees the optimistic value
+/// (marked pending); a `subscribe` shows it only once the server confirms it.
+#[tokio::test]
+async fn a_get_right_after_a_write_sees_it_before_its_ack() {
+    let server = emulation().await;
+    let control = server.dust().unwrap();
+    let mut tool = interactive(options(server.url("/ws/sync")));
+    tool.send(json!({"cmd": "subscribe", "id": 1, "store": "acme/app", "pattern": "todo/*"}))
+        .await;
+    tool.wait_for(&json!({"type": "catch_up_complete", "store": "acme/app"}))
+        .await;
+    // The server takes its time over the write: its answer comes well after the `get`.
+    control.set_write_cost(std::time::Duration::from_millis(500));
+    for command in [
+        json!({"cmd": "write", "id": 2, "store": "acme/app", "op": "set", "path": ["todo", "milk"], "value": "buy"}),
+        json!({"cmd": "get", "id": 3, "store": "acme/app", "path": ["todo", "milk"]}),
+    ] {
+        tool.send(command).await;
+    }
+    let get = tool.wait_for(&json!({"type": "get", "id": 3})).await;
+    assert_eq!(
+        (&get["value"], &get["pending"]),
+        (&json!("buy"), &json!(true))
+    );
+    tool.wait_for(&json!({"type": "ack", "id": 2})).await;
+    let lines = tool.finish().await;
+    let changes: Vec<&Value> = lines.iter().filter(|l| l["type"] == "change").collect();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(
+        (
+            &changes[0]["path"],
+            &changes[0]["value"],
+            &changes[0]["seq"]
+        ),
+        (&json!("todo/milk"), &json!("buy"), &json!(1))
+    );
+    // The ack came after the get.
+    let position = |wanted: &str, id: u64| {
+        lines
+            .iter()
+            .position(|l| l["type"] == wanted && l["id"] == id)
+            .unwrap()
+    };
+    assert!(position("get", 3) < position("ack", 2));
 }

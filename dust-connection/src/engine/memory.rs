@@ -45,6 +45,7 @@ impl StoreState {
                 .overlay
                 .confirmed(&self.entries, seq, client_op_id, touched);
             self.subscribers.dispatch_visible(seq, changes);
+            self.subscribers.dispatch_confirmed(seq, diff.leaves());
         } else {
             self.subscribers.dispatch(seq, diff.leaves());
         }

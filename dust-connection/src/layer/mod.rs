@@ -22,10 +22,12 @@ mod validate;
 
 /// The outbox's crate-internal parts, for the connection.
 pub(crate) mod outbox_internal {
-    pub(crate) use super::outbox::{Order, Spawn, WorkerConfig};
+    #[cfg(feature = "sqlite")]
+    pub(crate) use super::outbox::Recovered;
+    pub(crate) use super::outbox::{Journal, Journaled, Order, Spawn, WorkerConfig};
 }
 
-pub use outbox::{Outbox, OutboxFuture, OutboxLayer, Worker};
+pub use outbox::{Outbox, OutboxFuture, OutboxLayer, QueuedWrite, Worker};
 pub use push::{ChannelService, SendWrite};
 pub use retry::RetryRateLimited;
 pub use telemetry::{Telemetry, TelemetryLayer};

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::Replica;
 use crate::engine::{Entries, Stored, materialize_into};
 use crate::error::WriteError;
+use crate::layer::QueuedWrite;
 use crate::store::Store;
 use crate::write::{IntoSegments, Path, WriteAck, WriteOp, WriteRequest};
 
@@ -392,14 +393,11 @@ impl SyncedStore {
         &self.store
     }
 
-    /// Writes `request`, applied to the replica at once when it writes a value; the future is
-    /// the server's answer.
-    pub fn write(
-        &self,
-        request: WriteRequest,
-    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
-        let pending = PendingOp::of(&request);
-        let mut revert = Revert {
+    /// Applies `request` to the replica's view, pending; the guard takes it back unless
+    /// disarmed.
+    fn apply(&self, request: &WriteRequest) -> Revert {
+        let pending = PendingOp::of(request);
+        let revert = Revert {
             replica: self.replica.clone(),
             client_op_id: pending.as_ref().map(|op| op.client_op_id.clone()),
         };
@@ -411,6 +409,16 @@ impl SyncedStore {
                 s.subscribers.dispatch_visible(seq, changes);
             });
         }
+        revert
+    }
+
+    /// Writes `request`, applied to the replica at once when it writes a value; the future is
+    /// the server's answer.
+    pub fn write(
+        &self,
+        request: WriteRequest,
+    ) -> impl Future<Output = Result<WriteAck, WriteError>> + Send + 'static {
+        let mut revert = self.apply(&request);
         let write = self.store.write(request);
         async move {
             let result = write.await;
@@ -418,6 +426,29 @@ impl SyncedStore {
                 revert.disarm();
             }
             result
+        }
+    }
+
+    /// Writes `request` as [`write`](Self::write) does (applied to the replica at once), and
+    /// resolves once the write is in the outbox — on disk, with a
+    /// [durable outbox](crate::DustConnectionBuilder::durable_outbox) — with the answer to
+    /// come ([`Store::queue`](crate::Store::queue)).
+    pub fn queue(
+        &self,
+        request: WriteRequest,
+    ) -> impl Future<Output = Result<QueuedWrite, WriteError>> + Send + 'static {
+        let mut revert = self.apply(&request);
+        let queued = self.store.queue(request);
+        async move {
+            let queued = queued.await?;
+            let id = queued.client_op_id().clone();
+            Ok(QueuedWrite::new(id, async move {
+                let result = queued.await;
+                if result.is_ok() {
+                    revert.disarm();
+                }
+                result
+            }))
         }
     }
 

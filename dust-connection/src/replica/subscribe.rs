@@ -30,6 +30,7 @@ pub const DEFAULT_SUBSCRIBER_CAPACITY: usize = 1024;
 pub struct SubscribeOptions {
     capacity: usize,
     current: bool,
+    confirmed: bool,
 }
 
 impl Default for SubscribeOptions {
@@ -44,6 +45,7 @@ impl SubscribeOptions {
         Self {
             capacity: DEFAULT_SUBSCRIBER_CAPACITY,
             current: false,
+            confirmed: false,
         }
     }
 
@@ -63,6 +65,16 @@ impl SubscribeOptions {
     /// before any change (default: no).
     pub fn with_current(mut self, current: bool) -> Self {
         self.current = current;
+        self
+    }
+
+    /// Whether the stream carries only what the server confirmed (default: no): the changes
+    /// the store's events made, in seq order, never a pending write of a
+    /// [`SyncedStore`](crate::SyncedStore) nor its revert (and the current entries, if asked,
+    /// are the confirmed ones). Without it, the stream follows what a reader of the replica
+    /// sees.
+    pub fn confirmed_only(mut self, confirmed: bool) -> Self {
+        self.confirmed = confirmed;
         self
     }
 }
@@ -142,6 +154,8 @@ struct Subscriber {
     id: u64,
     glob: Glob,
     shared: Arc<Shared>,
+    /// Only server-confirmed changes ([`SubscribeOptions::confirmed_only`]).
+    confirmed: bool,
 }
 
 /// A store's subscribers (kept in the engine's store state).
@@ -152,26 +166,34 @@ pub(crate) struct Subscribers {
 }
 
 impl Subscribers {
-    /// Offers each changed leaf to every subscriber whose glob matches it.
+    /// Offers each leaf a server change changed to every subscriber whose glob matches it
+    /// (what readers see, when no write is pending).
     pub(crate) fn dispatch(&mut self, seq: u64, leaves: Vec<(String, Option<Value>)>) {
-        if self.list.is_empty() {
-            return;
-        }
-        let leaves = leaves
-            .into_iter()
-            .map(|(path, value)| (path, value, false))
-            .collect();
-        self.dispatch_visible(seq, leaves);
+        self.offer(seq, confirmed(leaves), |_| true);
     }
 
-    /// Offers each changed leaf, marked pending or not, to every subscriber whose glob
-    /// matches it.
+    /// Offers each leaf a server change changed to the subscribers of confirmed changes.
+    pub(crate) fn dispatch_confirmed(&mut self, seq: u64, leaves: Vec<(String, Option<Value>)>) {
+        self.offer(seq, confirmed(leaves), |s| s.confirmed);
+    }
+
+    /// Offers each leaf a reader sees change, marked pending or not, to the subscribers of
+    /// what readers see.
     pub(crate) fn dispatch_visible(
         &mut self,
         seq: u64,
         leaves: Vec<(String, Option<Value>, bool)>,
     ) {
-        if self.list.is_empty() {
+        self.offer(seq, leaves, |s| !s.confirmed);
+    }
+
+    fn offer(
+        &mut self,
+        seq: u64,
+        leaves: Vec<(String, Option<Value>, bool)>,
+        to: impl Fn(&Subscriber) -> bool,
+    ) {
+        if !self.list.iter().any(&to) {
             return;
         }
         for (rendered, value, pending) in leaves {
@@ -180,7 +202,7 @@ impl Subscribers {
                 continue;
             };
             for subscriber in &self.list {
-                if subscriber.glob.matches(&path) {
+                if to(subscriber) && subscriber.glob.matches(&path) {
                     subscriber.shared.offer(Update {
                         path: path.clone(),
                         value: value.clone(),
@@ -193,7 +215,7 @@ impl Subscribers {
         }
     }
 
-    fn add(&mut self, glob: Glob, capacity: usize) -> (u64, Arc<Shared>) {
+    fn add(&mut self, glob: Glob, capacity: usize, confirmed: bool) -> (u64, Arc<Shared>) {
         let id = self.next_id;
         self.next_id += 1;
         let shared = Arc::new(Shared {
@@ -208,6 +230,7 @@ impl Subscribers {
             id,
             glob,
             shared: shared.clone(),
+            confirmed,
         });
         (id, shared)
     }
@@ -220,6 +243,14 @@ impl Subscribers {
     pub(crate) fn len(&self) -> usize {
         self.list.len()
     }
+}
+
+/// Server changes, not pending.
+fn confirmed(leaves: Vec<(String, Option<Value>)>) -> Vec<(String, Option<Value>, bool)> {
+    leaves
+        .into_iter()
+        .map(|(path, value)| (path, value, false))
+        .collect()
 }
 
 /// The changes of a replica's entries that match a glob, as a [`Stream`] of
@@ -262,8 +293,12 @@ impl Subscription {
     ) -> Self {
         let (id, shared, current) = engine.with(store, |s| {
             let current = if options.current {
-                s.overlay
-                    .view(&s.entries)
+                let entries = if options.confirmed {
+                    &s.entries
+                } else {
+                    s.overlay.view(&s.entries)
+                };
+                entries
                     .iter()
                     .filter_map(|(rendered, stored)| {
                         let path = Path::parse(rendered).ok()?;
@@ -279,7 +314,9 @@ impl Subscription {
             } else {
                 VecDeque::new()
             };
-            let (id, shared) = s.subscribers.add(glob.clone(), options.capacity);
+            let (id, shared) = s
+                .subscribers
+                .add(glob.clone(), options.capacity, options.confirmed);
             (id, shared, current)
         });
         Self {

@@ -8,7 +8,7 @@ use std::task::{Context, Poll, Waker, ready};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::gate::Gate;
+use super::gate::{Gate, Queued};
 use super::service::Submission;
 use crate::error::WriteError;
 use crate::write::{EncodedWrite, WriteAck};
@@ -20,6 +20,7 @@ pub(super) enum State {
         gate: Arc<Gate>,
         ticket: u64,
         write: Option<EncodedWrite>,
+        queued: Option<Queued>,
         submissions: mpsc::UnboundedSender<Submission>,
         span: tracing::Span,
     },
@@ -65,6 +66,7 @@ impl OutboxFuture {
             gate,
             ticket,
             write,
+            queued,
             submissions,
             span,
         } = &mut self.state
@@ -83,6 +85,7 @@ impl OutboxFuture {
                         write,
                         reply: tx,
                         permit,
+                        queued: queued.take(),
                         span: span.clone(),
                     })
                     .map_err(|refused| Box::new(refused.0) as Box<dyn Send>),

@@ -49,11 +49,13 @@ fn lock(gate: &Gate) -> MutexGuard<'_, GateState> {
 }
 
 impl Gate {
-    pub(super) fn new(capacity: usize) -> Arc<Self> {
+    /// A gate whose first ticket is `first` (the tickets before it are the writes recovered
+    /// from a durable outbox, already in the worker's queue).
+    pub(super) fn new(capacity: usize, first: u64) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(GateState {
-                next_issue: 1,
-                next_admit: 1,
+                next_issue: first,
+                next_admit: first,
                 free: capacity.max(1),
                 abandoned: BTreeSet::new(),
                 waiters: HashMap::new(),
@@ -143,6 +145,19 @@ pub(super) struct Ticket {
     /// Whether the write waits for its turn and room (false for `try_write`).
     pub(super) wait: bool,
     pub(super) claimed: AtomicBool,
+    /// Told the write's client op id once the write is in the outbox (on disk, with a durable
+    /// outbox): [`Store::queue`](crate::Store::queue).
+    pub(super) queued: Mutex<Option<Queued>>,
+}
+
+/// Where a write's "queued" signal goes.
+pub(crate) type Queued = tokio::sync::oneshot::Sender<crate::write::ClientOpId>;
+
+/// A claimed place: the ticket, whether the write waits, and its "queued" signal.
+pub(super) struct Claim {
+    pub(super) number: u64,
+    pub(super) wait: bool,
+    pub(super) queued: Option<Queued>,
 }
 
 impl Drop for Ticket {
@@ -175,12 +190,20 @@ impl PartialEq for Order {
 
 impl Order {
     /// Takes the place, if it is one of this gate's and not taken yet.
-    pub(super) fn claim(&self, gate: &Arc<Gate>) -> Option<(u64, bool)> {
+    pub(super) fn claim(&self, gate: &Arc<Gate>) -> Option<Claim> {
         let ticket = self.0.as_ref()?;
         if !Arc::ptr_eq(&ticket.gate, gate) || ticket.claimed.swap(true, Ordering::AcqRel) {
             return None;
         }
-        Some((ticket.number, ticket.wait))
+        let queued = match ticket.queued.lock() {
+            Ok(mut queued) => queued.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        Some(Claim {
+            number: ticket.number,
+            wait: ticket.wait,
+            queued,
+        })
     }
 }
 
@@ -195,7 +218,7 @@ mod tests {
 
     #[test]
     fn tickets_are_admitted_in_order_and_skipped_when_abandoned() {
-        let gate = Gate::new(8);
+        let gate = Gate::new(8, 1);
         let (a, b, c) = (gate.issue(), gate.issue(), gate.issue());
         assert!(admit(&gate, b).is_none(), "b must wait for a");
         assert!(admit(&gate, c).is_none());
@@ -206,7 +229,7 @@ mod tests {
 
     #[test]
     fn capacity_is_held_until_the_permit_is_dropped() {
-        let gate = Gate::new(1);
+        let gate = Gate::new(1, 1);
         let (a, b) = (gate.issue(), gate.issue());
         let first = admit(&gate, a).unwrap();
         assert!(admit(&gate, b).is_none(), "the only slot is taken");
@@ -216,17 +239,19 @@ mod tests {
 
     #[test]
     fn a_shared_order_is_claimed_once_and_only_by_its_own_gate() {
-        let gate = Gate::new(1);
-        let other = Gate::new(1);
+        let gate = Gate::new(1, 1);
+        let other = Gate::new(1, 1);
         let order = Order(Some(Arc::new(Ticket {
             gate: gate.clone(),
             number: gate.issue(),
             wait: true,
             claimed: AtomicBool::new(false),
+            queued: Mutex::new(None),
         })));
         let copy = order.clone();
-        assert_eq!(order.claim(&other), None);
-        assert_eq!(order.claim(&gate), Some((1, true)));
-        assert_eq!(copy.claim(&gate), None);
+        assert!(order.claim(&other).is_none());
+        let claim = order.claim(&gate).expect("its own gate");
+        assert_eq!((claim.number, claim.wait), (1, true));
+        assert!(copy.claim(&gate).is_none());
     }
 }

@@ -1,12 +1,13 @@
 //! [`OutboxLayer`]: the outbox stage as a tower layer over the leaf service.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use phoenix_channels::Socket;
 use tokio::sync::{broadcast, mpsc};
 use tower::{Layer, Service};
 
+use super::journal::{Journal, Journaled, Recovered};
 use super::service::Outbox;
 use super::worker::{
     INPUT_CAPACITY, SharedRejoinPolicy, StoreHandler, StoreLink, Worker, WorkerConfig,
@@ -40,6 +41,9 @@ pub struct OutboxLayer {
     notices: broadcast::Sender<Notice>,
     config: WorkerConfig,
     spawn: Spawn,
+    journal: Journal,
+    /// The writes the durable outbox held at the start, for the first `pair`.
+    recovered: Arc<Mutex<Vec<Recovered>>>,
 }
 
 impl fmt::Debug for OutboxLayer {
@@ -59,6 +63,7 @@ impl OutboxLayer {
         notices: broadcast::Sender<Notice>,
         config: WorkerConfig,
         spawn: Spawn,
+        journaled: Journaled,
     ) -> Self {
         Self {
             socket,
@@ -67,6 +72,8 @@ impl OutboxLayer {
             notices,
             config,
             spawn,
+            journal: journaled.journal,
+            recovered: Arc::new(Mutex::new(journaled.recovered)),
         }
     }
 
@@ -86,6 +93,10 @@ impl OutboxLayer {
             .rejoin_after_server_close(true)
             .handler(StoreHandler { inputs: inputs_tx });
         drop(channel.join());
+        let recovered = match self.recovered.lock() {
+            Ok(mut recovered) => std::mem::take(&mut *recovered),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
         Outbox::pair(
             leaf,
             StoreLink {
@@ -95,7 +106,10 @@ impl OutboxLayer {
                 inputs,
                 notices: self.notices.clone(),
                 config: self.config.clone(),
+                journal: self.journal.clone(),
+                recovered: Vec::new(),
             },
+            recovered,
         )
     }
 }

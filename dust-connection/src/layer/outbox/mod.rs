@@ -26,15 +26,21 @@
 
 mod future;
 mod gate;
+mod journal;
 mod layer;
+mod queued;
 mod service;
 mod worker;
 
 pub use future::OutboxFuture;
 pub use layer::OutboxLayer;
+pub use queued::QueuedWrite;
 pub use service::Outbox;
 pub use worker::Worker;
 
 pub(crate) use gate::Order;
+#[cfg(feature = "sqlite")]
+pub(crate) use journal::Recovered;
+pub(crate) use journal::{Journal, Journaled};
 pub(crate) use layer::Spawn;
 pub(crate) use worker::WorkerConfig;

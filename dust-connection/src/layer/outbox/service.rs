@@ -1,7 +1,7 @@
 //! The outbox handle: a `Service<EncodedWrite>` in front of the store's worker.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use phoenix_channels::Channel;
@@ -9,7 +9,9 @@ use tokio::sync::{mpsc, oneshot};
 use tower::Service;
 
 use super::future::{OutboxFuture, State};
-use super::gate::{Gate, Order, Permit, Ticket};
+use super::gate::{Gate, Order, Permit, Queued, Ticket};
+use super::journal::Recovered;
+use super::queued::QueuedWrite;
 use super::worker::{StoreLink, Worker, worker};
 use crate::error::WriteError;
 use crate::layer::SendWrite;
@@ -24,6 +26,8 @@ pub(crate) enum Submission {
         write: EncodedWrite,
         reply: oneshot::Sender<Result<WriteAck, WriteError>>,
         permit: Permit,
+        /// Told the client op id once the write is in the outbox (on disk, if durable).
+        queued: Option<Queued>,
         /// The caller's span, entered by the worker while it handles the write.
         span: tracing::Span,
     },
@@ -43,6 +47,8 @@ pub struct Outbox {
     submissions: mpsc::UnboundedSender<Submission>,
     gate: Arc<Gate>,
     channel: Channel,
+    /// The answers of the writes recovered from a durable outbox, until taken.
+    recovered: Arc<Mutex<Vec<QueuedWrite>>>,
 }
 
 impl Outbox {
@@ -57,18 +63,40 @@ impl Outbox {
     }
 
     /// A store's outbox in front of `leaf`, and the worker that serves it (to be spawned).
-    pub(crate) fn pair<S>(leaf: S, link: StoreLink) -> (Self, Worker)
+    /// `recovered` are the writes a durable outbox held when the process started (and whether
+    /// each may have been sent): they take the first places in the queue.
+    pub(crate) fn pair<S>(leaf: S, mut link: StoreLink, recovered: Vec<Recovered>) -> (Self, Worker)
     where
         S: Service<SendWrite, Response = WriteAck, Error = WriteError> + Send + 'static,
         S::Future: Send + 'static,
     {
         let (submissions, queue) = mpsc::unbounded_channel();
+        let first = recovered.len() as u64 + 1;
+        let mut answers = Vec::with_capacity(recovered.len());
+        for recovered in recovered {
+            let (tx, rx) = oneshot::channel();
+            let id = recovered.write.client_op_id.clone();
+            answers.push(QueuedWrite::new(id, async move {
+                rx.await.unwrap_or(Err(WriteError::Closed))
+            }));
+            link.recovered.push((recovered, tx));
+        }
         let outbox = Self {
             submissions,
-            gate: Gate::new(link.config.outbox_capacity),
+            gate: Gate::new(link.config.outbox_capacity, first),
             channel: link.channel.clone(),
+            recovered: Arc::new(Mutex::new(answers)),
         };
         (outbox, worker(leaf, link, queue))
+    }
+
+    /// Takes the answers of the writes recovered from a durable outbox (once: later calls
+    /// get none).
+    pub(crate) fn take_recovered(&self) -> Vec<QueuedWrite> {
+        match self.recovered.lock() {
+            Ok(mut recovered) => std::mem::take(&mut *recovered),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
     }
 
     /// The store's channel.
@@ -90,11 +118,18 @@ impl Outbox {
     /// A place in the issue order, taken now; `wait: false` makes the write fail with
     /// [`WriteError::OutboxFull`] rather than wait for its turn or for room.
     pub(crate) fn order(&self, wait: bool) -> Order {
+        self.order_signalled(wait, None)
+    }
+
+    /// As [`order`](Self::order), and `queued` is told the write's client op id once the
+    /// write is in the outbox (on disk, with a durable outbox).
+    pub(crate) fn order_signalled(&self, wait: bool, queued: Option<Queued>) -> Order {
         Order(Some(Arc::new(Ticket {
             gate: self.gate.clone(),
             number: self.gate.issue(),
             wait,
             claimed: AtomicBool::new(false),
+            queued: Mutex::new(queued),
         })))
     }
 }
@@ -115,15 +150,17 @@ impl Service<EncodedWrite> for Outbox {
 
     fn call(&mut self, mut write: EncodedWrite) -> OutboxFuture {
         let order = std::mem::take(&mut write.order);
-        let (ticket, wait) = order
-            .claim(&self.gate)
-            .unwrap_or_else(|| (self.gate.issue(), true));
+        let (ticket, wait, queued) = match order.claim(&self.gate) {
+            Some(claim) => (claim.number, claim.wait, claim.queued),
+            None => (self.gate.issue(), true, None),
+        };
         drop(order);
         let mut future = OutboxFuture {
             state: State::Admitting {
                 gate: self.gate.clone(),
                 ticket,
                 write: Some(write),
+                queued,
                 submissions: self.submissions.clone(),
                 span: tracing::Span::current(),
             },

@@ -29,7 +29,8 @@ use tokio::time::Instant;
 use tower::{Service, ServiceExt as _};
 use tracing::Instrument as _;
 
-use super::gate::Permit;
+use super::gate::{Permit, Queued};
+use super::journal::{Journal, Recovered};
 use super::service::Submission;
 use crate::UnknownOutcome;
 use crate::engine::{ServerEvent, StoreStatus, SyncEngine};
@@ -87,6 +88,11 @@ pub(crate) struct StoreLink {
     pub(crate) inputs: mpsc::Receiver<StoreInput>,
     pub(crate) notices: broadcast::Sender<Notice>,
     pub(crate) config: WorkerConfig,
+    /// Where accepted writes are kept (nothing, or the durable outbox).
+    pub(crate) journal: Journal,
+    /// The writes a durable outbox held when the process started, in issue order, whether
+    /// each may have been sent, and where each one's answer goes.
+    pub(crate) recovered: Vec<(Recovered, Reply)>,
 }
 
 /// The worker's bounds and policies (from the builder).
@@ -143,6 +149,18 @@ enum JoinEnd {
     Crashed,
     /// The connection was lost: its channel process may still be applying them.
     Lost,
+    /// The writes a durable outbox held when the process started: the process that sent
+    /// them may have been cut at any point, so they are treated as after a lost connection,
+    /// except that those still unknown after the settle time are sent again (the outbox
+    /// took them for sending: nobody was told they failed).
+    Recovered,
+}
+
+impl JoinEnd {
+    /// Whether the join's channel process may still apply its writes.
+    fn may_still_apply(self) -> bool {
+        matches!(self, Self::Lost | Self::Recovered)
+    }
 }
 
 #[derive(Debug)]
@@ -164,14 +182,24 @@ enum EntryState {
     },
 }
 
+/// Where a write's answer goes.
+pub(crate) type Reply = oneshot::Sender<Result<WriteAck, WriteError>>;
+
 struct Entry {
     write: EncodedWrite,
-    reply: Option<oneshot::Sender<Result<WriteAck, WriteError>>>,
+    reply: Option<Reply>,
     state: EntryState,
     /// Consecutive channel crashes this write was the first unapplied write of.
     crashes: u32,
     /// The caller's span, carried from the call into the worker.
     span: tracing::Span,
+    /// Whether the durable outbox has it on disk (never without one). With a durable outbox,
+    /// only such a write may be sent.
+    journaled: bool,
+    /// Whether the durable outbox knows it may have been sent.
+    marked_sent: bool,
+    /// Told the client op id once persisted.
+    queued: Option<Queued>,
     _permit: Permit,
 }
 
@@ -213,7 +241,14 @@ struct Task<S> {
     asked_seq: Option<u64>,
     /// A leave was started to resynchronize: join again once it is done.
     resync_pending: bool,
+    /// Where accepted writes are kept.
+    journal: Journal,
+    /// Writes accepted and not yet in the journal, in ticket order.
+    unpersisted: Vec<u64>,
 }
+
+/// At most this many writes go to the journal in one transaction (one sync of the disk).
+const JOURNAL_BATCH: usize = 1024;
 
 /// Builds a store's worker: it serves `submissions` through `leaf`.
 pub(crate) fn worker<S>(
@@ -226,6 +261,46 @@ where
     S::Future: Send + 'static,
 {
     let store = link.store.clone();
+    let mut entries = BTreeMap::new();
+    let mut by_op_id = HashMap::new();
+    let mut ended = BTreeMap::new();
+    let mut settle_deadline = None;
+    if link.recovered.iter().any(|(r, _)| r.sent) {
+        // Epoch 0 is before the first join of this process: the recovered writes' "join".
+        ended.insert(0, JoinEnd::Recovered);
+        settle_deadline = Some(Instant::now() + link.config.unknown_outcome_settle);
+    }
+    if !link.recovered.is_empty() {
+        tracing::info!(store = %link.store, writes = link.recovered.len(), "writes recovered from the durable outbox");
+    }
+    for (ticket, (Recovered { write, sent }, reply)) in (1..).zip(link.recovered) {
+        by_op_id.insert(write.client_op_id.clone(), ticket);
+        // A write that was sent may have been applied: its fate is learned as after a lost
+        // connection. One never sent is simply queued.
+        let state = if sent {
+            EntryState::Orphan {
+                epoch: 0,
+                send: 0,
+                after_seq: 0,
+            }
+        } else {
+            EntryState::Queued
+        };
+        entries.insert(
+            ticket,
+            Entry {
+                write,
+                reply: Some(reply),
+                state,
+                crashes: 0,
+                span: tracing::Span::none(),
+                journaled: true,
+                marked_sent: sent,
+                queued: None,
+                _permit: Permit { gate: None },
+            },
+        );
+    }
     let task = Task {
         store: link.store,
         leaf,
@@ -236,19 +311,21 @@ where
         notices: link.notices,
         config: link.config,
         phase: Phase::Offline,
-        entries: BTreeMap::new(),
-        by_op_id: HashMap::new(),
+        entries,
+        by_op_id,
         in_flight: FuturesUnordered::new(),
         sends: 0,
         epoch: 0,
-        ended: BTreeMap::new(),
-        settle_deadline: None,
+        ended,
+        settle_deadline,
         known_seq: 0,
         applied_seq: 0,
         held_events: BTreeMap::new(),
         gap_deadline: None,
         asked_seq: None,
         resync_pending: false,
+        journal: link.journal,
+        unpersisted: Vec::new(),
     };
     Worker {
         store,
@@ -279,7 +356,12 @@ where
                     self.on_outcome(outcome).await;
                 }
                 submission = self.submissions.recv() => match submission {
-                    Some(submission) => self.on_submission(submission).await,
+                    Some(submission) => {
+                        self.on_submission(submission).await;
+                        if self.journal.is_durable() {
+                            self.persist().await;
+                        }
+                    }
                     None => break,
                 },
                 () = sleep_until(gap_deadline), if gap_deadline.is_some() => {
@@ -317,6 +399,7 @@ where
                 write,
                 reply,
                 permit,
+                queued,
                 span,
             } => {
                 tracing::debug!(parent: &span, store = %self.store, ticket, "write queued in the outbox");
@@ -330,6 +413,11 @@ where
                     return;
                 }
                 self.by_op_id.insert(write.client_op_id.clone(), ticket);
+                let durable = self.journal.is_durable();
+                let mut queued = queued;
+                if !durable && let Some(queued) = queued.take() {
+                    let _ = queued.send(write.client_op_id.clone());
+                }
                 self.entries.insert(
                     ticket,
                     Entry {
@@ -338,16 +426,24 @@ where
                         state: EntryState::Queued,
                         crashes: 0,
                         span,
+                        journaled: false,
+                        marked_sent: false,
+                        queued,
                         _permit: permit,
                     },
                 );
-                self.flush().await;
+                if durable {
+                    self.unpersisted.push(ticket);
+                } else {
+                    self.flush().await;
+                }
             }
             Submission::Cancel { ticket } => {
+                // A write on disk stays: the outbox took it for sending.
                 if self
                     .entries
                     .get(&ticket)
-                    .is_some_and(|e| matches!(e.state, EntryState::Queued))
+                    .is_some_and(|e| matches!(e.state, EntryState::Queued) && !e.journaled)
                 {
                     self.forget(ticket);
                 }
@@ -384,7 +480,7 @@ where
         let Some(entry) = self.entries.get_mut(&ticket) else {
             return;
         };
-        if entry.reply.as_ref().is_some_and(|r| r.is_closed()) {
+        if !entry.journaled && entry.reply.as_ref().is_some_and(|r| r.is_closed()) {
             // Its caller is gone and it is known not to be applied: drop it.
             self.forget(ticket);
             return;
@@ -430,28 +526,50 @@ where
         let join_ref = join_ref.clone();
         let mut in_flight = 0;
         let mut to_send = Vec::new();
+        let durable = self.journal.is_durable();
         for (ticket, entry) in &self.entries {
             match entry.state {
                 EntryState::InFlight { .. } => in_flight += 1,
                 EntryState::Orphan { .. } => return,
                 EntryState::Queued => {
-                    if in_flight + to_send.len() >= self.config.max_in_flight.max(1) {
+                    if (durable && !entry.journaled)
+                        || in_flight + to_send.len() >= self.config.max_in_flight.max(1)
+                    {
                         break;
                     }
                     to_send.push(*ticket);
                 }
             }
         }
+        if durable && !self.mark_sent(&to_send).await {
+            return;
+        }
         for ticket in to_send {
             self.send(ticket, join_ref.clone()).await;
         }
     }
 
+    /// Answers a write; with a durable outbox its row goes, unless the write failed
+    /// because the connection shut down (`WriteError::Closed`): it goes out on the next start.
     async fn resolve(&mut self, ticket: u64, result: Result<WriteAck, WriteError>) {
+        let retire = !matches!(result, Err(WriteError::Closed));
+        self.resolve_with(ticket, result, retire).await;
+    }
+
+    /// Answers a write, and takes it out of the durable outbox if `retire`.
+    async fn resolve_with(
+        &mut self,
+        ticket: u64,
+        result: Result<WriteAck, WriteError>,
+        retire: bool,
+    ) {
         let Some(mut entry) = self.forget(ticket) else {
             return;
         };
         let id = &entry.write.client_op_id;
+        if entry.journaled && retire {
+            self.journal.remove(id);
+        }
         match &result {
             Ok(ack) => {
                 self.engine
@@ -522,6 +640,85 @@ where
             Err(other) => self.resolve(ticket, Err(other)).await,
         }
         self.flush().await;
+    }
+}
+
+impl<S> Task<S>
+where
+    S: Service<SendWrite, Response = WriteAck, Error = WriteError> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    /// Before writes of a durable outbox are first sent, records that they may be (a
+    /// recovered write never sent goes out at once; one sent waits for its fate). If the disk
+    /// refuses, they are not sent: they fail with [`WriteError::Storage`] and leave the outbox.
+    async fn mark_sent(&mut self, tickets: &[u64]) -> bool {
+        let ids: Vec<ClientOpId> = tickets
+            .iter()
+            .filter_map(|ticket| self.entries.get(ticket))
+            .filter(|entry| !entry.marked_sent)
+            .map(|entry| entry.write.client_op_id.clone())
+            .collect();
+        if ids.is_empty() {
+            return true;
+        }
+        match self.journal.mark_sent(&ids) {
+            Ok(()) => {
+                for ticket in tickets {
+                    if let Some(entry) = self.entries.get_mut(ticket) {
+                        entry.marked_sent = true;
+                    }
+                }
+                true
+            }
+            Err(error) => {
+                tracing::error!(store = %self.store, %error, "could not mark writes as sent in the durable outbox");
+                for ticket in tickets {
+                    self.resolve(*ticket, Err(error.clone())).await;
+                }
+                false
+            }
+        }
+    }
+
+    /// Puts the accepted writes on disk, with the ones waiting in the submissions queue (up to
+    /// [`JOURNAL_BATCH`]) in the same transaction; then they are queued: their callers are
+    /// told, and they may be sent.
+    async fn persist(&mut self) {
+        while self.unpersisted.len() < JOURNAL_BATCH
+            && let Ok(submission) = self.submissions.try_recv()
+        {
+            self.on_submission(submission).await;
+        }
+        if self.unpersisted.is_empty() {
+            return;
+        }
+        let tickets = std::mem::take(&mut self.unpersisted);
+        let writes: Vec<EncodedWrite> = tickets
+            .iter()
+            .filter_map(|ticket| self.entries.get(ticket))
+            .map(|entry| entry.write.clone())
+            .collect();
+        let count = writes.len();
+        match self.journal.append(writes).await {
+            Ok(()) => {
+                tracing::trace!(store = %self.store, writes = count, "writes on disk");
+                for ticket in tickets {
+                    if let Some(entry) = self.entries.get_mut(&ticket) {
+                        entry.journaled = true;
+                        if let Some(queued) = entry.queued.take() {
+                            let _ = queued.send(entry.write.client_op_id.clone());
+                        }
+                    }
+                }
+                self.flush().await;
+            }
+            Err(error) => {
+                tracing::error!(store = %self.store, %error, "could not put writes in the durable outbox");
+                for ticket in tickets {
+                    self.resolve_with(ticket, Err(error.clone()), false).await;
+                }
+            }
+        }
     }
 }
 

@@ -68,22 +68,25 @@ where
     /// still decide.
     pub(super) fn start_settle_time(&mut self) {
         let lost_orphans = self.entries.values().any(|e| {
-            matches!(e.state, EntryState::Orphan { epoch, .. } if self.ended.get(&epoch) == Some(&JoinEnd::Lost))
+            matches!(e.state, EntryState::Orphan { epoch, .. } if self.ended.get(&epoch).is_some_and(|how| how.may_still_apply()))
         });
         if lost_orphans && self.settle_deadline.is_none() {
             self.settle_deadline = Some(Instant::now() + self.config.unknown_outcome_settle);
         }
     }
 
-    /// Fails every write: unsent ones with `unsent`, the others as indeterminate.
+    /// Fails every write: unsent ones with `unsent`, the others as indeterminate. When the
+    /// connection shut down (`unsent` is `Closed`), a durable outbox keeps them all: they go
+    /// out on the next start.
     pub(super) async fn fail_all(&mut self, unsent: WriteError, why: &str) {
+        let retire = unsent != WriteError::Closed;
         let tickets: Vec<u64> = self.entries.keys().copied().collect();
         for ticket in tickets {
             let error = match self.entries.get(&ticket).map(|e| &e.state) {
                 Some(EntryState::Queued) => unsent.clone(),
                 _ => WriteError::Indeterminate(why.to_owned()),
             };
-            self.resolve(ticket, Err(error)).await;
+            self.resolve_with(ticket, Err(error), retire).await;
         }
     }
 
@@ -147,13 +150,16 @@ where
         }
         // Writes of ended joins without an event were not applied: they go out again, first.
         for (ticket, epoch, _) in self.orphans() {
-            if self.ended.get(&epoch) != Some(&JoinEnd::Lost)
+            if !self
+                .ended
+                .get(&epoch)
+                .is_some_and(|how| how.may_still_apply())
                 && let Some(entry) = self.entries.get_mut(&ticket)
             {
                 entry.state = EntryState::Queued;
             }
         }
-        self.ended.retain(|_, how| *how == JoinEnd::Lost);
+        self.ended.retain(|_, how| how.may_still_apply());
         if self.orphans().is_empty() {
             self.ended.clear();
             self.settle_deadline = None;
@@ -188,14 +194,15 @@ where
             return;
         };
         let join_ref = join_ref.clone();
-        for (ticket, _, _) in self.orphans() {
+        for (ticket, epoch, _) in self.orphans() {
+            let recovered = self.ended.get(&epoch) == Some(&JoinEnd::Recovered);
             match self.config.unknown_outcome {
-                UnknownOutcome::AtMostOnce => {
+                UnknownOutcome::AtMostOnce if !recovered => {
                     let why = "the write was in flight when the connection was lost, and its event did not come within the settle time";
                     self.resolve(ticket, Err(WriteError::Indeterminate(why.into())))
                         .await;
                 }
-                UnknownOutcome::AtLeastOnce => {
+                _ => {
                     if let Some(entry) = self.entries.get_mut(&ticket) {
                         entry.state = EntryState::Queued;
                     }
