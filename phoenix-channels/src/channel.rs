@@ -390,13 +390,17 @@ impl Channel {
     /// Sends a push whose room is reserved.
     fn send_push(&self, request: PushRequest, cost: usize) -> Push {
         let (tx, rx) = oneshot::channel();
-        self.inner.socket.send_push(Command::Push {
-            id: self.inner.id,
-            request,
-            reply: Some(tx),
-            cost,
-        });
-        Push(PushState::Waiting(rx, self.inner.socket.reply_reader()))
+        let reader = self.inner.socket.reply_reader();
+        self.inner.socket.send_push(
+            Command::Push {
+                id: self.inner.id,
+                request,
+                reply: Some(tx),
+                cost,
+            },
+            Some(&reader),
+        );
+        Push(PushState::Waiting(rx, reader))
     }
 
     /// Sends `event` without waiting for a reply, for events the server never answers. Sent
@@ -431,12 +435,15 @@ impl Channel {
         let request = PushRequest::new(event.into(), payload, self.inner.push_timeout);
         match self.inner.socket.reserve(self.cost(&request), false) {
             Room::Now(cost) => {
-                self.inner.socket.send_push(Command::Push {
-                    id: self.inner.id,
-                    request,
-                    reply: None,
-                    cost,
-                });
+                self.inner.socket.send_push(
+                    Command::Push {
+                        id: self.inner.id,
+                        request,
+                        reply: None,
+                        cost,
+                    },
+                    None,
+                );
                 Ok(())
             }
             Room::Closed => Err(PushError::SocketClosed),

@@ -55,6 +55,18 @@ async fn a_lone_push_reads_its_reply_while_the_socket_task_does_not_run() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_reply_that_comes_before_the_push_is_polled_is_read_by_it() {
+    let (_socket, _driver, channel, _messages, mut conn) = joined().await;
+    // Written by the handle, answered before the push is first polled; the socket task
+    // never runs again.
+    let push = channel.push("echo", json!({"n": 5}));
+    let frame = conn.recv().await.unwrap();
+    conn.reply(&frame, "ok", json!({"n": 5})).await;
+    let reply = within("reply", push).await.unwrap();
+    assert_eq!(reply.response().to_value().unwrap(), json!({"n": 5}));
+}
+
+#[tokio::test(start_paused = true)]
 async fn what_arrives_with_the_reply_reaches_its_channel() {
     let (_socket, _driver, channel, mut messages, mut conn) = joined().await;
     let mut push = channel.push("echo", json!({"n": 2}));

@@ -132,6 +132,12 @@ impl IoWake {
             .is_ok()
     }
 
+    fn claim_unpolled(&self, id: u64) {
+        // The waker left from an earlier push (most likely of the same task) is woken at
+        // worst: the first poll checks what is owed before anything else.
+        self.waiter_id.store(id, Ordering::Release);
+    }
+
     fn claim(&self, id: u64, waker: &Waker) {
         self.waiter.register(waker);
         self.waiter_id.store(id, Ordering::Release);
@@ -171,18 +177,27 @@ impl Driver {
             && self.congested.is_empty()
     }
 
+    /// Notes when the task checks on a waiting push that took the connection's readiness;
+    /// returns whether the timer must be armed for it.
+    fn note_reader_check(&mut self) -> bool {
+        let now = Instant::now();
+        if self.reader_check.is_some_and(|check| check > now) {
+            // Checked on soon enough.
+            return false;
+        }
+        self.reader_check = Some(now + READER_CHECK);
+        true
+    }
+
     /// A waiting push took the connection's readiness: the task checks on it by
     /// [`READER_CHECK`].
     fn reader_claimed(&mut self) {
         let Some(waker) = self.waker.clone() else {
             return;
         };
-        let now = Instant::now();
-        if self.reader_check.is_some_and(|check| check > now) {
-            // Checked on soon enough.
+        if !self.note_reader_check() {
             return;
         }
-        self.reader_check = Some(now + READER_CHECK);
         if self.arm_timer(&mut Context::from_waker(&waker)) {
             waker.wake_by_ref();
         }
@@ -212,6 +227,14 @@ impl ReplyReader {
     pub(crate) fn new(driver: Weak<Mutex<Driver>>, io: Arc<IoWake>) -> Self {
         let id = io.next_id();
         Self { driver, io, id }
+    }
+
+    /// Takes the connection's readiness for this push before it is first polled (from
+    /// [`Driver::push_now`], whose own timer arming covers the check): a readiness that
+    /// comes first wakes no one (no waker yet), and the first poll reads it.
+    pub(super) fn claim_unpolled(&self, driver: &mut Driver) {
+        self.io.claim_unpolled(self.id);
+        driver.note_reader_check();
     }
 
     /// Polls for the reply of `rx`, reading it from the connection when this push may.

@@ -175,12 +175,14 @@ impl Socket {
     /// Sends a push or cast command: a lone request is carried out at once on this thread when
     /// the socket task is idle (written straight to the connection); anything else is queued
     /// for the task.
-    pub(crate) fn send_push(&self, command: Command) {
+    /// A push written this way takes the connection's readiness for its `reader` at once, so
+    /// that a quick reply does not go to the socket task before the push is first polled.
+    pub(crate) fn send_push(&self, command: Command, reader: Option<&ReplyReader>) {
         if let Some(driver) = self.shared.driver.upgrade()
             && let Ok(mut driver) = driver.try_lock()
             && driver.takes_now(&command)
         {
-            driver.push_now(command);
+            driver.push_now(command, reader);
             return;
         }
         self.send(command);
