@@ -7,7 +7,13 @@
 //! same number in flight. The ratio `stack / raw` is what the stack costs (issue 13's goal:
 //! at least 50%).
 //!
+//! Then the durable outbox ([`DustConnectionBuilder::durable_outbox`], a SQLite file; its
+//! disk syncs grouped per batch of writes that arrive together) beside the in-memory outbox,
+//! same server, same workloads (JSON).
+//!
 //! Prints one line per format and workload, and a JSON line each for machines.
+//!
+//! [`DustConnectionBuilder::durable_outbox`]: dust_connection::DustConnectionBuilder::durable_outbox
 
 #![allow(missing_docs, clippy::print_stdout, clippy::unwrap_used)]
 
@@ -15,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use dust_conformance::ServerConfig;
 use dust_conformance::dust::{DustConfig, TokenConfig};
-use dust_connection::{DustConnection, Format, MemoryEngine, WriteRequest};
+use dust_connection::{Database, DustConnection, Format, MemoryEngine, WriteRequest};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use phoenix_channels::{Channel, Payload, Serializer, Socket};
@@ -162,6 +168,75 @@ fn report(format: &str, workload: &str, n: usize, stack: Duration, raw: Duration
     );
 }
 
+/// The durable outbox beside the in-memory one, on one server.
+async fn durable(quick: bool) {
+    let server = dust_conformance::start(
+        ServerConfig::default().dust(DustConfig::new().token(TokenConfig::new(TOKEN))),
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("dust-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let connect = |store: &str, database: Option<Database>| {
+        let mut builder = DustConnection::builder(server.url("/ws/sync"))
+            .token(TOKEN)
+            .store(store)
+            .engine(MemoryEngine::new())
+            .outbox_capacity(4096);
+        if let Some(database) = database {
+            builder = builder.durable_outbox(database);
+        }
+        builder.connect().unwrap()
+    };
+    let memory = connect("bench/memory", None);
+    let disk = connect(
+        "bench/durable",
+        Some(Database::open(dir.join("outbox.db")).unwrap()),
+    );
+    let stores = [
+        memory.store("bench/memory").unwrap(),
+        disk.store("bench/durable").unwrap(),
+    ];
+    for store in &stores {
+        for _ in 0..200 {
+            store
+                .write(WriteRequest::increment(["warm"], 1))
+                .await
+                .unwrap();
+        }
+    }
+    let n = if quick { 1_000 } else { 10_000 };
+    for (workload, window) in WORKLOADS {
+        let mut rates = Vec::new();
+        for store in &stores {
+            let elapsed = windowed(n, window, |i| {
+                let store = store.clone();
+                async move {
+                    store
+                        .write(WriteRequest::set(["k", "v"], i as u64))
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await;
+            rates.push(n as f64 / elapsed.as_secs_f64());
+        }
+        let (memory_s, durable_s) = (rates[0], rates[1]);
+        println!(
+            "dust-connection durable outbox {workload:>14}: {durable_s:.0} writes/s; in-memory outbox {memory_s:.0}/s; durable/memory {:.2}",
+            durable_s / memory_s
+        );
+        println!(
+            "{{\"bench\":\"dust_durable_writes\",\"workload\":\"{workload}\",\"writes\":{n},\"durable_per_s\":{durable_s:.0},\"memory_per_s\":{memory_s:.0},\"durable_over_memory\":{:.3}}}",
+            durable_s / memory_s
+        );
+    }
+    memory.disconnect().await;
+    disk.disconnect().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `--quick` (or `cargo test --benches`) runs a short version.
     let quick = std::env::args().any(|a| a == "--quick" || a == "--test");
@@ -172,4 +247,5 @@ fn main() {
     for format in [Format::Json, Format::MessagePack] {
         runtime.block_on(run(quick, format));
     }
+    runtime.block_on(durable(quick));
 }

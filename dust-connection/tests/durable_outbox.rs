@@ -68,10 +68,13 @@ async fn writes_queued_offline_survive_a_restart_and_land_once_in_issue_order() 
 
     // The next start recovers them; writes made now go after them.
     let engine = MemoryEngine::new();
+    let workers = Workers::default();
+    let spawned = workers.clone();
     let online = builder(&server)
         .device_id(device)
         .durable_outbox(db.clone())
         .engine(engine.clone())
+        .spawn_workers_with(move |worker| spawned.lock().unwrap().push(tokio::spawn(worker)))
         .connect()
         .unwrap();
     let app = online.store(STORE).unwrap();
@@ -94,11 +97,19 @@ async fn writes_queued_offline_survive_a_restart_and_land_once_in_issue_order() 
         within("applied", answer).await.unwrap();
     }
     assert_applied_once_in_order(&server, STORE, &issued).await;
-    assert_eq!(engine.get(STORE, "items/049"), Some(json!(49)));
+    wait_engine(&engine, "the replica has every write", || {
+        engine.get(STORE, "items/049") == Some(json!(49))
+    })
+    .await;
     assert_eq!(engine.get(STORE, "items/000"), Some(json!(0)));
     online.disconnect().await;
     drop(app);
     drop(online);
+    // The workers end once every handle is gone.
+    let handles: Vec<_> = workers.lock().unwrap().drain(..).collect();
+    for handle in handles {
+        within("the worker ends", handle).await.unwrap();
+    }
     // Every answered write left the disk.
     let again = builder(&server)
         .manual()

@@ -45,19 +45,33 @@ const JSON: i64 = 0;
 const BINARY: i64 = 1;
 const MSGPACK: i64 = 2;
 
-/// Appends `writes` to `store`'s outbox in one transaction: when it returns `Ok`, every one
-/// of them is on disk, in this order.
+/// Appends `writes` to `store`'s outbox in one transaction, `sent` or not yet: when it
+/// returns `Ok`, every one of them is on disk, in this order (the commit syncs the disk: one
+/// sync for the group).
 pub(crate) fn append(
     db: &Database,
     store: &str,
     writes: &[EncodedWrite],
+    sent: bool,
 ) -> Result<(), DurableError> {
     let mut connection = db.lock();
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    let result = insert(&mut connection, store, writes, sent);
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    result
+}
+
+fn insert(
+    connection: &mut Connection,
+    store: &str,
+    writes: &[EncodedWrite],
+    sent: bool,
+) -> Result<(), DurableError> {
     let transaction = connection.transaction()?;
     {
         let mut insert = transaction.prepare(
-            "INSERT INTO outbox (store, client_op_id, event, op, path, kind, params)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO outbox (store, client_op_id, event, op, path, kind, params, sent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         for write in writes {
             let params = &write.params;
@@ -78,6 +92,7 @@ pub(crate) fn append(
                 path,
                 kind,
                 params.as_bytes(),
+                sent,
             ])?;
         }
     }
@@ -85,13 +100,20 @@ pub(crate) fn append(
     Ok(())
 }
 
-/// Removes the row of an answered write (accepted, rejected, or failed for good).
+/// Removes the rows of answered writes (accepted, rejected, or failed for good), in one
+/// transaction.
 pub(crate) fn remove(
     db: &Database,
     store: &str,
-    client_op_id: &ClientOpId,
+    client_op_ids: &[ClientOpId],
 ) -> Result<(), DurableError> {
-    retire(&db.lock(), store, client_op_id)
+    let mut connection = db.lock();
+    let transaction = connection.transaction()?;
+    for id in client_op_ids {
+        retire(&transaction, store, id)?;
+    }
+    transaction.commit()?;
+    Ok(())
 }
 
 /// Removes the row of `client_op_id`, inside the caller's transaction (the cache calls it in
@@ -230,15 +252,16 @@ mod tests {
         let a = encoded(Format::Json, WriteRequest::set(["a"], json!({"x": 1}))).await;
         let b = encoded(Format::MessagePack, WriteRequest::increment(["b"], 2)).await;
         let c = encoded(Format::Json, WriteRequest::delete(["c"])).await;
-        append(&db, "s1", &[a.clone(), b.clone()]).unwrap();
-        append(&db, "s2", std::slice::from_ref(&c)).unwrap();
+        append(&db, "s1", &[a.clone(), b.clone()], false).unwrap();
+        append(&db, "s2", std::slice::from_ref(&c), true).unwrap();
         let back = writes(pending(&db, "s1").unwrap());
         assert_eq!(key(&back), key(&[a.clone(), b.clone()]));
         assert_eq!(key(&writes(pending(&db, "s2").unwrap())), key(&[c]));
         mark_sent(&db, "s1", std::slice::from_ref(&b.client_op_id)).unwrap();
         let sent: Vec<bool> = pending(&db, "s1").unwrap().iter().map(|p| p.sent).collect();
         assert_eq!(sent, [false, true]);
-        remove(&db, "s1", &a.client_op_id).unwrap();
+        assert!(pending(&db, "s2").unwrap()[0].sent);
+        remove(&db, "s1", std::slice::from_ref(&a.client_op_id)).unwrap();
         assert_eq!(key(&writes(pending(&db, "s1").unwrap())), key(&[b]));
     }
 

@@ -68,11 +68,16 @@ impl Journal {
 
     /// Puts `writes` on disk in one transaction, in order (off the async threads: it waits
     /// for the disk).
-    pub(crate) async fn append(&self, writes: Vec<EncodedWrite>) -> Result<(), WriteError> {
+    /// `sent` records them as (about to be) sent.
+    pub(crate) async fn append(
+        &self,
+        writes: Vec<EncodedWrite>,
+        sent: bool,
+    ) -> Result<(), WriteError> {
         #[cfg(feature = "sqlite")]
         if let Some(database) = &self.database {
             let (database, store) = (database.clone(), self.store.clone());
-            let append = move || crate::durable::outbox::append(&database, &store, &writes);
+            let append = move || crate::durable::outbox::append(&database, &store, &writes, sent);
             let result = match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => runtime
                     .spawn_blocking(append)
@@ -82,7 +87,7 @@ impl Journal {
             };
             return result.map_err(|error| WriteError::Storage(error.to_string()));
         }
-        let _ = writes;
+        let _ = (writes, sent);
         Ok(())
     }
 
@@ -98,15 +103,16 @@ impl Journal {
         Ok(())
     }
 
-    /// The write was answered for good: it leaves the journal. A failure is logged (the row
-    /// stays; after a restart the write is answered from the catch-up, never applied twice).
-    pub(crate) fn remove(&self, client_op_id: &ClientOpId) {
+    /// The writes were answered for good: they leave the journal, in one commit. A failure
+    /// is logged (the rows stay; after a restart the writes are answered from the catch-up,
+    /// never applied twice).
+    pub(crate) fn remove(&self, client_op_ids: &[ClientOpId]) {
         #[cfg(feature = "sqlite")]
         if let Some(database) = &self.database
-            && let Err(error) = crate::durable::outbox::remove(database, &self.store, client_op_id)
+            && let Err(error) = crate::durable::outbox::remove(database, &self.store, client_op_ids)
         {
-            tracing::warn!(store = %self.store, %client_op_id, %error, "could not remove an answered write from the durable outbox");
+            tracing::warn!(store = %self.store, writes = client_op_ids.len(), %error, "could not remove answered writes from the durable outbox");
         }
-        let _ = client_op_id;
+        let _ = client_op_ids;
     }
 }

@@ -245,6 +245,10 @@ struct Task<S> {
     journal: Journal,
     /// Writes accepted and not yet in the journal, in ticket order.
     unpersisted: Vec<u64>,
+    /// Answered writes whose rows are still in the journal. Taking them out can wait: after
+    /// a crash, a recovered write that was answered is answered again from its event (or its
+    /// row went in the same commit as the event, with a durable cache), never resent.
+    retired: Vec<ClientOpId>,
 }
 
 /// At most this many writes go to the journal in one transaction (one sync of the disk).
@@ -326,6 +330,7 @@ where
         resync_pending: false,
         journal: link.journal,
         unpersisted: Vec::new(),
+        retired: Vec::new(),
     };
     Worker {
         store,
@@ -373,7 +378,12 @@ where
                     self.settle_timed_out().await;
                 }
             }
+            if self.in_flight.is_empty() {
+                // Idle: the answered writes leave the journal now.
+                self.retire();
+            }
         }
+        self.retire();
         tracing::debug!(store = %self.store, "store worker stopped");
     }
 
@@ -568,7 +578,10 @@ where
         };
         let id = &entry.write.client_op_id;
         if entry.journaled && retire {
-            self.journal.remove(id);
+            self.retired.push(id.clone());
+            if self.retired.len() >= JOURNAL_BATCH {
+                self.retire();
+            }
         }
         match &result {
             Ok(ack) => {
@@ -648,6 +661,14 @@ where
     S: Service<SendWrite, Response = WriteAck, Error = WriteError> + Send + 'static,
     S::Future: Send + 'static,
 {
+    /// Takes the answered writes out of the journal, in one commit.
+    pub(super) fn retire(&mut self) {
+        if !self.retired.is_empty() {
+            let retired = std::mem::take(&mut self.retired);
+            self.journal.remove(&retired);
+        }
+    }
+
     /// Before writes of a durable outbox are first sent, records that they may be (a
     /// recovered write never sent goes out at once; one sent waits for its fate). If the disk
     /// refuses, they are not sent: they fail with [`WriteError::Storage`] and leave the outbox.
@@ -699,12 +720,18 @@ where
             .map(|entry| entry.write.clone())
             .collect();
         let count = writes.len();
-        match self.journal.append(writes).await {
+        // While live they go out at once: they are written as sent, which saves a commit per
+        // send (if the process dies before it sends them, they wait for the settle time after
+        // the restart instead of going out at once: never twice either way).
+        let sent = matches!(self.phase, Phase::Live(_));
+        self.retire();
+        match self.journal.append(writes, sent).await {
             Ok(()) => {
                 tracing::trace!(store = %self.store, writes = count, "writes on disk");
                 for ticket in tickets {
                     if let Some(entry) = self.entries.get_mut(&ticket) {
                         entry.journaled = true;
+                        entry.marked_sent = sent;
                         if let Some(queued) = entry.queued.take() {
                             let _ = queued.send(entry.write.client_op_id.clone());
                         }

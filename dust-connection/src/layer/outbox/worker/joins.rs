@@ -88,6 +88,7 @@ where
             };
             self.resolve_with(ticket, Err(error), retire).await;
         }
+        self.retire();
     }
 
     /// Leaves and rejoins the store, to learn what the catch-up says.
