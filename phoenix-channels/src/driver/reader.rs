@@ -246,11 +246,15 @@ impl ReplyReader {
         if let Poll::Ready(reply) = Pin::new(&mut *rx).poll(cx) {
             return Poll::Ready(reply.unwrap_or(Err(PushError::SocketClosed)));
         }
-        let owed = self.io.take_owed(self.id);
+        let mut owed = self.io.take_owed(self.id);
         if !owed && self.io.claimed_by(self.id) {
-            // Still the reader, and nothing came yet.
+            // Still the reader: nothing came yet, unless it came while the waker was being
+            // registered (and went to the waker before it).
             self.io.waiter.register(cx.waker());
-            return Poll::Pending;
+            owed = self.io.take_owed(self.id);
+            if !owed {
+                return Poll::Pending;
+            }
         }
         let Some(driver) = self.driver.upgrade() else {
             return Poll::Pending;
