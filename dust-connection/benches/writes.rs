@@ -67,17 +67,7 @@ async fn run(quick: bool, format: Format) {
     let n = if quick { 2_000 } else { 20_000 };
 
     for (workload, window) in WORKLOADS {
-        let stack = windowed(n, window, |i| {
-            let store = store.clone();
-            async move {
-                store
-                    .write(WriteRequest::set(["k", "v"], i as u64))
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .await;
+        let stack = windowed(n, window, |i| set(&store, i)).await;
         let pushed = windowed(n, window, |i| {
             let params = match format {
                 Format::MessagePack => Payload::msgpack(&write_params(i)),
@@ -130,6 +120,18 @@ fn write_params(i: usize) -> serde_json::Value {
         "path_segments": ["k", "v"],
         "value": i,
     })
+}
+
+/// The bench's write: `set k/v = i` through the whole stack.
+fn set(
+    store: &dust_connection::Store,
+    i: usize,
+) -> impl std::future::Future<Output = Result<(), String>> + use<> {
+    let store = store.clone();
+    async move {
+        let write = store.write(WriteRequest::set(["k", "v"], i as u64));
+        write.await.map(drop).map_err(|e| e.to_string())
+    }
 }
 
 /// Runs `n` operations with at most `window` in flight; the elapsed time.
@@ -209,17 +211,7 @@ async fn durable(quick: bool) {
     for (workload, window) in WORKLOADS {
         let mut rates = Vec::new();
         for store in &stores {
-            let elapsed = windowed(n, window, |i| {
-                let store = store.clone();
-                async move {
-                    store
-                        .write(WriteRequest::set(["k", "v"], i as u64))
-                        .await
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                }
-            })
-            .await;
+            let elapsed = windowed(n, window, |i| set(store, i)).await;
             rates.push(n as f64 / elapsed.as_secs_f64());
         }
         let (memory_s, durable_s) = (rates[0], rates[1]);

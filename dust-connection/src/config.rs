@@ -15,6 +15,7 @@ use crate::connection::{ConnInner, DustConnection};
 use crate::device::{DeviceId, TokenProvider, TokenSource};
 use crate::engine::{MemoryEngine, SyncEngine};
 use crate::error::{BuildError, WriteError};
+use crate::file::FileToken;
 use crate::format::Format;
 #[cfg(feature = "sqlite")]
 use crate::layer::outbox_internal::Recovered;
@@ -293,6 +294,9 @@ impl DustConnectionBuilder {
     /// waited for during [`unknown_outcome_settle`](Self::unknown_outcome_settle) first, in
     /// case its old connection's channel process still applies it).
     ///
+    /// Recovered writes hold slots of the outbox's capacity (beyond it if they must: new writes
+    /// then wait until enough of them are answered).
+    ///
     /// A write that fails because the connection shut down ([`WriteError::Closed`]) stays in
     /// the database and goes out on the next start. Disk syncs are grouped: the writes that
     /// arrive together share one transaction.
@@ -348,6 +352,10 @@ impl DustConnectionBuilder {
         // The seed's query: capver, device_id, token (alphabetical, as Elixir encodes its map),
         // then vsn, which phoenix-channels appends.
         let mut builder = Socket::builder(&self.url);
+        let file_token = match &token {
+            TokenSource::Fixed(token) => FileToken::Fixed(token.clone()),
+            TokenSource::Provider(provider) => FileToken::Provider(provider.clone()),
+        };
         match token {
             TokenSource::Fixed(token) => {
                 builder = builder
@@ -439,6 +447,8 @@ impl DustConnectionBuilder {
             stores,
             store_names: self.stores.clone(),
             url,
+            endpoint: self.url.clone(),
+            file_token,
             device_id,
             reported: Mutex::new(Reported {
                 status: ConnectionStatus::Disconnected,

@@ -21,6 +21,10 @@ pub(crate) struct ConnInner {
     pub(crate) stores: BTreeMap<String, Store>,
     pub(crate) store_names: Vec<String>,
     pub(crate) url: String,
+    /// The endpoint as configured (credentials included): the origin of file downloads.
+    pub(crate) endpoint: String,
+    /// The token file downloads are made with.
+    pub(crate) file_token: crate::file::FileToken,
     pub(crate) device_id: DeviceId,
     pub(crate) reported: Mutex<Reported>,
     pub(crate) changes: broadcast::Sender<StateChange>,

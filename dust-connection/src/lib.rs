@@ -106,11 +106,13 @@ mod device;
 mod durable;
 mod engine;
 mod error;
+mod file;
 mod format;
 mod glob;
 pub mod layer;
 mod notice;
 mod replica;
+mod single_flight;
 mod status;
 mod store;
 mod write;
@@ -120,12 +122,17 @@ pub use connection::DustConnection;
 pub use control::{ControlError, PathRollback, StoreReport, StoreRollback};
 pub use device::{DeviceId, TokenProvider};
 #[cfg(feature = "sqlite")]
-pub use durable::{Database, DurableError};
+pub use durable::{Database, DurableError, SqliteCache};
 pub use engine::{
-    Capabilities, Change, MemoryEngine, ServerEvent, Snapshot, SnapshotEntry, StoreStatus,
-    SyncEngine, unwrap_stored,
+    CATCH_UP_BATCH, Cache, CacheError, CachedEntry, CachedStore, Capabilities, Change, Commit,
+    MAX_UNPERSISTED_EVENTS, MemoryCache, MemoryEngine, ServerEvent, Snapshot, SnapshotEntry,
+    StoreStatus, SyncEngine, unwrap_stored,
 };
 pub use error::{BuildError, UnknownStore, WriteError};
+pub use file::{
+    DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_FILE_SIZE, FileBody, FileClient, FileError, FileRef,
+    FileRefError,
+};
 pub use format::Format;
 pub use glob::{Glob, GlobError, IntoGlob};
 pub use layer::QueuedWrite;
@@ -133,6 +140,9 @@ pub use notice::Notice;
 pub use replica::{
     DEFAULT_SUBSCRIBER_CAPACITY, Entry, IntoPath, Lagged, MAX_PAGE, Order, Page, Paging, ReadError,
     Replica, ReplicaStatus, SubscribeOptions, Subscription, SyncedStore, Update, Watch, WatchError,
+};
+pub use single_flight::{
+    DEFAULT_LEASE_TTL, Flight, LOCK_PREFIX, SingleFlight, SingleFlightError, Source,
 };
 pub use status::{ConnectionStatus, Info, StateChange};
 pub use store::{Store, WriteService};

@@ -225,6 +225,54 @@ async fn writes_sent_but_never_received_are_sent_again_once_after_a_crash() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovered_writes_hold_outbox_slots_even_beyond_the_capacity() {
+    let server = server().await;
+    let (db, _) = database("capacity");
+    let device = DeviceId::new("laptop-4");
+    let offline = builder(&server)
+        .manual()
+        .device_id(device.clone())
+        .durable_outbox(db.clone())
+        .outbox_capacity(16)
+        .connect()
+        .unwrap();
+    let app = offline.store(STORE).unwrap();
+    let mut issued = Vec::new();
+    for i in 0..10 {
+        let queued = within("queued", app.queue(write(i))).await.unwrap();
+        issued.push(queued.client_op_id().as_str().to_owned());
+    }
+    offline.disconnect().await;
+    drop((app, offline));
+
+    // Restarted with room for 4: the 10 recovered writes fill it and more.
+    let restarted = builder(&server)
+        .manual()
+        .device_id(device)
+        .durable_outbox(db)
+        .outbox_capacity(4)
+        .connect()
+        .unwrap();
+    let app = restarted.store(STORE).unwrap();
+    assert_eq!(app.outbox_len(), 10);
+    assert_eq!(
+        within("full", app.try_write(write(10))).await,
+        Err(WriteError::OutboxFull)
+    );
+    // A write that waits for room goes out after them.
+    let later = app.queue(write(11));
+    restarted.connect();
+    for answer in app.recovered() {
+        within("applied", answer).await.unwrap();
+    }
+    let later = within("queued once there is room", later).await.unwrap();
+    issued.push(later.client_op_id().as_str().to_owned());
+    within("applied", later).await.unwrap();
+    assert_applied_once_in_order(&server, STORE, &issued).await;
+    assert_eq!(app.outbox_len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_resolves_when_the_write_is_queued_before_its_answer() {
     let server = server().await;
     for durable in [false, true] {

@@ -29,10 +29,12 @@ const DEVICE: &str = "phone-1";
 const TODOS: usize = 25;
 
 /// The app: one durable connection. `write` queues the todos (printing each client op id once
-/// it is on disk) and then waits forever, to be killed; `sync` answers what was recovered.
+/// it is on disk) and then waits forever, to be killed; `sync` answers what was recovered;
+/// `read` reads the replica from the file, offline.
 async fn app(mode: &str, url: &str, db: &Path) -> Result<(), Error> {
     let database = Database::open(db)?;
-    let engine = MemoryEngine::new();
+    // The replica is in the same file: readable at once, offline.
+    let engine = MemoryEngine::open(&database)?;
     let dust = DustConnection::builder(url)
         .token(TOKEN)
         .device_id(DeviceId::new(DEVICE))
@@ -41,6 +43,21 @@ async fn app(mode: &str, url: &str, db: &Path) -> Result<(), Error> {
         .durable_outbox(database)
         .connect()?;
     let todos = dust.store(STORE)?;
+    if mode == "read" {
+        let replica = engine.replica(STORE);
+        let count = replica
+            .get(["todos"])?
+            .and_then(|todos| todos.as_object().map(|t| t.len()))
+            .unwrap_or(0);
+        println!(
+            "offline     read {count} todos from the replica on disk (seq {})",
+            replica.status().last_seq
+        );
+        if count != TODOS {
+            return Err(format!("the replica on disk has {count} todos, not {TODOS}").into());
+        }
+        return Ok(());
+    }
     if mode == "write" {
         for i in 0..TODOS {
             let write = WriteRequest::set(
@@ -132,6 +149,17 @@ async fn main() -> Result<(), Error> {
         "verified    all {} offline writes applied exactly once, in order",
         log.len()
     );
+
+    // 4. The server goes away again; the app still reads everything, from its file.
+    server.shutdown().await;
+    let status = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["read", &url])
+        .arg(&db)
+        .status()
+        .await?;
+    if !status.success() {
+        return Err("the offline read failed".into());
+    }
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -431,8 +431,12 @@ where
         }
         None => None,
     };
-    // The local replica, which `get`, `enum`, `subscribe` and `state` read.
-    let engine = MemoryEngine::new();
+    // The local replica, which `get`, `enum`, `subscribe` and `state` read: with `--db`, the
+    // durable cache in the same file (read at once, before any connection).
+    let engine = match &database {
+        Some(database) => MemoryEngine::open(database).map_err(|e| format!("--db: {e}"))?,
+        None => MemoryEngine::new(),
+    };
     let mut builder = DustConnection::builder(&options.url)
         .token(&options.token)
         .format(options.format)

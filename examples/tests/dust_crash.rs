@@ -168,6 +168,10 @@ async fn every_write_that_printed_queued_lands_exactly_once_in_order_through_a_k
     );
     let state = out.iter().find(|l| l["type"] == "state").unwrap();
     let server_entries = control.entries(STORE).await.unwrap();
+    let items = server_entries
+        .iter()
+        .filter(|e| e.path.starts_with("items/"))
+        .count();
     assert_eq!(
         state["entries"].as_object().unwrap().len(),
         server_entries.len()
@@ -179,4 +183,33 @@ async fn every_write_that_printed_queued_lands_exactly_once_in_order_through_a_k
             entry.path
         );
     }
+
+    // Third run, the server gone: the replica is read from the file, before any connection.
+    server.shutdown().await;
+    let mut third = tool(&url, &db);
+    let mut stdin = third.stdin.take().unwrap();
+    for command in [
+        json!({"cmd": "get", "store": STORE, "path": ["counter"]}),
+        json!({"cmd": "enum", "store": STORE, "pattern": "items/*", "limit": 1000}),
+    ] {
+        stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    drop(stdin);
+    let mut offline = Vec::new();
+    let mut lines = BufReader::new(third.stdout.take().unwrap()).lines();
+    tokio::time::timeout(T, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            offline.push(serde_json::from_str::<Value>(&line).unwrap());
+        }
+    })
+    .await
+    .expect("the offline run ends");
+    assert!(third.wait().await.unwrap().success());
+    let get = offline.iter().find(|l| l["type"] == "get").unwrap();
+    assert_eq!(get["value"], state["entries"]["counter"]);
+    let listed = offline.iter().find(|l| l["type"] == "enum").unwrap();
+    assert_eq!(listed["entries"].as_array().unwrap().len(), items);
 }

@@ -128,3 +128,35 @@ async fn unusable_root_certificates_fail_the_build() {
         "{built:?}"
     );
 }
+
+#[tokio::test]
+async fn the_socket_s_connector_opens_tls_streams_for_https_with_its_roots() {
+    use tokio::io::AsyncWriteExt as _;
+    let (port, accepted) = tls_server().await;
+    let url = url::Url::parse(&format!("https://localhost:{port}/api/files/x")).unwrap();
+    // The socket's connector, with the custom root: the TLS handshake completes.
+    let socket = Socket::builder(format!("wss://localhost:{port}/socket"))
+        .root_certificates_pem(CERT)
+        .build()
+        .unwrap()
+        .0;
+    let mut stream = tokio::time::timeout(T, socket.connector().open_stream(&url))
+        .await
+        .expect("opens")
+        .expect("trusted");
+    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // The default roots do not trust it: a TLS error.
+    let untrusted = Socket::builder(format!("wss://localhost:{port}/socket"))
+        .build()
+        .unwrap()
+        .0;
+    let refused = tokio::time::timeout(T, untrusted.connector().open_stream(&url))
+        .await
+        .expect("answers")
+        .err();
+    assert!(
+        matches!(refused, Some(DisconnectReason::Tls(_))),
+        "{refused:?}"
+    );
+}

@@ -17,7 +17,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
+mod cache;
 pub(crate) mod outbox;
+
+pub use cache::SqliteCache;
 
 /// The schema version this build writes; a newer file is refused ([`DurableError::Version`]).
 const SCHEMA_VERSION: i64 = 1;
@@ -136,9 +139,11 @@ impl Database {
             .execute_batch(&format!(
                 "BEGIN IMMEDIATE;
                  {outbox}
+                 {cache}
                  PRAGMA user_version = {SCHEMA_VERSION};
                  COMMIT;",
                 outbox = outbox::SCHEMA,
+                cache = cache::SCHEMA,
             ))
             .map_err(busy)?;
         Ok(Self {

@@ -69,7 +69,7 @@ fn insert(
 ) -> Result<(), DurableError> {
     let transaction = connection.transaction()?;
     {
-        let mut insert = transaction.prepare(
+        let mut insert = transaction.prepare_cached(
             "INSERT INTO outbox (store, client_op_id, event, op, path, kind, params, sent)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
@@ -107,14 +107,10 @@ pub(crate) fn remove(
     store: &str,
     client_op_ids: &[ClientOpId],
 ) -> Result<(), DurableError> {
-    let mut connection = db.lock();
-    let transaction = connection.transaction()?;
-    for id in client_op_ids {
-        retire(&transaction, store, id)?;
-    }
-    transaction.commit()?;
-    Ok(())
+    for_each(db, store, client_op_ids, RETIRE)
 }
+
+const RETIRE: &str = "DELETE FROM outbox WHERE store = ?1 AND client_op_id = ?2";
 
 /// Removes the row of `client_op_id`, inside the caller's transaction (the cache calls it in
 /// the transaction that applies the write's own event).
@@ -124,7 +120,7 @@ pub(crate) fn retire(
     client_op_id: &ClientOpId,
 ) -> Result<(), DurableError> {
     connection
-        .prepare("DELETE FROM outbox WHERE store = ?1 AND client_op_id = ?2")?
+        .prepare_cached(RETIRE)?
         .execute(params![store, client_op_id.as_str()])?;
     Ok(())
 }
@@ -135,13 +131,27 @@ pub(crate) fn mark_sent(
     store: &str,
     client_op_ids: &[ClientOpId],
 ) -> Result<(), DurableError> {
+    for_each(
+        db,
+        store,
+        client_op_ids,
+        "UPDATE outbox SET sent = 1 WHERE store = ?1 AND client_op_id = ?2",
+    )
+}
+
+/// Runs `sql` (`?1` the store, `?2` the op id) for each write, in one transaction.
+fn for_each(
+    db: &Database,
+    store: &str,
+    client_op_ids: &[ClientOpId],
+    sql: &str,
+) -> Result<(), DurableError> {
     let mut connection = db.lock();
     let transaction = connection.transaction()?;
     {
-        let mut update = transaction
-            .prepare("UPDATE outbox SET sent = 1 WHERE store = ?1 AND client_op_id = ?2")?;
+        let mut statement = transaction.prepare_cached(sql)?;
         for id in client_op_ids {
-            update.execute(params![store, id.as_str()])?;
+            statement.execute(params![store, id.as_str()])?;
         }
     }
     transaction.commit()?;
@@ -157,7 +167,7 @@ pub(crate) struct Pending {
 /// The writes still in `store`'s outbox, in issue order.
 pub(crate) fn pending(db: &Database, store: &str) -> Result<Vec<Pending>, DurableError> {
     let connection = db.lock();
-    let mut select = connection.prepare(
+    let mut select = connection.prepare_cached(
         "SELECT client_op_id, event, op, path, kind, params, sent FROM outbox
          WHERE store = ?1 ORDER BY position",
     )?;

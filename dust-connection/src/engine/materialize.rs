@@ -58,6 +58,14 @@ impl Diff {
         out
     }
 
+    /// Every path whose entry the op removed or wrote (a path may come twice).
+    pub(crate) fn touched(&self) -> impl Iterator<Item = &str> {
+        self.removed_leaves
+            .iter()
+            .map(String::as_str)
+            .chain(self.set.iter().map(|(path, _)| path.as_str()))
+    }
+
     fn upsert(&mut self, entries: &mut Entries, path: String, value: &Value, kind: &str, seq: u64) {
         let stored = Stored {
             value: codec::wrap(value),

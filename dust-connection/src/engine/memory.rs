@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use super::cache::Cache;
 use super::materialize::{Diff, Entries, Stored, detect_type, materialize};
+use super::persist::{Persisted, Step, commit_of};
 use super::{Capabilities, Change, ServerEvent, Snapshot, StoreStatus, SyncEngine};
 use crate::replica::{Overlay, Subscribers};
 use crate::write::{ClientOpId, Path, Rejection, WriteAck};
@@ -28,6 +30,8 @@ pub(crate) struct StoreState {
     pub(crate) subscribers: Subscribers,
     /// The pending optimistic writes ([`SyncedStore`](crate::SyncedStore)) over the entries.
     pub(crate) overlay: Overlay,
+    /// Where the store stands with the engine's cache ([`MemoryEngine::with_cache`]).
+    pub(crate) persisted: Persisted,
 }
 
 impl StoreState {
@@ -81,9 +85,14 @@ impl StoreState {
 /// ```
 #[derive(Clone)]
 pub struct MemoryEngine {
-    stores: Arc<Mutex<HashMap<String, StoreState>>>,
-    changes: broadcast::Sender<Change>,
+    pub(super) stores: Arc<Mutex<HashMap<String, StoreState>>>,
+    pub(super) changes: broadcast::Sender<Change>,
+    /// Where the applied state is kept ([`with_cache`](Self::with_cache)); `None`: memory only.
+    pub(super) cache: Option<Arc<dyn Cache>>,
 }
+
+/// How many changes the [`MemoryEngine::subscribe`] channel holds for a slow receiver.
+pub(super) const CHANGES: usize = 4096;
 
 impl fmt::Debug for MemoryEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -98,11 +107,13 @@ impl Default for MemoryEngine {
 }
 
 impl MemoryEngine {
-    /// An empty engine.
+    /// An empty engine, in memory only (nothing is kept when it is dropped; see
+    /// [`with_cache`](Self::with_cache) and `open` for engines that start from a cache).
     pub fn new() -> Self {
         Self {
             stores: Arc::default(),
-            changes: broadcast::channel(4096).0,
+            changes: broadcast::channel(CHANGES).0,
+            cache: None,
         }
     }
 
@@ -114,7 +125,7 @@ impl MemoryEngine {
         f(stores.entry(store.to_owned()).or_default())
     }
 
-    fn emit(&self, change: Change) {
+    pub(super) fn emit(&self, change: Change) {
         let _ = self.changes.send(change);
     }
 
@@ -214,7 +225,7 @@ impl MemoryEngine {
         self.with(store, |s| s.settle(client_op_id));
     }
 
-    fn apply(&self, store: &str, event: &ServerEvent) {
+    async fn apply(&self, store: &str, event: &ServerEvent) {
         let path = event
             .path_segments
             .clone()
@@ -244,11 +255,18 @@ impl MemoryEngine {
                 &mut diff,
             );
             s.publish(seq, event.client_op_id.as_deref(), Some(&path), &diff);
-            Ok(gap)
+            let commit = self
+                .cache
+                .is_some()
+                .then(|| commit_of(&s.entries, seq, event.client_op_id.as_deref(), &diff));
+            Ok((gap, commit))
         });
         match outcome {
             Err(()) => tracing::debug!(store, seq, "duplicate event dropped"),
-            Ok(gap) => {
+            Ok((gap, commit)) => {
+                if let Some(commit) = commit {
+                    self.persist(store, Step::Commit(commit)).await;
+                }
                 if let Some((expected, got)) = gap {
                     tracing::warn!(store, expected, got, "gap in the store's events");
                     self.emit(Change::Gap {
@@ -284,7 +302,11 @@ impl SyncEngine for MemoryEngine {
     }
 
     async fn set_status(&self, store: &str, status: StoreStatus) {
-        self.with(store, |s| s.status = Some(status));
+        self.with(store, |s| {
+            s.status = Some(status);
+            s.persisted.catching_up = status == StoreStatus::Connected;
+        });
+        self.persist(store, Step::Flush).await;
         self.emit(Change::Status {
             store: store.to_owned(),
             status,
@@ -296,7 +318,7 @@ impl SyncEngine for MemoryEngine {
     }
 
     async fn handle_server_event(&self, store: &str, event: &ServerEvent) {
-        self.apply(store, event);
+        self.apply(store, event).await;
     }
 
     async fn handle_snapshot(&self, store: &str, snapshot: &Snapshot) {
@@ -326,6 +348,7 @@ impl SyncEngine for MemoryEngine {
             s.last_seq = seq;
             s.publish(seq, None, None, &diff);
         });
+        self.persist(store, Step::Replace).await;
         self.emit(Change::Snapshot {
             store: store.to_owned(),
             seq: snapshot.snapshot_seq,
@@ -333,7 +356,12 @@ impl SyncEngine for MemoryEngine {
     }
 
     async fn set_catch_up_complete(&self, store: &str, through_seq: u64) {
-        self.with(store, |s| s.caught_up = Some(through_seq));
+        self.with(store, |s| {
+            s.caught_up = Some(through_seq);
+            s.persisted.catching_up = false;
+        });
+        self.persist(store, Step::Flush).await;
+        self.repair(store).await;
         self.emit(Change::CaughtUp {
             store: store.to_owned(),
             through_seq,
@@ -364,6 +392,7 @@ impl SyncEngine for MemoryEngine {
             s.caught_up = None;
             s.publish(0, None, None, &diff);
         });
+        self.persist(store, Step::Forget).await;
         self.emit(Change::Reset {
             store: store.to_owned(),
             server_seq,

@@ -9,13 +9,17 @@ use serde_json::Value;
 
 use crate::write::{ClientOpId, Rejection, WriteAck};
 
+mod cache;
 mod codec;
 mod materialize;
 mod memory;
+mod persist;
 
 pub(crate) use materialize::{Entries, Stored, materialize_into};
 
+pub use cache::{Cache, CacheError, CachedEntry, CachedStore, Commit, MemoryCache};
 pub use memory::MemoryEngine;
+pub use persist::{CATCH_UP_BATCH, MAX_UNPERSISTED_EVENTS};
 
 /// A store's connection status, as the engine sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -254,6 +258,24 @@ pub enum Change {
         store: String,
         /// The status.
         status: StoreStatus,
+    },
+    /// The engine's [`Cache`] failed to keep the store's state (see
+    /// [`MemoryEngine::with_cache`]): the engine goes on from memory, the cache stays behind at
+    /// an earlier consistent state until [`CacheRepaired`](Self::CacheRepaired).
+    CacheFailed {
+        /// The store.
+        store: String,
+        /// The engine's seq when it failed.
+        seq: u64,
+        /// What failed.
+        error: String,
+    },
+    /// The cache holds the store's state again, at `seq`, after a [`CacheFailed`](Self::CacheFailed).
+    CacheRepaired {
+        /// The store.
+        store: String,
+        /// The seq the cache is at.
+        seq: u64,
     },
     /// Catch-up completed.
     CaughtUp {

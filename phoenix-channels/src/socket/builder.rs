@@ -292,7 +292,7 @@ impl SocketBuilder {
         let driver = Driver::new(
             core,
             setup,
-            self.connector,
+            self.connector.clone(),
             self.connect_timeout,
             cmd_rx,
             status_tx,
@@ -314,6 +314,7 @@ impl SocketBuilder {
             outgoing,
             outgoing_limit: self.outgoing_limit,
             dropped_casts: AtomicU64::new(0),
+            connector: self.connector,
         });
         Ok((Socket { shared }, driver))
     }

@@ -68,6 +68,8 @@ pub(super) struct Shared {
     pub(super) outgoing: Arc<Semaphore>,
     pub(super) outgoing_limit: usize,
     pub(super) dropped_casts: AtomicU64,
+    /// The connector the driver opens connections with.
+    pub(super) connector: Arc<dyn crate::transport::Connector>,
 }
 
 /// A Phoenix socket: a cheap `Clone` handle to the task that owns the connection.
@@ -113,6 +115,14 @@ impl Socket {
     /// A builder for a channel on `topic`.
     pub fn channel(&self, topic: impl Into<Topic>) -> ChannelBuilder<'_> {
         ChannelBuilder::new(self, topic.into())
+    }
+
+    /// The connector this socket opens its connections with: to open other streams to the same
+    /// server with the same settings ([`Connector::open_stream`]).
+    ///
+    /// [`Connector::open_stream`]: crate::transport::Connector::open_stream
+    pub fn connector(&self) -> Arc<dyn crate::transport::Connector> {
+        self.shared.connector.clone()
     }
 
     /// The connect URL, without params, with credentials redacted.

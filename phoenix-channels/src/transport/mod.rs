@@ -21,8 +21,11 @@ use url::Url;
 
 use crate::frame::OutFrame;
 use crate::proto::DisconnectReason;
-pub use tls::TlsConfigError;
+pub use tls::{ByteStream, TlsConfigError};
 pub use websocket::{StreamConnector, WebSocketConnector};
+
+/// A boxed [`ByteStream`]: what [`Connector::open_stream`] opens.
+pub type BoxStream = Box<dyn ByteStream>;
 
 /// A frame read from the transport.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +129,20 @@ impl ConnectRequest {
 pub trait Connector: Send + Sync + fmt::Debug + 'static {
     /// Opens the WebSocket described by `request`.
     async fn connect(&self, request: &ConnectRequest) -> Result<BoxTransport, DisconnectReason>;
+
+    /// Opens a plain byte stream to the host and port of `url` the way this connector opens
+    /// the WebSocket's, without the WebSocket handshake: TCP, with TLS when the scheme is
+    /// `wss` or `https`. For plain HTTP requests to the same server beside the socket (a file
+    /// download, say), with the same TLS settings.
+    ///
+    /// The default answers [`DisconnectReason::Io`]: a connector that cannot open such a
+    /// stream says so. [`WebSocketConnector`] and [`StreamConnector`] open one.
+    async fn open_stream(&self, url: &Url) -> Result<BoxStream, DisconnectReason> {
+        Err(DisconnectReason::Io(format!(
+            "this connector opens no plain streams (to {})",
+            crate::socket::redact_url(url)
+        )))
+    }
 }
 
 /// Settings of the WebSocket protocol layer.
@@ -186,6 +203,37 @@ impl WebSocketSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn connectors_open_plain_streams_to_the_url_s_host_and_port() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = Url::parse(&format!("http://{addr}/api/files/x")).unwrap();
+        let connector = WebSocketConnector::new();
+        let opened = connector.open_stream(&url);
+        let (opened, accepted) = tokio::join!(opened, listener.accept());
+        let (mut client, mut server) = (opened.unwrap(), accepted.unwrap().0);
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+
+        // A connector without plain streams says so.
+        #[derive(Debug)]
+        struct WebSocketOnly;
+        #[async_trait]
+        impl Connector for WebSocketOnly {
+            async fn connect(&self, _: &ConnectRequest) -> Result<BoxTransport, DisconnectReason> {
+                Err(DisconnectReason::Eof)
+            }
+        }
+        let refused = WebSocketOnly.open_stream(&url).await.err();
+        assert!(
+            matches!(refused, Some(DisconnectReason::Io(_))),
+            "{refused:?}"
+        );
+    }
 
     #[test]
     fn debug_output_never_shows_credentials() {

@@ -97,10 +97,14 @@ fn default_rustls_config() -> Result<Arc<rustls::ClientConfig>, DisconnectReason
         .map_err(|e| DisconnectReason::Tls(format!("TLS configuration: {e}")))
 }
 
-/// A byte stream: TCP, or TLS over TCP.
-pub(super) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+/// A byte stream: TCP, TLS over TCP, or whatever a connector opens
+/// ([`Connector::open_stream`](super::Connector::open_stream)). Anything `AsyncRead +
+/// AsyncWrite + Send + Unpin + 'static` is one.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
+pub(super) use ByteStream as Io;
 
 impl WebSocketConnector {
     /// TLS over `tcp` to `host`.

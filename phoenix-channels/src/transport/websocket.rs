@@ -21,7 +21,9 @@ use super::masked::{Secrets, Unmask};
 #[cfg(feature = "rustls-ring")]
 use super::tls::rustls_config_with;
 use super::tls::{Io, TlsConfigError, pem_certificates};
-use super::{BoxTransport, ConnectRequest, Connector, Outgoing, Received, WebSocketSettings};
+use super::{
+    BoxStream, BoxTransport, ConnectRequest, Connector, Outgoing, Received, WebSocketSettings,
+};
 use bytes::Bytes;
 
 use crate::frame::OutFrame;
@@ -99,12 +101,9 @@ impl WebSocketConnector {
     }
 }
 
-#[async_trait]
-impl Connector for WebSocketConnector {
-    async fn connect(&self, request: &ConnectRequest) -> Result<BoxTransport, DisconnectReason> {
-        let (http, secrets) = http_request(request)?;
-        let url = &request.url;
-        let wss = url.scheme() == "wss";
+impl WebSocketConnector {
+    /// TCP (with `TCP_NODELAY`) to the host and port of `url`, with TLS when `tls` is set.
+    async fn open(&self, url: &url::Url, tls: bool) -> Result<Box<dyn Io>, DisconnectReason> {
         let host = match url.host() {
             Some(url::Host::Domain(domain)) => domain.to_owned(),
             Some(url::Host::Ipv4(ip)) => ip.to_string(),
@@ -113,18 +112,37 @@ impl Connector for WebSocketConnector {
         };
         let port = url
             .port_or_known_default()
-            .unwrap_or(if wss { 443 } else { 80 });
+            .unwrap_or(if tls { 443 } else { 80 });
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| DisconnectReason::Io(e.to_string()))?;
         // Small frames go out at once (as tokio-tungstenite's own connect does).
         let _ = tcp.set_nodelay(true);
-        let stream: Box<dyn Io> = if wss {
-            self.tls(&host, tcp).await?
+        if tls {
+            self.tls(&host, tcp).await
         } else {
-            Box::new(tcp)
-        };
+            Ok(Box::new(tcp))
+        }
+    }
+}
+
+/// Whether a URL's scheme asks for TLS.
+fn is_tls(url: &url::Url) -> bool {
+    matches!(url.scheme(), "wss" | "https")
+}
+
+#[async_trait]
+impl Connector for WebSocketConnector {
+    async fn connect(&self, request: &ConnectRequest) -> Result<BoxTransport, DisconnectReason> {
+        let (http, secrets) = http_request(request)?;
+        let stream = self
+            .open(&request.url, request.url.scheme() == "wss")
+            .await?;
         handshake(&self.settings, http, secrets, stream).await
+    }
+
+    async fn open_stream(&self, url: &url::Url) -> Result<BoxStream, DisconnectReason> {
+        self.open(url, is_tls(url)).await
     }
 }
 
@@ -186,6 +204,15 @@ where
             .map_err(|e| DisconnectReason::Io(e.to_string()))?;
         let (http, secrets) = http_request(request)?;
         handshake(&self.settings, http, secrets, stream).await
+    }
+
+    /// The closure's stream for a request to `url` (without headers or subprotocols): the
+    /// closure decides about TLS.
+    async fn open_stream(&self, url: &url::Url) -> Result<BoxStream, DisconnectReason> {
+        let stream = (self.open)(ConnectRequest::new(url.clone()))
+            .await
+            .map_err(|e| DisconnectReason::Io(e.to_string()))?;
+        Ok(Box::new(stream))
     }
 }
 

@@ -21,6 +21,8 @@ struct GateState {
     next_admit: u64,
     /// Free slots.
     free: usize,
+    /// Slots held beyond the capacity (recovered writes that did not fit): paid back first.
+    debt: usize,
     /// Tickets at or after `next_admit` whose writes will never come.
     abandoned: BTreeSet<u64>,
     /// Writes waiting for their turn.
@@ -57,6 +59,7 @@ impl Gate {
                 next_issue: first,
                 next_admit: first,
                 free: capacity.max(1),
+                debt: 0,
                 abandoned: BTreeSet::new(),
                 waiters: HashMap::new(),
             }),
@@ -66,7 +69,22 @@ impl Gate {
 
     /// How many writes hold a slot (queued in the outbox or in flight).
     pub(super) fn held(&self) -> usize {
-        self.capacity - lock(self).free
+        let state = lock(self);
+        self.capacity - state.free + state.debt
+    }
+
+    /// A slot for a write recovered from a durable outbox, taken whether or not one is free:
+    /// beyond the capacity, new writes wait until enough recovered ones are answered.
+    pub(super) fn force(self: &Arc<Self>) -> Permit {
+        let mut state = lock(self);
+        if state.free > 0 {
+            state.free -= 1;
+        } else {
+            state.debt += 1;
+        }
+        Permit {
+            gate: Some(self.clone()),
+        }
     }
 
     pub(super) fn issue(&self) -> u64 {
@@ -115,6 +133,10 @@ impl Gate {
 
     fn release(&self) {
         let mut state = lock(self);
+        if state.debt > 0 {
+            state.debt -= 1;
+            return;
+        }
         state.free += 1;
         state.advance();
     }
@@ -225,6 +247,21 @@ mod tests {
         gate.abandon(a);
         let _b = admit(&gate, b).expect("a gave up its turn");
         let _c = admit(&gate, c).expect("then c");
+    }
+
+    #[test]
+    fn forced_slots_beyond_the_capacity_are_paid_back_before_new_writes_enter() {
+        let gate = Gate::new(2, 1);
+        let forced: Vec<Permit> = (0..3).map(|_| gate.force()).collect();
+        assert_eq!(gate.held(), 3);
+        let next = gate.issue();
+        assert!(admit(&gate, next).is_none(), "no room: 3 held, capacity 2");
+        let mut forced = forced.into_iter();
+        drop(forced.next());
+        assert!(admit(&gate, next).is_none(), "the debt is paid first");
+        drop(forced.next());
+        assert_eq!(gate.held(), 1);
+        let _admitted = admit(&gate, next).expect("a slot is free");
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl Outbox {
         S::Future: Send + 'static,
     {
         let (submissions, queue) = mpsc::unbounded_channel();
-        let first = recovered.len() as u64 + 1;
+        let gate = Gate::new(link.config.outbox_capacity, recovered.len() as u64 + 1);
         let mut answers = Vec::with_capacity(recovered.len());
         for recovered in recovered {
             let (tx, rx) = oneshot::channel();
@@ -79,11 +79,12 @@ impl Outbox {
             answers.push(QueuedWrite::new(id, async move {
                 rx.await.unwrap_or(Err(WriteError::Closed))
             }));
-            link.recovered.push((recovered, tx));
+            // Recovered writes hold slots like any other (beyond the capacity if they must).
+            link.recovered.push((recovered, tx, gate.force()));
         }
         let outbox = Self {
             submissions,
-            gate: Gate::new(link.config.outbox_capacity, first),
+            gate,
             channel: link.channel.clone(),
             recovered: Arc::new(Mutex::new(answers)),
         };

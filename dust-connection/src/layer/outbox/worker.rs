@@ -11,6 +11,8 @@
 mod channel;
 mod events;
 mod joins;
+mod journal;
+mod send;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -23,11 +25,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use phoenix_channels::backoff::RejoinPolicy;
-use phoenix_channels::{Channel, PushError, Ref};
+use phoenix_channels::{Channel, Ref};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
-use tower::{Service, ServiceExt as _};
-use tracing::Instrument as _;
+use tower::Service;
 
 use super::gate::{Permit, Queued};
 use super::journal::{Journal, Recovered};
@@ -92,7 +93,7 @@ pub(crate) struct StoreLink {
     pub(crate) journal: Journal,
     /// The writes a durable outbox held when the process started, in issue order, whether
     /// each may have been sent, and where each one's answer goes.
-    pub(crate) recovered: Vec<(Recovered, Reply)>,
+    pub(crate) recovered: Vec<(Recovered, Reply, Permit)>,
 }
 
 /// The worker's bounds and policies (from the builder).
@@ -265,47 +266,8 @@ where
     S::Future: Send + 'static,
 {
     let store = link.store.clone();
-    let mut entries = BTreeMap::new();
-    let mut by_op_id = HashMap::new();
-    let mut ended = BTreeMap::new();
-    let mut settle_deadline = None;
-    if link.recovered.iter().any(|(r, _)| r.sent) {
-        // Epoch 0 is before the first join of this process: the recovered writes' "join".
-        ended.insert(0, JoinEnd::Recovered);
-        settle_deadline = Some(Instant::now() + link.config.unknown_outcome_settle);
-    }
-    if !link.recovered.is_empty() {
-        tracing::info!(store = %link.store, writes = link.recovered.len(), "writes recovered from the durable outbox");
-    }
-    for (ticket, (Recovered { write, sent }, reply)) in (1..).zip(link.recovered) {
-        by_op_id.insert(write.client_op_id.clone(), ticket);
-        // A write that was sent may have been applied: its fate is learned as after a lost
-        // connection. One never sent is simply queued.
-        let state = if sent {
-            EntryState::Orphan {
-                epoch: 0,
-                send: 0,
-                after_seq: 0,
-            }
-        } else {
-            EntryState::Queued
-        };
-        entries.insert(
-            ticket,
-            Entry {
-                write,
-                reply: Some(reply),
-                state,
-                crashes: 0,
-                span: tracing::Span::none(),
-                journaled: true,
-                marked_sent: sent,
-                queued: None,
-                _permit: Permit { gate: None },
-            },
-        );
-    }
-    let task = Task {
+    let recovered = link.recovered;
+    let mut task = Task {
         store: link.store,
         leaf,
         channel: link.channel,
@@ -315,13 +277,13 @@ where
         notices: link.notices,
         config: link.config,
         phase: Phase::Offline,
-        entries,
-        by_op_id,
+        entries: BTreeMap::new(),
+        by_op_id: HashMap::new(),
         in_flight: FuturesUnordered::new(),
         sends: 0,
         epoch: 0,
-        ended,
-        settle_deadline,
+        ended: BTreeMap::new(),
+        settle_deadline: None,
         known_seq: 0,
         applied_seq: 0,
         held_events: BTreeMap::new(),
@@ -332,6 +294,7 @@ where
         unpersisted: Vec::new(),
         retired: Vec::new(),
     };
+    task.recover(recovered);
     Worker {
         store,
         future: Box::pin(task.run()),
@@ -486,79 +449,6 @@ where
         Some(entry)
     }
 
-    async fn send(&mut self, ticket: u64, join_ref: Ref) {
-        let Some(entry) = self.entries.get_mut(&ticket) else {
-            return;
-        };
-        if !entry.journaled && entry.reply.as_ref().is_some_and(|r| r.is_closed()) {
-            // Its caller is gone and it is known not to be applied: drop it.
-            self.forget(ticket);
-            return;
-        }
-        self.sends += 1;
-        let send = self.sends;
-        entry.state = EntryState::InFlight {
-            epoch: self.epoch,
-            send,
-            after_seq: self.known_seq,
-            applied: None,
-        };
-        // The caller's span travels with the write: the send is a child of it.
-        let span = tracing::debug_span!(
-            parent: &entry.span,
-            "dust_outbox_send",
-            client_op_id = %entry.write.client_op_id,
-            send,
-        );
-        let request = SendWrite {
-            channel: self.channel.clone(),
-            write: entry.write.clone(),
-            join_ref,
-        };
-        let call = match self.leaf.ready().await {
-            Ok(leaf) => span.in_scope(|| leaf.call(request)),
-            Err(error) => {
-                self.resolve(ticket, Err(error)).await;
-                return;
-            }
-        };
-        self.in_flight.push(Box::pin(
-            async move { (ticket, send, call.await) }.instrument(span),
-        ));
-    }
-
-    /// While live, sends queued writes in issue order, keeping at most `max_in_flight` sent
-    /// and unanswered. Nothing goes out while a write before them waits for its outcome.
-    async fn flush(&mut self) {
-        let Phase::Live(join_ref) = &self.phase else {
-            return;
-        };
-        let join_ref = join_ref.clone();
-        let mut in_flight = 0;
-        let mut to_send = Vec::new();
-        let durable = self.journal.is_durable();
-        for (ticket, entry) in &self.entries {
-            match entry.state {
-                EntryState::InFlight { .. } => in_flight += 1,
-                EntryState::Orphan { .. } => return,
-                EntryState::Queued => {
-                    if (durable && !entry.journaled)
-                        || in_flight + to_send.len() >= self.config.max_in_flight.max(1)
-                    {
-                        break;
-                    }
-                    to_send.push(*ticket);
-                }
-            }
-        }
-        if durable && !self.mark_sent(&to_send).await {
-            return;
-        }
-        for ticket in to_send {
-            self.send(ticket, join_ref.clone()).await;
-        }
-    }
-
     /// Answers a write; with a durable outbox its row goes, unless the write failed
     /// because the connection shut down (`WriteError::Closed`): it goes out on the next start.
     async fn resolve(&mut self, ticket: u64, result: Result<WriteAck, WriteError>) {
@@ -598,153 +488,6 @@ where
         }
         if let Some(reply) = entry.reply.take() {
             let _ = reply.send(result);
-        }
-    }
-
-    async fn on_outcome(&mut self, (ticket, send, result): Outcome) {
-        let Some(entry) = self.entries.get_mut(&ticket) else {
-            return;
-        };
-        let EntryState::InFlight {
-            epoch,
-            send: current,
-            after_seq,
-            applied,
-        } = &mut entry.state
-        else {
-            return;
-        };
-        if *current != send {
-            return;
-        }
-        let (epoch, after_seq) = (*epoch, *after_seq);
-        match result {
-            Ok(ack) => self.resolve(ticket, Ok(ack)).await,
-            Err(WriteError::Transport(
-                PushError::Unavailable | PushError::NotJoined | PushError::BufferFull { .. },
-            )) => {
-                // Not sent: the join it was pinned to had ended. It goes out after the rejoin.
-                entry.state = EntryState::Queued;
-            }
-            Err(WriteError::Transport(
-                error @ (PushError::Encode(_) | PushError::Payload(_) | PushError::SocketClosed),
-            )) => {
-                // Never sent, and sending it again cannot work.
-                self.resolve(ticket, Err(WriteError::Transport(error)))
-                    .await;
-            }
-            Err(WriteError::Transport(error)) => match applied.take() {
-                Some(ack) => self.resolve(ticket, Ok(ack)).await,
-                None => {
-                    entry.state = EntryState::Orphan {
-                        epoch,
-                        send,
-                        after_seq,
-                    };
-                    if error == PushError::Timeout && matches!(self.phase, Phase::Live(_)) {
-                        // The connection is up but the reply never came: leave (the old
-                        // channel process handles what it has before it goes) and learn the
-                        // outcome from a fresh catch-up.
-                        self.join_ended(JoinEnd::Ended).await;
-                        self.resync("no reply to a write before its timeout");
-                    }
-                }
-            },
-            Err(other) => self.resolve(ticket, Err(other)).await,
-        }
-        self.flush().await;
-    }
-}
-
-impl<S> Task<S>
-where
-    S: Service<SendWrite, Response = WriteAck, Error = WriteError> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    /// Takes the answered writes out of the journal, in one commit.
-    pub(super) fn retire(&mut self) {
-        if !self.retired.is_empty() {
-            let retired = std::mem::take(&mut self.retired);
-            self.journal.remove(&retired);
-        }
-    }
-
-    /// Before writes of a durable outbox are first sent, records that they may be (a
-    /// recovered write never sent goes out at once; one sent waits for its fate). If the disk
-    /// refuses, they are not sent: they fail with [`WriteError::Storage`] and leave the outbox.
-    async fn mark_sent(&mut self, tickets: &[u64]) -> bool {
-        let ids: Vec<ClientOpId> = tickets
-            .iter()
-            .filter_map(|ticket| self.entries.get(ticket))
-            .filter(|entry| !entry.marked_sent)
-            .map(|entry| entry.write.client_op_id.clone())
-            .collect();
-        if ids.is_empty() {
-            return true;
-        }
-        match self.journal.mark_sent(&ids) {
-            Ok(()) => {
-                for ticket in tickets {
-                    if let Some(entry) = self.entries.get_mut(ticket) {
-                        entry.marked_sent = true;
-                    }
-                }
-                true
-            }
-            Err(error) => {
-                tracing::error!(store = %self.store, %error, "could not mark writes as sent in the durable outbox");
-                for ticket in tickets {
-                    self.resolve(*ticket, Err(error.clone())).await;
-                }
-                false
-            }
-        }
-    }
-
-    /// Puts the accepted writes on disk, with the ones waiting in the submissions queue (up to
-    /// [`JOURNAL_BATCH`]) in the same transaction; then they are queued: their callers are
-    /// told, and they may be sent.
-    async fn persist(&mut self) {
-        while self.unpersisted.len() < JOURNAL_BATCH
-            && let Ok(submission) = self.submissions.try_recv()
-        {
-            self.on_submission(submission).await;
-        }
-        if self.unpersisted.is_empty() {
-            return;
-        }
-        let tickets = std::mem::take(&mut self.unpersisted);
-        let writes: Vec<EncodedWrite> = tickets
-            .iter()
-            .filter_map(|ticket| self.entries.get(ticket))
-            .map(|entry| entry.write.clone())
-            .collect();
-        let count = writes.len();
-        // While live they go out at once: they are written as sent, which saves a commit per
-        // send (if the process dies before it sends them, they wait for the settle time after
-        // the restart instead of going out at once: never twice either way).
-        let sent = matches!(self.phase, Phase::Live(_));
-        self.retire();
-        match self.journal.append(writes, sent).await {
-            Ok(()) => {
-                tracing::trace!(store = %self.store, writes = count, "writes on disk");
-                for ticket in tickets {
-                    if let Some(entry) = self.entries.get_mut(&ticket) {
-                        entry.journaled = true;
-                        entry.marked_sent = sent;
-                        if let Some(queued) = entry.queued.take() {
-                            let _ = queued.send(entry.write.client_op_id.clone());
-                        }
-                    }
-                }
-                self.flush().await;
-            }
-            Err(error) => {
-                tracing::error!(store = %self.store, %error, "could not put writes in the durable outbox");
-                for ticket in tickets {
-                    self.resolve_with(ticket, Err(error.clone()), false).await;
-                }
-            }
         }
     }
 }
