@@ -12,8 +12,8 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
 use crate::backoff::RejoinPolicy;
-use crate::driver::Command;
 use crate::driver::queue::{self, Delivery, Item, QueueRx};
+use crate::driver::{Command, ReplyReader};
 use crate::error::{JoinError, Lagged, PushError};
 use crate::handler::{ChannelContext, ChannelHandler, HandlerTask};
 use crate::proto::channel::{ChannelId, ChannelOptions, ChannelState, CloseCause, JoinParams};
@@ -390,13 +390,17 @@ impl Channel {
     /// Sends a push whose room is reserved.
     fn send_push(&self, request: PushRequest, cost: usize) -> Push {
         let (tx, rx) = oneshot::channel();
-        self.inner.socket.send_push(Command::Push {
-            id: self.inner.id,
-            request,
-            reply: Some(tx),
-            cost,
-        });
-        Push(PushState::Waiting(rx))
+        let reader = self.inner.socket.reply_reader();
+        self.inner.socket.send_push(
+            Command::Push {
+                id: self.inner.id,
+                request,
+                reply: Some(tx),
+                cost,
+            },
+            Some(&reader),
+        );
+        Push(PushState::Waiting(rx, reader))
     }
 
     /// Sends `event` without waiting for a reply, for events the server never answers. Sent
@@ -431,12 +435,15 @@ impl Channel {
         let request = PushRequest::new(event.into(), payload, self.inner.push_timeout);
         match self.inner.socket.reserve(self.cost(&request), false) {
             Room::Now(cost) => {
-                self.inner.socket.send_push(Command::Push {
-                    id: self.inner.id,
-                    request,
-                    reply: None,
-                    cost,
-                });
+                self.inner.socket.send_push(
+                    Command::Push {
+                        id: self.inner.id,
+                        request,
+                        reply: None,
+                        cost,
+                    },
+                    None,
+                );
                 Ok(())
             }
             Room::Closed => Err(PushError::SocketClosed),
@@ -485,7 +492,8 @@ enum PushState {
     Failed(Option<PushError>),
     /// Waiting for room in the outgoing buffer.
     Room(Box<WaitingForRoom>),
-    Waiting(oneshot::Receiver<Result<Reply, PushError>>),
+    /// Waiting for the reply, which this push's task may read itself.
+    Waiting(oneshot::Receiver<Result<Reply, PushError>>, ReplyReader),
 }
 
 impl fmt::Debug for PushState {
@@ -493,7 +501,7 @@ impl fmt::Debug for PushState {
         match self {
             Self::Failed(error) => f.debug_tuple("Failed").field(error).finish(),
             Self::Room(_) => f.write_str("WaitingForRoom"),
-            Self::Waiting(_) => f.write_str("WaitingForReply"),
+            Self::Waiting(..) => f.write_str("WaitingForReply"),
         }
     }
 }
@@ -544,9 +552,7 @@ impl Future for Push {
                         Poll::Pending => Poll::Pending,
                     },
                 },
-                PushState::Waiting(rx) => Pin::new(rx)
-                    .poll(cx)
-                    .map(|r| r.unwrap_or(Err(PushError::SocketClosed))),
+                PushState::Waiting(rx, reader) => reader.poll_reply(rx, cx),
             };
         }
     }

@@ -12,7 +12,7 @@
 
 use std::task::Context;
 
-use super::{Command, Driver};
+use super::{Command, Driver, ReplyReader};
 
 impl Driver {
     /// Whether a handle may carry out this command now ([`Driver::push_now`]): a push awaiting
@@ -36,7 +36,7 @@ impl Driver {
     /// Carries out a push command on the caller's thread, when
     /// [`takes_now`](Self::takes_now) said so: hands it to the core and writes and flushes
     /// its frame.
-    pub(crate) fn push_now(&mut self, command: Command) {
+    pub(crate) fn push_now(&mut self, command: Command, reader: Option<&ReplyReader>) {
         let Some(waker) = self.waker.take() else {
             // Not reached (see `takes_now`); the task takes it.
             self.command(command);
@@ -46,8 +46,15 @@ impl Driver {
         let _entered = span.enter();
         let mut cx = Context::from_waker(&waker);
         self.command(command);
+        if let Some(reader) = reader
+            && self.core.pending_len() == 1
+        {
+            // The lone push takes the readiness before its frame is written (see
+            // [`ReplyReader`]); the timer below covers its check.
+            reader.claim_unpolled(self);
+        }
         let mut wake = self.dispatch();
-        if let Err(reason) = self.poll_write(&mut cx) {
+        if let Err(reason) = self.poll_write() {
             self.transport_lost(reason);
             self.dispatch();
             wake = true;

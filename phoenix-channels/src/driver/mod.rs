@@ -11,7 +11,9 @@ mod command;
 mod direct;
 mod malformed;
 pub(crate) mod queue;
+mod reader;
 mod slot;
+mod timer;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -28,6 +30,8 @@ use tokio::time::{Instant, Sleep};
 
 pub(crate) use command::Command;
 use malformed::MalformedLog;
+use reader::WriteWake;
+pub(crate) use reader::{IoWake, ReplyReader};
 use slot::Slot;
 
 use crate::frame::OutFrame;
@@ -98,8 +102,21 @@ pub(crate) struct Driver {
     /// The task's waker, for the pushes that the handles write themselves (see
     /// [`Driver::push_now`]): whatever they leave for the task to do wakes it.
     waker: Option<Waker>,
+    /// What the connection wakes (see [`reader`]): a waiting push that reads its own reply,
+    /// else this task.
+    io: Arc<IoWake>,
+    io_waker: Waker,
+    /// What the connection's writes wake ([`WriteWake`]).
+    write_waker: Waker,
+    /// When the task wakes at the latest while a waiting push takes the connection's
+    /// readiness, in case that push is not polled (see [`reader::READER_CHECK`]).
+    reader_check: Option<Instant>,
     /// Frames this wake-up may still read.
     read_budget: usize,
+    /// The transport had nothing to read this wake-up: its waker is registered, so another
+    /// read before the next wake-up would find nothing either (and still cost tungstenite a
+    /// zeroed read buffer).
+    read_idle: bool,
     /// Channels whose consumer is far behind.
     congested: Vec<ChannelId>,
     /// The end of the current read pause for them.
@@ -131,7 +148,12 @@ impl Driver {
         let max_pause = MAX_READ_PAUSE.min(config.heartbeat_timeout / 4);
         let mut core = SocketCore::new(config);
         core.start(Instant::now().into_std());
+        let io = Arc::new(IoWake::default());
         Self {
+            io_waker: Waker::from(io.clone()),
+            write_waker: Waker::from(Arc::new(WriteWake(io.clone()))),
+            io,
+            reader_check: None,
             core,
             setup: Arc::new(setup),
             connector,
@@ -155,6 +177,7 @@ impl Driver {
             stopped: false,
             waker: None,
             read_budget: READ_BUDGET,
+            read_idle: false,
             congested: Vec::new(),
             pause_until: None,
             pause_started: None,
@@ -282,10 +305,15 @@ impl Driver {
     }
 
     /// Writes queued frames to the transport and flushes once for the batch.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), DisconnectReason> {
+    fn poll_write(&mut self) -> Result<(), DisconnectReason> {
         let Some(transport) = self.transport.as_mut() else {
             return Ok(());
         };
+        if self.outbox.is_empty() && !self.needs_flush {
+            return Ok(());
+        }
+        self.io.set_write_pending(true);
+        let cx = &mut Context::from_waker(&self.write_waker);
         let mut transport: Pin<&mut dyn transport::Transport> = Pin::new(&mut **transport);
         while !self.outbox.is_empty() {
             match transport.as_mut().poll_ready(cx) {
@@ -307,6 +335,8 @@ impl Driver {
                 Poll::Pending => {}
             }
         }
+        self.io
+            .set_write_pending(!self.outbox.is_empty() || self.needs_flush);
         Ok(())
     }
 
@@ -357,6 +387,7 @@ impl Driver {
             match result {
                 Ok(transport) => {
                     self.transport = Some(transport);
+                    self.read_idle = false;
                     self.core.handle_connected(Self::now());
                 }
                 Err(reason) => self.core.handle_disconnected(Self::now(), reason),
@@ -366,11 +397,12 @@ impl Driver {
         let mut lost = None;
         if !self.read_paused(cx) {
             let now = Self::now();
-            while self.read_budget > 0 {
+            while self.read_budget > 0 && !self.read_idle {
                 let Some(transport) = self.transport.as_mut() else {
                     break;
                 };
-                let next = Pin::new(&mut **transport).poll_next(cx);
+                let next =
+                    Pin::new(&mut **transport).poll_next(&mut Context::from_waker(&self.io_waker));
                 self.read_budget -= 1;
                 match next {
                     Poll::Ready(Some(Ok(Received::Text(text)))) => self.core.handle_text(now, text),
@@ -382,7 +414,10 @@ impl Driver {
                     }
                     Poll::Ready(Some(Err(reason))) => lost = Some(reason),
                     Poll::Ready(None) => lost = Some(DisconnectReason::Eof),
-                    Poll::Pending => break,
+                    Poll::Pending => {
+                        self.read_idle = true;
+                        break;
+                    }
                 }
                 progress = true;
                 if lost.is_some() {
@@ -410,61 +445,13 @@ impl Driver {
 
         progress |= self.dispatch();
 
-        if let Err(reason) = self.poll_write(cx) {
+        if let Err(reason) = self.poll_write() {
             self.transport_lost(reason);
             self.dispatch();
             progress = true;
         }
         self.release_room();
         progress
-    }
-
-    /// Whether reading waits for a congested consumer (registering to be woken when it drains).
-    fn read_paused(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.congested.is_empty() {
-            return false;
-        }
-        let slots = &self.slots;
-        self.congested.retain(|id| {
-            slots
-                .get(id)
-                .is_some_and(|slot| slot.queue.wake_when_drained(cx.waker()))
-        });
-        let now = Instant::now();
-        if self.congested.is_empty() {
-            self.end_pause(now);
-            return false;
-        }
-        match self.pause_until {
-            Some(until) if now < until => true,
-            Some(_) => {
-                // Spent: read on (the overflow is dropped and reported) while more is earned.
-                self.end_pause(now);
-                false
-            }
-            None => {
-                let earned = now.saturating_duration_since(self.pause_earned_at) / PAUSE_SHARE;
-                self.pause_earned = (self.pause_earned + earned).min(self.max_pause);
-                self.pause_earned_at = now;
-                if self.pause_earned < MIN_READ_PAUSE.min(self.max_pause) {
-                    return false;
-                }
-                self.pause_started = Some(now);
-                self.pause_until = Some(now + self.pause_earned);
-                true
-            }
-        }
-    }
-
-    /// Ends the current read pause, if any, paying for its time.
-    fn end_pause(&mut self, now: Instant) {
-        self.pause_until = None;
-        if let Some(started) = self.pause_started.take() {
-            self.pause_earned = self
-                .pause_earned
-                .saturating_sub(now.saturating_duration_since(started));
-            self.pause_earned_at = now;
-        }
     }
 
     fn finished(&mut self) -> bool {
@@ -496,64 +483,42 @@ impl Future for Driver {
         let this = &mut *self;
         if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             this.waker = Some(cx.waker().clone());
+            this.io.set_task(cx.waker());
         }
-        let span = this.span.clone();
+        this.run(cx)
+    }
+}
+
+impl Driver {
+    /// The task's work for one wake-up: rounds until nothing happens (or the budget is spent).
+    fn run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let span = self.span.clone();
         let _entered = span.enter();
+        // This wake-up reads whatever a waiting push was woken for.
+        self.io.paying();
         let mut rounds = 0;
-        this.read_budget = READ_BUDGET;
-        while this.poll_round(cx) {
-            this.flush_consumers();
-            if this.finished() {
+        self.read_budget = READ_BUDGET;
+        self.read_idle = false;
+        while self.poll_round(cx) {
+            self.flush_consumers();
+            if self.finished() {
                 return Poll::Ready(());
             }
             rounds += 1;
-            if rounds == 16 || this.read_budget == 0 {
+            if rounds == 16 || self.read_budget == 0 {
                 // Busy: let other tasks run, and come back at once.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
         }
-        this.flush_consumers();
-        if this.finished() {
+        self.flush_consumers();
+        if self.finished() {
             return Poll::Ready(());
         }
-        if this.arm_timer(cx) {
+        if self.arm_timer(cx) {
             cx.waker().wake_by_ref();
         }
         Poll::Pending
-    }
-}
-
-impl Driver {
-    /// Arms the timer for the core's next deadline (or the end of a read pause) and polls it;
-    /// returns whether it has already fired.
-    ///
-    /// The timer is moved only to an earlier deadline, or after it fired: a later deadline
-    /// (the usual case: a push's timeout after the reply of the previous one) leaves it armed
-    /// early, and when it fires with nothing due it is armed again. Moving a tokio timer
-    /// earlier re-registers it in the timer wheel, so this saves two moves per round trip.
-    fn arm_timer(&mut self, cx: &mut Context<'_>) -> bool {
-        // A pause in progress ends at its deadline; one that has run out is not waited for.
-        let now = Instant::now();
-        let pause = self
-            .pause_until
-            .filter(|at| !self.congested.is_empty() && *at > now);
-        let next = match (self.core.poll_timeout().map(Instant::from_std), pause) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let Some(at) = next else {
-            return false;
-        };
-        let stale = match self.timer_at {
-            None => true,
-            Some(armed) => at < armed || self.timer.is_elapsed(),
-        };
-        if stale {
-            self.timer.as_mut().reset(at);
-            self.timer_at = Some(at);
-        }
-        self.timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -576,6 +541,16 @@ impl SocketDriver {
     /// The handles' access to the driver (see [`Driver::push_now`]).
     pub(crate) fn shared(&self) -> Weak<Mutex<Driver>> {
         Arc::downgrade(&self.driver)
+    }
+
+    /// What the connection wakes, for the pushes that read their own replies
+    /// ([`ReplyReader`]).
+    pub(crate) fn io(&self) -> Arc<IoWake> {
+        self.driver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .io
+            .clone()
     }
 }
 

@@ -11,14 +11,18 @@
 //! The socket task wakes a consumer once per batch, not once per message: queuing marks the
 //! queue, and [`QueueTx::flush`] (called by the socket task before it yields) wakes the
 //! consumer if anything was queued since. On the multi-thread runtime, where the consumer
-//! runs on another thread, each wake-up can cost a futex call.
+//! runs on another thread, each wake-up can cost a futex call. The consumer takes the batch
+//! whole (one lock per batch, the buffers swapped so that neither side allocates again).
+//!
+//! An idle queue allocates nothing but its shared state: no slots until something is queued
+//! (a tokio channel allocated about 1 KiB per queue up front, a quarter of an idle channel).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
-use tokio::sync::mpsc;
 
 use crate::handler::Joined;
 use crate::proto::channel::{CloseCause, ErrorCause, RejoinCause};
@@ -47,6 +51,12 @@ pub(crate) enum Item {
 
 #[derive(Debug, Default)]
 struct Shared {
+    /// What the socket task queued and the consumer has not taken yet.
+    queued: Mutex<VecDeque<Delivery>>,
+    /// The socket task dropped its side: nothing more comes.
+    closed: AtomicBool,
+    /// The consumer dropped its side: nothing is taken any more.
+    gone: AtomicBool,
     queued_messages: AtomicUsize,
     dropped: AtomicU64,
     overflow_pending: AtomicBool,
@@ -59,8 +69,6 @@ struct Shared {
 
 #[derive(Debug)]
 pub(crate) struct QueueTx {
-    /// `None` only while dropping (the sender goes first, then the consumer is woken).
-    tx: Option<mpsc::UnboundedSender<Delivery>>,
     shared: Arc<Shared>,
     capacity: usize,
     /// Something was queued since the last [`QueueTx::flush`].
@@ -69,7 +77,8 @@ pub(crate) struct QueueTx {
 
 #[derive(Debug)]
 pub(crate) struct QueueRx {
-    rx: mpsc::UnboundedReceiver<Delivery>,
+    /// The batch taken from the shared queue, being consumed.
+    batch: VecDeque<Delivery>,
     shared: Arc<Shared>,
     half: usize,
 }
@@ -79,18 +88,16 @@ pub(crate) struct QueueRx {
 pub(crate) struct Gone;
 
 pub(crate) fn queue(capacity: usize) -> (QueueTx, QueueRx) {
-    let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared::default());
     let capacity = capacity.max(1);
     (
         QueueTx {
-            tx: Some(tx),
             shared: shared.clone(),
             capacity,
             unflushed: false,
         },
         QueueRx {
-            rx,
+            batch: VecDeque::new(),
             shared,
             half: capacity / 2,
         },
@@ -99,8 +106,10 @@ pub(crate) fn queue(capacity: usize) -> (QueueTx, QueueRx) {
 
 impl QueueTx {
     fn send(&mut self, delivery: Delivery) -> Result<(), Gone> {
-        let tx = self.tx.as_ref().ok_or(Gone)?;
-        tx.send(delivery).map_err(|_| Gone)?;
+        if self.shared.gone.load(Ordering::Acquire) {
+            return Err(Gone);
+        }
+        self.shared.lock().push_back(delivery);
         self.unflushed = true;
         Ok(())
     }
@@ -162,12 +171,41 @@ impl QueueTx {
 impl Drop for QueueTx {
     fn drop(&mut self) {
         // Close the queue first, so that the woken consumer sees it closed.
-        drop(self.tx.take());
+        self.shared.closed.store(true, Ordering::Release);
         self.shared.consumer.wake();
     }
 }
 
+impl Drop for QueueRx {
+    fn drop(&mut self) {
+        self.shared.gone.store(true, Ordering::Release);
+        // What was queued is not taken: free it now.
+        self.shared.lock().clear();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Delivery>> {
+        self.queued.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 impl QueueRx {
+    /// The next delivery (`Some(None)`: the queue is closed and empty; `None`: nothing yet).
+    fn try_next(&mut self) -> Option<Option<Delivery>> {
+        if let Some(delivery) = self.batch.pop_front() {
+            return Some(Some(delivery));
+        }
+        // Read before looking: everything queued before the close is then in the queue.
+        let closed = self.shared.closed.load(Ordering::Acquire);
+        std::mem::swap(&mut *self.shared.lock(), &mut self.batch);
+        match self.batch.pop_front() {
+            Some(delivery) => Some(Some(delivery)),
+            None if closed => Some(None),
+            None => None,
+        }
+    }
+
     fn item(&self, delivery: Delivery) -> Item {
         match delivery {
             Delivery::Message(m) => {
@@ -192,18 +230,13 @@ impl QueueRx {
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         // Like tokio's own receivers: take part in the task's cooperative budget.
         let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
-        let mut attempt = || match self.rx.try_recv() {
-            Ok(delivery) => Some(Some(delivery)),
-            Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
-            Err(mpsc::error::TryRecvError::Empty) => None,
-        };
-        let received = match attempt() {
+        let received = match self.try_next() {
             Some(received) => received,
             None => {
                 // Register, then look again: whatever is queued after the first look is
                 // followed by a flush, which wakes this waker.
                 self.shared.consumer.register(cx.waker());
-                match attempt() {
+                match self.try_next() {
                     Some(received) => received,
                     None => return Poll::Pending,
                 }

@@ -304,6 +304,7 @@ impl SocketBuilder {
         let shared = Arc::new(Shared {
             commands: cmd_tx,
             driver: driver.shared(),
+            io: driver.io(),
             status: status_rx,
             tap: tap_tx,
             next_channel: AtomicU64::new(1),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
 use crate::channel::ChannelBuilder;
-use crate::driver::{Command, Driver};
+use crate::driver::{Command, Driver, IoWake, ReplyReader};
 use crate::error::SocketClosed;
 use crate::proto::SocketStatus;
 use crate::proto::channel::ChannelId;
@@ -56,6 +56,8 @@ pub(super) struct Shared {
     pub(super) commands: mpsc::UnboundedSender<Command>,
     /// The socket task's state, for pushes written without crossing to the task.
     pub(super) driver: Weak<Mutex<Driver>>,
+    /// What the connection wakes, for pushes that read their own replies.
+    pub(super) io: Arc<IoWake>,
     pub(super) status: watch::Receiver<SocketStatus>,
     pub(super) tap: broadcast::Sender<Inbound>,
     pub(super) next_channel: AtomicU64,
@@ -183,15 +185,22 @@ impl Socket {
     /// Sends a push or cast command: a lone request is carried out at once on this thread when
     /// the socket task is idle (written straight to the connection); anything else is queued
     /// for the task.
-    pub(crate) fn send_push(&self, command: Command) {
+    /// A push written this way takes the connection's readiness for its `reader` at once, so
+    /// that a quick reply does not go to the socket task before the push is first polled.
+    pub(crate) fn send_push(&self, command: Command, reader: Option<&ReplyReader>) {
         if let Some(driver) = self.shared.driver.upgrade()
             && let Ok(mut driver) = driver.try_lock()
             && driver.takes_now(&command)
         {
-            driver.push_now(command);
+            driver.push_now(command, reader);
             return;
         }
         self.send(command);
+    }
+
+    /// What lets a push's task read the reply itself while the socket task is idle.
+    pub(crate) fn reply_reader(&self) -> ReplyReader {
+        ReplyReader::new(self.shared.driver.clone(), self.shared.io.clone())
     }
 
     /// How many bytes of pushes and casts wait to be written to the connection (at most the

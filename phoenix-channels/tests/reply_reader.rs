@@ -1,0 +1,117 @@
+//! While the socket task is idle, a lone push's own task reads the reply from the connection
+//! (no hop to the socket task), delivers whatever else came with it, and never holds the
+//! connection's reads back: a push that is dropped, or left unpolled, hands them to the task.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Conn, fake_server, within};
+use futures_util::{FutureExt as _, StreamExt as _};
+use phoenix_channels::{Channel, Messages, Socket, SocketDriver};
+use serde_json::json;
+
+/// A socket with its driver not spawned, a channel on `room:1` joined, its messages, and the
+/// server's side.
+async fn joined() -> (Socket, SocketDriver, Channel, Messages, Conn) {
+    let (connector, mut server) = fake_server();
+    let (socket, mut driver) = Socket::builder("ws://phoenix.test/socket")
+        .connector(connector)
+        .build()
+        .unwrap();
+    let (channel, messages) = socket.channel("room:1").stream();
+    let join = channel.join();
+    let serve = async {
+        let mut conn = server.accept().await;
+        conn.accept_join("room:1", json!({})).await;
+        within("join", join).await.unwrap();
+        conn
+    };
+    let conn = tokio::select! {
+        conn = serve => conn,
+        () = &mut driver => panic!("the driver ended"),
+    };
+    (socket, driver, channel, messages, conn)
+}
+
+/// A broadcast of `event` on `room:1`.
+fn broadcast(event: &str) -> serde_json::Value {
+    json!([null, null, "room:1", event, {"n": 0}])
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_push_reads_its_reply_while_the_socket_task_does_not_run() {
+    let (_socket, _driver, channel, _messages, mut conn) = joined().await;
+    // The driver is never polled again: the push writes its frame and, awaited, reads its
+    // reply.
+    let mut push = channel.push("echo", json!({"n": 1}));
+    assert!((&mut push).now_or_never().is_none());
+    let frame = conn.recv().await.unwrap();
+    conn.reply(&frame, "ok", json!({"n": 1})).await;
+    let reply = within("reply", push).await.unwrap();
+    assert_eq!(reply.response().to_value().unwrap(), json!({"n": 1}));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reply_that_comes_before_the_push_is_polled_is_read_by_it() {
+    let (_socket, _driver, channel, _messages, mut conn) = joined().await;
+    // Written by the handle, answered before the push is first polled; the socket task
+    // never runs again.
+    let push = channel.push("echo", json!({"n": 5}));
+    let frame = conn.recv().await.unwrap();
+    conn.reply(&frame, "ok", json!({"n": 5})).await;
+    let reply = within("reply", push).await.unwrap();
+    assert_eq!(reply.response().to_value().unwrap(), json!({"n": 5}));
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_arrives_with_the_reply_reaches_its_channel() {
+    let (_socket, _driver, channel, mut messages, mut conn) = joined().await;
+    let mut push = channel.push("echo", json!({"n": 2}));
+    assert!((&mut push).now_or_never().is_none());
+    let frame = conn.recv().await.unwrap();
+    conn.send(broadcast("before")).await;
+    conn.reply(&frame, "ok", json!({"n": 2})).await;
+    within("reply", push).await.unwrap();
+    let message = messages.next().now_or_never().flatten().unwrap().unwrap();
+    assert_eq!(message.event.as_str(), "before");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_push_hands_the_read_to_the_socket_task() {
+    let (_socket, driver, channel, mut messages, mut conn) = joined().await;
+    let driver = tokio::spawn(driver);
+    tokio::task::yield_now().await;
+    let mut push = channel.push("echo", json!({"n": 3}));
+    // Polled once: it takes the connection's readiness.
+    assert!((&mut push).now_or_never().is_none());
+    conn.recv().await.unwrap();
+    conn.send(broadcast("meanwhile")).await;
+    drop(push);
+    // Well before the task's own check on a waiting push.
+    let message = tokio::time::timeout(Duration::from_millis(5), messages.next())
+        .await
+        .expect("the socket task did not read after the push was dropped");
+    assert_eq!(message.unwrap().unwrap().event.as_str(), "meanwhile");
+    driver.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unpolled_push_holds_reads_back_for_a_moment_at_most() {
+    let (_socket, driver, channel, mut messages, mut conn) = joined().await;
+    let driver = tokio::spawn(driver);
+    tokio::task::yield_now().await;
+    let mut push = channel.push("echo", json!({"n": 4}));
+    assert!((&mut push).now_or_never().is_none());
+    conn.recv().await.unwrap();
+    conn.send(broadcast("meanwhile")).await;
+    // The push is kept but not polled (its task awaits the messages instead).
+    let message = tokio::time::timeout(Duration::from_secs(1), messages.next())
+        .await
+        .expect("the connection was not read while the push went unpolled");
+    assert_eq!(message.unwrap().unwrap().event.as_str(), "meanwhile");
+    drop(push);
+    driver.abort();
+}
