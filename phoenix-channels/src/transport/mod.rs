@@ -173,8 +173,10 @@ pub const DEFAULT_MAX_FRAME_SIZE: usize = 16 << 20;
 const MIN_READ_BUFFER: usize = 4 << 10;
 
 /// tungstenite's own read buffer: how much it zeroes and takes per read from the buffered
-/// connection.
-const TUNGSTENITE_READ: usize = 4 << 10;
+/// connection (the socket itself is read through a buffer of at least [`MIN_READ_BUFFER`]).
+/// 512 B: callgrind, sequential round trips, 4 KiB → 512 B: 19,324 → 16,166 instructions
+/// (100 B, current_thread), 37,630 → 26,848 (4 KiB); 256 B reads more often for no gain.
+const TUNGSTENITE_READ: usize = 512;
 
 impl Default for WebSocketSettings {
     fn default() -> Self {
@@ -279,7 +281,8 @@ mod tests {
             read_buffer_size: 0,
             ..WebSocketSettings::default()
         };
-        assert_eq!(tiny.to_config().read_buffer_size, MIN_READ_BUFFER);
+        // tungstenite's own buffer stays small whatever the connection's buffer is.
+        assert_eq!(tiny.to_config().read_buffer_size, TUNGSTENITE_READ);
     }
 
     /// Counts the reads that return data.
