@@ -35,6 +35,30 @@ fn tool(url: &str, db: &Path) -> Child {
         .expect("the dust tool starts")
 }
 
+/// Runs the tool on `commands` to the end of its input; its lines.
+async fn run_to_end(url: &str, db: &Path, commands: &[Value]) -> Vec<Value> {
+    let mut child = tool(url, db);
+    let mut stdin = child.stdin.take().unwrap();
+    for command in commands {
+        stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    drop(stdin);
+    let mut out = Vec::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(T, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            out.push(serde_json::from_str::<Value>(&line).unwrap());
+        }
+    })
+    .await
+    .expect("the tool ends");
+    assert!(child.wait().await.unwrap().success());
+    out
+}
+
 fn write(i: usize) -> Value {
     if i.is_multiple_of(2) {
         json!({"cmd": "write", "id": i, "store": STORE, "op": "increment", "path": ["counter"], "value": 1})
@@ -112,29 +136,16 @@ async fn every_write_that_printed_queued_lands_exactly_once_in_order_through_a_k
     queued.sort();
 
     // Second run: the same database and device id; it answers the recovered writes.
-    let mut second = tool(&url, &db);
-    let mut stdin = second.stdin.take().unwrap();
-    for command in [
-        json!({"cmd": "wait_acked"}),
-        json!({"cmd": "get", "store": STORE, "path": ["counter"]}),
-        json!({"cmd": "state", "store": STORE}),
-    ] {
-        stdin
-            .write_all(format!("{command}\n").as_bytes())
-            .await
-            .unwrap();
-    }
-    drop(stdin);
-    let mut out = Vec::new();
-    let mut lines = BufReader::new(second.stdout.take().unwrap()).lines();
-    tokio::time::timeout(T, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            out.push(serde_json::from_str::<Value>(&line).unwrap());
-        }
-    })
-    .await
-    .expect("the second run ends");
-    assert!(second.wait().await.unwrap().success());
+    let out = run_to_end(
+        &url,
+        &db,
+        &[
+            json!({"cmd": "wait_acked"}),
+            json!({"cmd": "get", "store": STORE, "path": ["counter"]}),
+            json!({"cmd": "state", "store": STORE}),
+        ],
+    )
+    .await;
 
     // The server's log: nothing applied twice; every queued write once, in issue order.
     let log = control.client_op_ids(STORE).await.unwrap();
@@ -186,28 +197,15 @@ async fn every_write_that_printed_queued_lands_exactly_once_in_order_through_a_k
 
     // Third run, the server gone: the replica is read from the file, before any connection.
     server.shutdown().await;
-    let mut third = tool(&url, &db);
-    let mut stdin = third.stdin.take().unwrap();
-    for command in [
-        json!({"cmd": "get", "store": STORE, "path": ["counter"]}),
-        json!({"cmd": "enum", "store": STORE, "pattern": "items/*", "limit": 1000}),
-    ] {
-        stdin
-            .write_all(format!("{command}\n").as_bytes())
-            .await
-            .unwrap();
-    }
-    drop(stdin);
-    let mut offline = Vec::new();
-    let mut lines = BufReader::new(third.stdout.take().unwrap()).lines();
-    tokio::time::timeout(T, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            offline.push(serde_json::from_str::<Value>(&line).unwrap());
-        }
-    })
-    .await
-    .expect("the offline run ends");
-    assert!(third.wait().await.unwrap().success());
+    let offline = run_to_end(
+        &url,
+        &db,
+        &[
+            json!({"cmd": "get", "store": STORE, "path": ["counter"]}),
+            json!({"cmd": "enum", "store": STORE, "pattern": "items/*", "limit": 1000}),
+        ],
+    )
+    .await;
     let get = offline.iter().find(|l| l["type"] == "get").unwrap();
     assert_eq!(get["value"], state["entries"]["counter"]);
     let listed = offline.iter().find(|l| l["type"] == "enum").unwrap();

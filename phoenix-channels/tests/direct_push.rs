@@ -8,36 +8,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Conn, fake_server, within};
+use common::{joined, within};
 use futures_util::StreamExt as _;
-use phoenix_channels::{Channel, Socket, SocketDriver};
 use serde_json::json;
-
-/// A socket with its driver not spawned, a channel on `room:1` joined, and the server's side.
-async fn joined() -> (Socket, SocketDriver, Channel, Conn) {
-    let (connector, mut server) = fake_server();
-    let (socket, mut driver) = Socket::builder("ws://phoenix.test/socket")
-        .connector(connector)
-        .build()
-        .unwrap();
-    let (channel, _messages) = socket.channel("room:1").stream();
-    let join = channel.join();
-    let serve = async {
-        let mut conn = server.accept().await;
-        conn.accept_join("room:1", json!({})).await;
-        within("join", join).await.unwrap();
-        conn
-    };
-    let conn = tokio::select! {
-        conn = serve => conn,
-        () = &mut driver => panic!("the driver ended"),
-    };
-    (socket, driver, channel, conn)
-}
 
 #[tokio::test(start_paused = true)]
 async fn a_lone_push_is_written_while_the_socket_task_does_not_run() {
-    let (_socket, mut driver, channel, mut conn) = joined().await;
+    let (_socket, mut driver, channel, _messages, mut conn) = joined().await;
     // The driver is not polled from here until the reply: the push writes its own frame.
     let push = channel.push("echo", json!({"n": 1}));
     let frame = conn.recv().await.unwrap();
@@ -54,7 +31,7 @@ async fn a_lone_push_is_written_while_the_socket_task_does_not_run() {
 
 #[tokio::test(start_paused = true)]
 async fn a_push_behind_queued_commands_waits_for_the_socket_task() {
-    let (socket, mut driver, channel, mut conn) = joined().await;
+    let (socket, mut driver, channel, _messages, mut conn) = joined().await;
     // A command the task has not taken yet: the push must not overtake it.
     let (other, _messages) = socket.channel("room:2").stream();
     let join = other.join();

@@ -8,33 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Conn, fake_server, within};
+use common::{joined, within};
 use futures_util::{FutureExt as _, StreamExt as _};
-use phoenix_channels::{Channel, Messages, Socket, SocketDriver};
 use serde_json::json;
-
-/// A socket with its driver not spawned, a channel on `room:1` joined, its messages, and the
-/// server's side.
-async fn joined() -> (Socket, SocketDriver, Channel, Messages, Conn) {
-    let (connector, mut server) = fake_server();
-    let (socket, mut driver) = Socket::builder("ws://phoenix.test/socket")
-        .connector(connector)
-        .build()
-        .unwrap();
-    let (channel, messages) = socket.channel("room:1").stream();
-    let join = channel.join();
-    let serve = async {
-        let mut conn = server.accept().await;
-        conn.accept_join("room:1", json!({})).await;
-        within("join", join).await.unwrap();
-        conn
-    };
-    let conn = tokio::select! {
-        conn = serve => conn,
-        () = &mut driver => panic!("the driver ended"),
-    };
-    (socket, driver, channel, messages, conn)
-}
 
 /// A broadcast of `event` on `room:1`.
 fn broadcast(event: &str) -> serde_json::Value {

@@ -238,3 +238,32 @@ impl Conn {
             .await;
     }
 }
+
+/// A socket with its driver not spawned (the test polls it), a channel on `room:1` joined, its
+/// messages, and the server's side.
+pub async fn joined() -> (
+    phoenix_channels::Socket,
+    phoenix_channels::SocketDriver,
+    phoenix_channels::Channel,
+    phoenix_channels::Messages,
+    Conn,
+) {
+    let (connector, mut server) = fake_server();
+    let (socket, mut driver) = phoenix_channels::Socket::builder("ws://phoenix.test/socket")
+        .connector(connector)
+        .build()
+        .unwrap();
+    let (channel, messages) = socket.channel("room:1").stream();
+    let join = channel.join();
+    let serve = async {
+        let mut conn = server.accept().await;
+        conn.accept_join("room:1", json!({})).await;
+        within("join", join).await.unwrap();
+        conn
+    };
+    let conn = tokio::select! {
+        conn = serve => conn,
+        () = &mut driver => panic!("the driver ended"),
+    };
+    (socket, driver, channel, messages, conn)
+}
