@@ -10,7 +10,6 @@ const FORMAT: dust_connection::Format = dust_connection::Format::Json;
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -444,16 +443,6 @@ impl SyncEngine for Recording {
     async fn handle_server_reset(&self, store: &str, server_seq: u64) {
         self.engine.handle_server_reset(store, server_seq).await;
     }
-}
-
-async fn server_entries(server: &dust_conformance::Server) -> BTreeMap<String, Value> {
-    dust(server)
-        .entries(STORE)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.path, e.value))
-        .collect()
 }
 
 async fn server_seq(server: &dust_conformance::Server) -> u64 {

@@ -78,6 +78,19 @@ pub async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     .await;
 }
 
+/// The server's entries of `STORE`, by rendered path (values unwrapped).
+pub async fn server_entries(
+    server: &Server,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    dust(server)
+        .entries(STORE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.path, e.value))
+        .collect()
+}
+
 /// The op log's client_op_ids.
 pub async fn logged_ids(server: &Server, store: &str) -> Vec<String> {
     dust(server)

@@ -58,16 +58,6 @@ fn assert_same_entries(
     }
 }
 
-async fn server_entries(server: &dust_conformance::Server) -> BTreeMap<String, Value> {
-    dust(server)
-        .entries(STORE)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.path, e.value))
-        .collect()
-}
-
 /// Waits (on the engine's changes, not by polling) until the engine has applied `seq`.
 async fn wait_seq(engine: &MemoryEngine, seq: u64) {
     let mut changes = engine.subscribe();
