@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
 use crate::backoff::RejoinPolicy;
-use crate::driver::queue::{self, Delivery, Item, QueueRx};
+use crate::driver::queue::{self, Delivery, Item, QueueRx, StateView};
 use crate::driver::{Command, ReplyReader};
 use crate::error::{JoinError, Lagged, PushError};
 use crate::handler::{ChannelContext, ChannelHandler, HandlerTask};
@@ -151,19 +151,18 @@ impl<'a> ChannelBuilder<'a> {
 
     fn register(self, queue: queue::QueueTx) -> Channel {
         let id = self.socket.next_channel_id();
-        let (state_tx, state_rx) = watch::channel(ChannelState::Closed);
+        let state = queue.state_view();
         self.socket.send(Command::AddChannel {
             id,
             topic: self.topic.clone(),
             options: self.options,
             queue,
-            state: state_tx,
         });
         Channel::from_inner(Arc::new(ChannelInner {
             id,
             topic: self.topic,
             socket: self.socket.clone(),
-            state: state_rx,
+            state,
             push_timeout: self.push_timeout,
         }))
     }
@@ -173,7 +172,7 @@ pub(crate) struct ChannelInner {
     pub(crate) id: ChannelId,
     topic: Topic,
     socket: Socket,
-    state: watch::Receiver<ChannelState>,
+    state: StateView,
     push_timeout: Duration,
 }
 
@@ -211,7 +210,7 @@ impl fmt::Debug for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Channel")
             .field("topic", &self.inner.topic)
-            .field("state", &*self.inner.state.borrow())
+            .field("state", &self.inner.state.get())
             .finish()
     }
 }
@@ -235,12 +234,13 @@ impl Channel {
 
     /// The current state.
     pub fn state(&self) -> ChannelState {
-        *self.inner.state.borrow()
+        self.inner.state.get()
     }
 
-    /// A receiver of the state, to await changes.
+    /// A receiver of the state, to await changes (the current state counts as seen). Its
+    /// sender is dropped when the channel is forgotten or the socket stops.
     pub fn state_watch(&self) -> watch::Receiver<ChannelState> {
-        self.inner.state.clone()
+        self.inner.state.watch()
     }
 
     /// Joins the channel and waits for the first outcome: the server's join response, or why

@@ -2,10 +2,11 @@
 
 use std::fmt;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::Slot;
 use super::queue::QueueTx;
+use super::slot::Waiters;
 use super::{Driver, PushReply};
 use crate::error::JoinError;
 use crate::proto::channel::{ChannelId, ChannelOptions, ChannelState, CloseCause};
@@ -19,7 +20,6 @@ pub(crate) enum Command {
         topic: Topic,
         options: ChannelOptions,
         queue: QueueTx,
-        state: watch::Sender<ChannelState>,
     },
     Join {
         id: ChannelId,
@@ -74,7 +74,6 @@ impl Driver {
                 topic,
                 options,
                 queue,
-                state,
             } => {
                 let notify = matches!(options.params, crate::proto::JoinParams::Ask);
                 let refused = self.core.add_channel(id, topic.clone(), options).is_err();
@@ -86,9 +85,8 @@ impl Driver {
                     Slot {
                         queue,
                         notify,
-                        state,
-                        join_waiters: Vec::new(),
-                        leave_waiters: Vec::new(),
+                        join_waiters: Waiters::default(),
+                        leave_waiters: Waiters::default(),
                         refused,
                     },
                 );
@@ -119,7 +117,7 @@ impl Driver {
                     return;
                 };
                 if let Some(done) = done {
-                    if *slot.state.borrow() == ChannelState::Closed {
+                    if slot.queue.state() == ChannelState::Closed {
                         let _ = done.send(());
                     } else {
                         slot.leave_waiters.push(done);
@@ -139,7 +137,7 @@ impl Driver {
             Command::Remove { id } => {
                 // A closed channel's slot goes now; one still open goes with its last notice.
                 if let Some(slot) = self.slots.get(&id)
-                    && (slot.refused || *slot.state.borrow() == ChannelState::Closed)
+                    && (slot.refused || slot.queue.state() == ChannelState::Closed)
                 {
                     self.slots.remove(&id);
                 }

@@ -16,6 +16,11 @@
 //!
 //! An idle queue allocates nothing but its shared state: no slots until something is queued
 //! (a tokio channel allocated about 1 KiB per queue up front, a quarter of an idle channel).
+//!
+//! The shared state also holds the channel's [`ChannelState`], which the socket task sets and
+//! the channel's handles read ([`StateView`]). A `tokio::sync::watch` of it is made only when a
+//! handle asks for one: a watch per channel cost an allocation of about 350 bytes and a
+//! notification of its (usually absent) waiters on every state change.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,9 +28,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
+use tokio::sync::watch;
 
 use crate::handler::Joined;
-use crate::proto::channel::{CloseCause, ErrorCause, RejoinCause};
+use crate::proto::channel::{ChannelState, CloseCause, ErrorCause, RejoinCause};
 use crate::proto::message::Message;
 
 /// Something for a channel's consumer. Every payload is boxed so that a queue slot is two
@@ -65,6 +71,28 @@ struct Shared {
     drained: AtomicWaker,
     /// The consumer, waiting for something to be queued.
     consumer: AtomicWaker,
+    /// The channel's state.
+    state: Mutex<StateCell>,
+}
+
+/// The channel's state, and the watch of it if a handle asked for one.
+#[derive(Debug)]
+struct StateCell {
+    state: ChannelState,
+    watch: Option<watch::Sender<ChannelState>>,
+    /// The socket task dropped its side: the state changes no more, and a watch asked for now
+    /// says so (its sender is dropped at once), as the watch of a forgotten channel always has.
+    ended: bool,
+}
+
+impl Default for StateCell {
+    fn default() -> Self {
+        Self {
+            state: ChannelState::Closed,
+            watch: None,
+            ended: false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -87,6 +115,32 @@ pub(crate) struct QueueRx {
 #[derive(Debug)]
 pub(crate) struct Gone;
 
+/// The handles' view of the channel's state, which the socket task sets through
+/// [`QueueTx::set_state`].
+#[derive(Debug, Clone)]
+pub(crate) struct StateView(Arc<Shared>);
+
+impl StateView {
+    /// The current state.
+    pub(crate) fn get(&self) -> ChannelState {
+        self.0.state().state
+    }
+
+    /// A receiver of the state, to await changes; its sender is dropped when the socket task
+    /// forgets the channel (or stops).
+    pub(crate) fn watch(&self) -> watch::Receiver<ChannelState> {
+        let mut cell = self.0.state();
+        if let Some(watch) = &cell.watch {
+            return watch.subscribe();
+        }
+        let (tx, rx) = watch::channel(cell.state);
+        if !cell.ended {
+            cell.watch = Some(tx);
+        }
+        rx
+    }
+}
+
 pub(crate) fn queue(capacity: usize) -> (QueueTx, QueueRx) {
     let shared = Arc::new(Shared::default());
     let capacity = capacity.max(1);
@@ -105,6 +159,28 @@ pub(crate) fn queue(capacity: usize) -> (QueueTx, QueueRx) {
 }
 
 impl QueueTx {
+    /// The handles' view of the state.
+    pub(crate) fn state_view(&self) -> StateView {
+        StateView(self.shared.clone())
+    }
+
+    /// The channel's state, as last set.
+    pub(crate) fn state(&self) -> ChannelState {
+        self.shared.state().state
+    }
+
+    /// Sets the channel's state, and tells the watch, if any.
+    pub(crate) fn set_state(&self, state: ChannelState) {
+        let mut cell = self.shared.state();
+        cell.state = state;
+        if cell.watch.as_ref().is_some_and(watch::Sender::is_closed) {
+            // Nobody watches any more: the next handle that asks gets a new watch.
+            cell.watch = None;
+        } else if let Some(watch) = &cell.watch {
+            watch.send_replace(state);
+        }
+    }
+
     fn send(&mut self, delivery: Delivery) -> Result<(), Gone> {
         if self.shared.gone.load(Ordering::Acquire) {
             return Err(Gone);
@@ -173,6 +249,13 @@ impl Drop for QueueTx {
         // Close the queue first, so that the woken consumer sees it closed.
         self.shared.closed.store(true, Ordering::Release);
         self.shared.consumer.wake();
+        // The state changes no more: its watchers see the sender gone.
+        let watch = {
+            let mut cell = self.shared.state();
+            cell.ended = true;
+            cell.watch.take()
+        };
+        drop(watch);
     }
 }
 
@@ -185,6 +268,10 @@ impl Drop for QueueRx {
 }
 
 impl Shared {
+    fn state(&self) -> std::sync::MutexGuard<'_, StateCell> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Delivery>> {
         self.queued.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -305,6 +392,38 @@ mod tests {
             std::mem::size_of::<Delivery>(),
             2 * std::mem::size_of::<usize>()
         );
+    }
+
+    #[test]
+    fn the_state_watch_is_made_on_demand_follows_the_state_and_ends_with_the_queue() {
+        let (tx, _rx) = queue(1);
+        let view = tx.state_view();
+        assert_eq!(view.get(), ChannelState::Closed);
+        tx.set_state(ChannelState::Joining);
+        assert_eq!(view.get(), ChannelState::Joining);
+        let mut watch = view.watch();
+        assert_eq!(*watch.borrow(), ChannelState::Joining);
+        assert!(!watch.has_changed().unwrap());
+        let mut second = view.watch();
+        tx.set_state(ChannelState::Joined);
+        assert!(watch.has_changed().unwrap());
+        assert_eq!(*watch.borrow_and_update(), ChannelState::Joined);
+        assert_eq!(*second.borrow_and_update(), ChannelState::Joined);
+        // Nobody watches: the next change drops the watch, and a new one starts from the state.
+        drop((watch, second));
+        tx.set_state(ChannelState::Leaving);
+        let mut watch = view.watch();
+        assert_eq!(*watch.borrow_and_update(), ChannelState::Leaving);
+        drop(tx);
+        assert!(
+            watch.has_changed().is_err(),
+            "the sender goes with the queue"
+        );
+        assert!(
+            view.watch().has_changed().is_err(),
+            "and a later watch says so too"
+        );
+        assert_eq!(view.get(), ChannelState::Leaving);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The driver's side of each channel: its consumer's queue, its state watch and the waiters
 //! of its join and leave, and how channel events reach them.
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::Driver;
 use super::queue::{Delivery, QueueTx};
@@ -10,7 +10,7 @@ use crate::handler::Joined;
 use crate::proto::ChannelEvent;
 #[cfg(doc)]
 use crate::proto::SocketCore;
-use crate::proto::channel::{ChannelId, ChannelState};
+use crate::proto::channel::ChannelId;
 use crate::proto::message::Payload;
 
 /// The driver's side of a channel.
@@ -18,13 +18,41 @@ pub(super) struct Slot {
     pub(super) queue: QueueTx,
     /// Whether the consumer is a handler (it gets control notices) or a message stream.
     pub(super) notify: bool,
-    pub(super) state: watch::Sender<ChannelState>,
-    pub(super) join_waiters: Vec<oneshot::Sender<Result<Payload, JoinError>>>,
-    pub(super) leave_waiters: Vec<oneshot::Sender<()>>,
+    pub(super) join_waiters: Waiters<oneshot::Sender<Result<Payload, JoinError>>>,
+    pub(super) leave_waiters: Waiters<oneshot::Sender<()>>,
     /// The core refused the channel (another channel uses the topic): the core does not hold
     /// it. Whether a channel the core holds was removed, and the response of its current join,
     /// are the core's to say ([`SocketCore::is_removed`], [`SocketCore::join_response`]).
     pub(super) refused: bool,
+}
+
+/// The waiters of a join or a leave: almost always none or one, which takes no allocation.
+pub(super) struct Waiters<T> {
+    first: Option<T>,
+    more: Vec<T>,
+}
+
+impl<T> Default for Waiters<T> {
+    fn default() -> Self {
+        Self {
+            first: None,
+            more: Vec::new(),
+        }
+    }
+}
+
+impl<T> Waiters<T> {
+    pub(super) fn push(&mut self, waiter: T) {
+        match self.first {
+            None => self.first = Some(waiter),
+            Some(_) => self.more.push(waiter),
+        }
+    }
+
+    /// Takes every waiter, in the order they came.
+    pub(super) fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
+        self.first.take().into_iter().chain(self.more.drain(..))
+    }
 }
 
 impl Driver {
@@ -53,12 +81,12 @@ impl Driver {
                 }
             }),
             ChannelEvent::State(state) => {
-                slot.state.send_replace(state);
+                slot.queue.set_state(state);
                 Ok(())
             }
             ChannelEvent::NeedJoinParams => slot.queue.control(Delivery::JoinParams),
             ChannelEvent::Joined { response, join_ref } => {
-                for done in slot.join_waiters.drain(..) {
+                for done in slot.join_waiters.drain() {
                     let _ = done.send(Ok(response.clone()));
                 }
                 if slot.notify {
@@ -69,7 +97,7 @@ impl Driver {
                 }
             }
             ChannelEvent::JoinFailed(cause) => {
-                for done in slot.join_waiters.drain(..) {
+                for done in slot.join_waiters.drain() {
                     let _ = done.send(Err(JoinError::from(cause.clone())));
                 }
                 if slot.notify {
@@ -86,10 +114,10 @@ impl Driver {
                 }
             }
             ChannelEvent::Closed(cause) => {
-                for done in slot.join_waiters.drain(..) {
+                for done in slot.join_waiters.drain() {
                     let _ = done.send(Err(JoinError::Closed(cause.clone())));
                 }
-                for done in slot.leave_waiters.drain(..) {
+                for done in slot.leave_waiters.drain() {
                     let _ = done.send(());
                 }
                 let delivered = if slot.notify {
