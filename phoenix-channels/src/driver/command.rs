@@ -87,6 +87,7 @@ impl Driver {
                         notify,
                         join_waiters: Waiters::default(),
                         leave_waiters: Waiters::default(),
+                        answered: Waiters::default(),
                         refused,
                     },
                 );

@@ -18,12 +18,46 @@ pub(super) struct Slot {
     pub(super) queue: QueueTx,
     /// Whether the consumer is a handler (it gets control notices) or a message stream.
     pub(super) notify: bool,
-    pub(super) join_waiters: Waiters<oneshot::Sender<Result<Payload, JoinError>>>,
+    pub(super) join_waiters: Waiters<JoinWaiter>,
     pub(super) leave_waiters: Waiters<oneshot::Sender<()>>,
+    /// Join waiters with their outcome, answered at the next [`Driver::flush_consumers`]: the
+    /// outcomes of a batch of replies go out together, so that a task awaiting many joins on
+    /// another thread is woken once for the batch rather than once per reply.
+    pub(super) answered: Waiters<(JoinWaiter, Result<Payload, JoinError>)>,
     /// The core refused the channel (another channel uses the topic): the core does not hold
     /// it. Whether a channel the core holds was removed, and the response of its current join,
     /// are the core's to say ([`SocketCore::is_removed`], [`SocketCore::join_response`]).
     pub(super) refused: bool,
+}
+
+pub(super) type JoinWaiter = oneshot::Sender<Result<Payload, JoinError>>;
+
+impl Slot {
+    /// Whether the slot has something for [`Driver::flush_consumers`].
+    fn is_unflushed(&self) -> bool {
+        self.queue.is_unflushed() || !self.answered.is_empty()
+    }
+
+    /// Answers the join waiters whose outcome is known, and wakes the consumer if anything was
+    /// queued for it.
+    fn flush(&mut self) {
+        for (done, outcome) in self.answered.drain() {
+            let _ = done.send(outcome);
+        }
+        self.queue.flush();
+    }
+
+    /// Gives every join waiter its outcome (at the next flush).
+    fn answer_joins(&mut self, outcome: impl Fn() -> Result<Payload, JoinError>) {
+        let Self {
+            join_waiters,
+            answered,
+            ..
+        } = self;
+        for done in join_waiters.drain() {
+            answered.push((done, outcome()));
+        }
+    }
 }
 
 /// The waiters of a join or a leave: almost always none or one, which takes no allocation.
@@ -49,6 +83,10 @@ impl<T> Waiters<T> {
         }
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
     /// Takes every waiter, in the order they came.
     pub(super) fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
         self.first.take().into_iter().chain(self.more.drain(..))
@@ -56,12 +94,13 @@ impl<T> Waiters<T> {
 }
 
 impl Driver {
-    /// Wakes the consumers that got something since the last call (once each).
+    /// Wakes the consumers that got something since the last call (once each), and answers
+    /// the join waiters whose outcome came since.
     pub(super) fn flush_consumers(&mut self) {
         let slots = &mut self.slots;
         for id in self.to_flush.drain(..) {
             if let Some(slot) = slots.get_mut(&id) {
-                slot.queue.flush();
+                slot.flush();
             }
         }
     }
@@ -70,7 +109,7 @@ impl Driver {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
-        let was_unflushed = slot.queue.is_unflushed();
+        let was_unflushed = slot.is_unflushed();
         let delivered = match event {
             ChannelEvent::Message(message) => slot.queue.message(message).map(|queued| {
                 if !queued {
@@ -86,9 +125,7 @@ impl Driver {
             }
             ChannelEvent::NeedJoinParams => slot.queue.control(Delivery::JoinParams),
             ChannelEvent::Joined { response, join_ref } => {
-                for done in slot.join_waiters.drain() {
-                    let _ = done.send(Ok(response.clone()));
-                }
+                slot.answer_joins(|| Ok(response.clone()));
                 if slot.notify {
                     slot.queue
                         .control(Delivery::Joined(Box::new(Joined { response, join_ref })))
@@ -97,9 +134,7 @@ impl Driver {
                 }
             }
             ChannelEvent::JoinFailed(cause) => {
-                for done in slot.join_waiters.drain() {
-                    let _ = done.send(Err(JoinError::from(cause.clone())));
-                }
+                slot.answer_joins(|| Err(JoinError::from(cause.clone())));
                 if slot.notify {
                     slot.queue.control(Delivery::JoinFailed(Box::new(cause)))
                 } else {
@@ -114,9 +149,7 @@ impl Driver {
                 }
             }
             ChannelEvent::Closed(cause) => {
-                for done in slot.join_waiters.drain() {
-                    let _ = done.send(Err(JoinError::Closed(cause.clone())));
-                }
+                slot.answer_joins(|| Err(JoinError::Closed(cause.clone())));
                 for done in slot.leave_waiters.drain() {
                     let _ = done.send(());
                 }
@@ -127,14 +160,15 @@ impl Driver {
                 };
                 if self.core.is_removed(id) {
                     // The handle is gone and the channel is closed: dropping the slot ends the
-                    // consumer after this last notice.
+                    // consumer after this last notice; its join waiters are answered first.
+                    slot.flush();
                     self.slots.remove(&id);
                     return;
                 }
                 delivered
             }
         };
-        if !was_unflushed && slot.queue.is_unflushed() {
+        if !was_unflushed && slot.is_unflushed() {
             self.to_flush.push(id);
         }
         if delivered.is_err() && slot.notify && !self.core.is_removed(id) {
