@@ -1,14 +1,12 @@
 //! The [`ChannelHandler`] trait: the extension point for code that reacts to a channel.
 
-use std::sync::Weak;
-
 use async_trait::async_trait;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
 use crate::channel::PushOptions;
-use crate::channel::{Channel, ChannelInner, Push};
+use crate::channel::{Channel, Push, WeakChannel};
 use crate::driver::Command;
 use crate::driver::queue::{Delivery, Item, QueueRx};
 use crate::error::PushError;
@@ -105,7 +103,7 @@ pub struct Joined {
 #[derive(Clone, Debug)]
 pub struct ChannelContext {
     pub(crate) topic: Topic,
-    pub(crate) channel: Weak<ChannelInner>,
+    pub(crate) channel: WeakChannel,
 }
 
 impl ChannelContext {
@@ -116,7 +114,7 @@ impl ChannelContext {
 
     /// A handle to the channel, while one still exists.
     pub fn channel(&self) -> Option<Channel> {
-        self.channel.upgrade().map(Channel::from_inner)
+        self.channel.upgrade()
     }
 
     /// Pushes an event and waits for the reply; see [`Channel::push`].

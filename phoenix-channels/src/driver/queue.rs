@@ -18,7 +18,7 @@
 //! (a tokio channel allocated about 1 KiB per queue up front, a quarter of an idle channel).
 //!
 //! The shared state also holds the channel's [`ChannelState`], which the socket task sets and
-//! the channel's handles read ([`StateView`]). A `tokio::sync::watch` of it is made only when a
+//! the channel's handles read. A `tokio::sync::watch` of it is made only when a
 //! handle asks for one: a watch per channel cost an allocation of about 350 bytes and a
 //! notification of its (usually absent) waiters on every state change.
 
@@ -30,6 +30,7 @@ use std::task::{Context, Poll};
 use futures_util::task::AtomicWaker;
 use tokio::sync::watch;
 
+use crate::channel::ChannelShared;
 use crate::handler::Joined;
 use crate::proto::channel::{ChannelState, CloseCause, ErrorCause, RejoinCause};
 use crate::proto::message::Message;
@@ -55,8 +56,10 @@ pub(crate) enum Item {
     Overflow(u64),
 }
 
+/// A channel's queue and state, inside the allocation its handles share
+/// ([`ChannelShared`](crate::channel::ChannelShared)).
 #[derive(Debug, Default)]
-struct Shared {
+pub(crate) struct Shared {
     /// What the socket task queued and the consumer has not taken yet.
     queued: Mutex<VecDeque<Delivery>>,
     /// The socket task dropped its side: nothing more comes.
@@ -97,7 +100,7 @@ impl Default for StateCell {
 
 #[derive(Debug)]
 pub(crate) struct QueueTx {
-    shared: Arc<Shared>,
+    shared: Arc<ChannelShared>,
     capacity: usize,
     /// Something was queued since the last [`QueueTx::flush`].
     unflushed: bool,
@@ -107,7 +110,7 @@ pub(crate) struct QueueTx {
 pub(crate) struct QueueRx {
     /// The batch taken from the shared queue, being consumed.
     batch: VecDeque<Delivery>,
-    shared: Arc<Shared>,
+    shared: Arc<ChannelShared>,
     half: usize,
 }
 
@@ -115,34 +118,8 @@ pub(crate) struct QueueRx {
 #[derive(Debug)]
 pub(crate) struct Gone;
 
-/// The handles' view of the channel's state, which the socket task sets through
-/// [`QueueTx::set_state`].
-#[derive(Debug, Clone)]
-pub(crate) struct StateView(Arc<Shared>);
-
-impl StateView {
-    /// The current state.
-    pub(crate) fn get(&self) -> ChannelState {
-        self.0.state().state
-    }
-
-    /// A receiver of the state, to await changes; its sender is dropped when the socket task
-    /// forgets the channel (or stops).
-    pub(crate) fn watch(&self) -> watch::Receiver<ChannelState> {
-        let mut cell = self.0.state();
-        if let Some(watch) = &cell.watch {
-            return watch.subscribe();
-        }
-        let (tx, rx) = watch::channel(cell.state);
-        if !cell.ended {
-            cell.watch = Some(tx);
-        }
-        rx
-    }
-}
-
-pub(crate) fn queue(capacity: usize) -> (QueueTx, QueueRx) {
-    let shared = Arc::new(Shared::default());
+/// The queue of the channel whose shared state is `shared`.
+pub(crate) fn queue(shared: Arc<ChannelShared>, capacity: usize) -> (QueueTx, QueueRx) {
     let capacity = capacity.max(1);
     (
         QueueTx {
@@ -159,19 +136,14 @@ pub(crate) fn queue(capacity: usize) -> (QueueTx, QueueRx) {
 }
 
 impl QueueTx {
-    /// The handles' view of the state.
-    pub(crate) fn state_view(&self) -> StateView {
-        StateView(self.shared.clone())
-    }
-
     /// The channel's state, as last set.
     pub(crate) fn state(&self) -> ChannelState {
-        self.shared.state().state
+        self.shared.queue.state().state
     }
 
     /// Sets the channel's state, and tells the watch, if any.
     pub(crate) fn set_state(&self, state: ChannelState) {
-        let mut cell = self.shared.state();
+        let mut cell = self.shared.queue.state();
         cell.state = state;
         if cell.watch.as_ref().is_some_and(watch::Sender::is_closed) {
             // Nobody watches any more: the next handle that asks gets a new watch.
@@ -182,10 +154,10 @@ impl QueueTx {
     }
 
     fn send(&mut self, delivery: Delivery) -> Result<(), Gone> {
-        if self.shared.gone.load(Ordering::Acquire) {
+        if self.shared.queue.gone.load(Ordering::Acquire) {
             return Err(Gone);
         }
-        self.shared.lock().push_back(delivery);
+        self.shared.queue.lock().push_back(delivery);
         self.unflushed = true;
         Ok(())
     }
@@ -193,14 +165,22 @@ impl QueueTx {
     /// Queues a message, or counts it as dropped when the consumer is `capacity` behind.
     /// Returns whether it was queued. The consumer is woken by the next [`flush`](Self::flush).
     pub(crate) fn message(&mut self, message: Message) -> Result<bool, Gone> {
-        if self.shared.queued_messages.load(Ordering::Acquire) >= self.capacity {
-            self.shared.dropped.fetch_add(1, Ordering::AcqRel);
-            if !self.shared.overflow_pending.swap(true, Ordering::AcqRel) {
+        if self.shared.queue.queued_messages.load(Ordering::Acquire) >= self.capacity {
+            self.shared.queue.dropped.fetch_add(1, Ordering::AcqRel);
+            if !self
+                .shared
+                .queue
+                .overflow_pending
+                .swap(true, Ordering::AcqRel)
+            {
                 self.send(Delivery::Overflow)?;
             }
             return Ok(false);
         }
-        self.shared.queued_messages.fetch_add(1, Ordering::AcqRel);
+        self.shared
+            .queue
+            .queued_messages
+            .fetch_add(1, Ordering::AcqRel);
         self.send(Delivery::Message(Box::new(message)))?;
         Ok(true)
     }
@@ -218,13 +198,13 @@ impl QueueTx {
     /// Wakes the consumer if anything was queued since the last call.
     pub(crate) fn flush(&mut self) {
         if std::mem::take(&mut self.unflushed) {
-            self.shared.consumer.wake();
+            self.shared.queue.consumer.wake();
         }
     }
 
     /// Whether the consumer is three quarters of its capacity behind.
     pub(crate) fn is_congested(&self) -> bool {
-        self.shared.queued_messages.load(Ordering::Acquire) >= self.high_water()
+        self.shared.queue.queued_messages.load(Ordering::Acquire) >= self.high_water()
     }
 
     fn high_water(&self) -> usize {
@@ -234,11 +214,18 @@ impl QueueTx {
     /// Asks to be woken once the consumer has drained the queue below half; returns whether it
     /// is still congested (if not, no wake-up will come).
     pub(crate) fn wake_when_drained(&self, waker: &std::task::Waker) -> bool {
-        self.shared.drained.register(waker);
-        self.shared.drain_wanted.store(true, Ordering::Release);
-        let congested = self.shared.queued_messages.load(Ordering::Acquire) > self.capacity / 2;
+        self.shared.queue.drained.register(waker);
+        self.shared
+            .queue
+            .drain_wanted
+            .store(true, Ordering::Release);
+        let congested =
+            self.shared.queue.queued_messages.load(Ordering::Acquire) > self.capacity / 2;
         if !congested {
-            self.shared.drain_wanted.store(false, Ordering::Release);
+            self.shared
+                .queue
+                .drain_wanted
+                .store(false, Ordering::Release);
         }
         congested
     }
@@ -247,11 +234,11 @@ impl QueueTx {
 impl Drop for QueueTx {
     fn drop(&mut self) {
         // Close the queue first, so that the woken consumer sees it closed.
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.consumer.wake();
+        self.shared.queue.closed.store(true, Ordering::Release);
+        self.shared.queue.consumer.wake();
         // The state changes no more: its watchers see the sender gone.
         let watch = {
-            let mut cell = self.shared.state();
+            let mut cell = self.shared.queue.state();
             cell.ended = true;
             cell.watch.take()
         };
@@ -261,13 +248,32 @@ impl Drop for QueueTx {
 
 impl Drop for QueueRx {
     fn drop(&mut self) {
-        self.shared.gone.store(true, Ordering::Release);
+        self.shared.queue.gone.store(true, Ordering::Release);
         // What was queued is not taken: free it now.
-        self.shared.lock().clear();
+        self.shared.queue.lock().clear();
     }
 }
 
 impl Shared {
+    /// The channel's state, as the socket task last set it.
+    pub(crate) fn current_state(&self) -> ChannelState {
+        self.state().state
+    }
+
+    /// A receiver of the state, to await changes; its sender is dropped when the socket task
+    /// forgets the channel (or stops).
+    pub(crate) fn watch_state(&self) -> watch::Receiver<ChannelState> {
+        let mut cell = self.state();
+        if let Some(watch) = &cell.watch {
+            return watch.subscribe();
+        }
+        let (tx, rx) = watch::channel(cell.state);
+        if !cell.ended {
+            cell.watch = Some(tx);
+        }
+        rx
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, StateCell> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -284,8 +290,8 @@ impl QueueRx {
             return Some(Some(delivery));
         }
         // Read before looking: everything queued before the close is then in the queue.
-        let closed = self.shared.closed.load(Ordering::Acquire);
-        std::mem::swap(&mut *self.shared.lock(), &mut self.batch);
+        let closed = self.shared.queue.closed.load(Ordering::Acquire);
+        std::mem::swap(&mut *self.shared.queue.lock(), &mut self.batch);
         match self.batch.pop_front() {
             Some(delivery) => Some(Some(delivery)),
             None if closed => Some(None),
@@ -296,18 +302,26 @@ impl QueueRx {
     fn item(&self, delivery: Delivery) -> Item {
         match delivery {
             Delivery::Message(m) => {
-                let left = self.shared.queued_messages.fetch_sub(1, Ordering::AcqRel) - 1;
+                let left = self
+                    .shared
+                    .queue
+                    .queued_messages
+                    .fetch_sub(1, Ordering::AcqRel)
+                    - 1;
                 if left <= self.half
-                    && self.shared.drain_wanted.load(Ordering::Acquire)
-                    && self.shared.drain_wanted.swap(false, Ordering::AcqRel)
+                    && self.shared.queue.drain_wanted.load(Ordering::Acquire)
+                    && self.shared.queue.drain_wanted.swap(false, Ordering::AcqRel)
                 {
-                    self.shared.drained.wake();
+                    self.shared.queue.drained.wake();
                 }
                 Item::Delivery(Delivery::Message(m))
             }
             Delivery::Overflow => {
-                self.shared.overflow_pending.store(false, Ordering::Release);
-                Item::Overflow(self.shared.dropped.swap(0, Ordering::AcqRel))
+                self.shared
+                    .queue
+                    .overflow_pending
+                    .store(false, Ordering::Release);
+                Item::Overflow(self.shared.queue.dropped.swap(0, Ordering::AcqRel))
             }
             other => Item::Delivery(other),
         }
@@ -322,7 +336,7 @@ impl QueueRx {
             None => {
                 // Register, then look again: whatever is queued after the first look is
                 // followed by a flush, which wakes this waker.
-                self.shared.consumer.register(cx.waker());
+                self.shared.queue.consumer.register(cx.waker());
                 match self.try_next() {
                     Some(received) => received,
                     None => return Poll::Pending,
@@ -342,7 +356,13 @@ impl QueueRx {
 mod tests {
     use super::*;
 
+    use crate::proto::channel::ChannelId;
     use crate::proto::message::Payload;
+
+    fn queue(capacity: usize) -> (QueueTx, QueueRx) {
+        let shared = ChannelShared::new(ChannelId(1), "t".into(), std::time::Duration::ZERO);
+        super::queue(Arc::new(shared), capacity)
+    }
 
     fn message(n: u32) -> Message {
         Message::new("t", format!("e{n}"), Payload::empty())
@@ -397,14 +417,14 @@ mod tests {
     #[test]
     fn the_state_watch_is_made_on_demand_follows_the_state_and_ends_with_the_queue() {
         let (tx, _rx) = queue(1);
-        let view = tx.state_view();
-        assert_eq!(view.get(), ChannelState::Closed);
+        let view = &tx.shared.clone().queue;
+        assert_eq!(view.current_state(), ChannelState::Closed);
         tx.set_state(ChannelState::Joining);
-        assert_eq!(view.get(), ChannelState::Joining);
-        let mut watch = view.watch();
+        assert_eq!(view.current_state(), ChannelState::Joining);
+        let mut watch = view.watch_state();
         assert_eq!(*watch.borrow(), ChannelState::Joining);
         assert!(!watch.has_changed().unwrap());
-        let mut second = view.watch();
+        let mut second = view.watch_state();
         tx.set_state(ChannelState::Joined);
         assert!(watch.has_changed().unwrap());
         assert_eq!(*watch.borrow_and_update(), ChannelState::Joined);
@@ -412,7 +432,7 @@ mod tests {
         // Nobody watches: the next change drops the watch, and a new one starts from the state.
         drop((watch, second));
         tx.set_state(ChannelState::Leaving);
-        let mut watch = view.watch();
+        let mut watch = view.watch_state();
         assert_eq!(*watch.borrow_and_update(), ChannelState::Leaving);
         drop(tx);
         assert!(
@@ -420,10 +440,10 @@ mod tests {
             "the sender goes with the queue"
         );
         assert!(
-            view.watch().has_changed().is_err(),
+            view.watch_state().has_changed().is_err(),
             "and a later watch says so too"
         );
-        assert_eq!(view.get(), ChannelState::Leaving);
+        assert_eq!(view.current_state(), ChannelState::Leaving);
     }
 
     #[test]

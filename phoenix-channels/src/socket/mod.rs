@@ -105,6 +105,17 @@ impl fmt::Debug for Socket {
     }
 }
 
+/// A handle that does not keep the socket's task alive.
+#[derive(Clone, Debug)]
+pub(crate) struct WeakSocket(Weak<Shared>);
+
+impl WeakSocket {
+    /// The socket, while a handle to it still exists.
+    pub(crate) fn upgrade(&self) -> Option<Socket> {
+        self.0.upgrade().map(|shared| Socket { shared })
+    }
+}
+
 impl Socket {
     /// A builder for a socket at `endpoint`, e.g. `ws://localhost:4000/socket` (the path of
     /// the `socket` in the Phoenix endpoint; `/websocket` and `vsn=2.0.0` are added).
@@ -252,6 +263,10 @@ impl Socket {
             Poll::Ready(Err(_)) => Room::Closed,
             Poll::Pending => Room::Later(acquire, cost as usize),
         }
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakSocket {
+        WeakSocket(Arc::downgrade(&self.shared))
     }
 
     pub(crate) fn weak_commands(&self) -> mpsc::WeakUnboundedSender<Command> {

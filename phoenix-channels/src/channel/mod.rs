@@ -1,5 +1,7 @@
 //! Channel handles: join, leave, push, cast, state, and the stream of messages.
 
+mod shared;
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -12,14 +14,15 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
 use crate::backoff::RejoinPolicy;
-use crate::driver::queue::{self, Delivery, Item, QueueRx, StateView};
+use crate::driver::queue::{self, Delivery, Item, QueueRx};
 use crate::driver::{Command, ReplyReader};
 use crate::error::{JoinError, Lagged, PushError};
 use crate::handler::{ChannelContext, ChannelHandler, HandlerTask};
-use crate::proto::channel::{ChannelId, ChannelOptions, ChannelState, CloseCause, JoinParams};
+use crate::proto::channel::{ChannelOptions, ChannelState, CloseCause, JoinParams};
 use crate::proto::message::{Event, Message, Payload, Ref, Reply, Topic};
 use crate::proto::push::PushRequest;
 use crate::socket::{Room, RoomWait, Socket};
+pub(crate) use shared::{ChannelShared, WeakChannel};
 
 /// Configures a channel before it is created; from [`Socket::channel`].
 ///
@@ -123,8 +126,7 @@ impl<'a> ChannelBuilder<'a> {
     /// ```
     pub fn stream(mut self) -> (Channel, Messages) {
         self.options.params = JoinParams::Static(self.params.clone());
-        let (tx, rx) = queue::queue(self.queue_capacity);
-        let channel = self.register(tx);
+        let (channel, rx) = self.register();
         (channel, Messages { queue: rx })
     }
 
@@ -132,10 +134,9 @@ impl<'a> ChannelBuilder<'a> {
     /// channel's own task.
     pub fn handler<H: ChannelHandler>(mut self, handler: H) -> Channel {
         self.options.params = JoinParams::Ask;
-        let (tx, rx) = queue::queue(self.queue_capacity);
         let default_params = self.params.clone();
         let socket = self.socket.clone();
-        let channel = self.register(tx);
+        let (channel, rx) = self.register();
         let task = HandlerTask {
             handler,
             queue: rx,
@@ -149,36 +150,22 @@ impl<'a> ChannelBuilder<'a> {
         channel
     }
 
-    fn register(self, queue: queue::QueueTx) -> Channel {
+    /// Creates the channel: one allocation holds its identity, queue and state.
+    fn register(self) -> (Channel, QueueRx) {
         let id = self.socket.next_channel_id();
-        let state = queue.state_view();
+        let shared = Arc::new(ChannelShared::new(
+            id,
+            self.topic.clone(),
+            self.push_timeout,
+        ));
+        let (tx, rx) = queue::queue(shared.clone(), self.queue_capacity);
         self.socket.send(Command::AddChannel {
             id,
-            topic: self.topic.clone(),
-            options: self.options,
-            queue,
-        });
-        Channel::from_inner(Arc::new(ChannelInner {
-            id,
             topic: self.topic,
-            socket: self.socket.clone(),
-            state,
-            push_timeout: self.push_timeout,
-        }))
-    }
-}
-
-pub(crate) struct ChannelInner {
-    pub(crate) id: ChannelId,
-    topic: Topic,
-    socket: Socket,
-    state: StateView,
-    push_timeout: Duration,
-}
-
-impl Drop for ChannelInner {
-    fn drop(&mut self) {
-        self.socket.send(Command::Remove { id: self.id });
+            options: self.options,
+            queue: tx,
+        });
+        (Channel::first_handle(shared, self.socket.clone()), rx)
     }
 }
 
@@ -201,29 +188,25 @@ impl Drop for ChannelInner {
 /// channel.leave().await;
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
 pub struct Channel {
-    inner: Arc<ChannelInner>,
+    inner: Arc<ChannelShared>,
+    socket: Socket,
 }
 
 impl fmt::Debug for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Channel")
             .field("topic", &self.inner.topic)
-            .field("state", &self.inner.state.get())
+            .field("state", &self.inner.queue.current_state())
             .finish()
     }
 }
 
 impl Channel {
-    pub(crate) fn from_inner(inner: Arc<ChannelInner>) -> Self {
-        Self { inner }
-    }
-
     pub(crate) fn context(&self) -> ChannelContext {
         ChannelContext {
             topic: self.inner.topic.clone(),
-            channel: Arc::downgrade(&self.inner),
+            channel: WeakChannel::new(self),
         }
     }
 
@@ -234,13 +217,13 @@ impl Channel {
 
     /// The current state.
     pub fn state(&self) -> ChannelState {
-        self.inner.state.get()
+        self.inner.queue.current_state()
     }
 
     /// A receiver of the state, to await changes (the current state counts as seen). Its
     /// sender is dropped when the channel is forgotten or the socket stops.
     pub fn state_watch(&self) -> watch::Receiver<ChannelState> {
-        self.inner.state.watch()
+        self.inner.queue.watch_state()
     }
 
     /// Joins the channel and waits for the first outcome: the server's join response, or why
@@ -251,7 +234,7 @@ impl Channel {
     /// dropped or the first attempt fails.
     pub fn join(&self) -> impl Future<Output = Result<Payload, JoinError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        self.inner.socket.send(Command::Join {
+        self.socket.send(Command::Join {
             id: self.inner.id,
             done: Some(tx),
         });
@@ -266,7 +249,7 @@ impl Channel {
     /// pushes already sent keep waiting for their replies.
     pub fn leave(&self) -> impl Future<Output = ()> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        self.inner.socket.send(Command::Leave {
+        self.socket.send(Command::Leave {
             id: self.inner.id,
             done: Some(tx),
         });
@@ -321,7 +304,7 @@ impl Channel {
     ) -> Push {
         let (request, timeout) = self.request(event.into(), payload, &options);
         let cost = self.cost(&request);
-        match self.inner.socket.reserve(cost, true) {
+        match self.socket.reserve(cost, true) {
             Room::Now(cost) => self.send_push(request, cost),
             Room::Later(wait, cost) => Push(PushState::Room(Box::new(WaitingForRoom {
                 wait,
@@ -355,7 +338,7 @@ impl Channel {
         options: PushOptions,
     ) -> Result<Push, PushError> {
         let (request, _) = self.request(event.into(), payload, &options);
-        match self.inner.socket.reserve(self.cost(&request), false) {
+        match self.socket.reserve(self.cost(&request), false) {
             Room::Now(cost) => Ok(self.send_push(request, cost)),
             Room::Closed => Err(PushError::SocketClosed),
             Room::Full | Room::Later(..) => Err(self.full()),
@@ -383,15 +366,15 @@ impl Channel {
 
     fn full(&self) -> PushError {
         PushError::OutgoingFull {
-            limit: self.inner.socket.outgoing_limit(),
+            limit: self.socket.outgoing_limit(),
         }
     }
 
     /// Sends a push whose room is reserved.
     fn send_push(&self, request: PushRequest, cost: usize) -> Push {
         let (tx, rx) = oneshot::channel();
-        let reader = self.inner.socket.reply_reader();
-        self.inner.socket.send_push(
+        let reader = self.socket.reply_reader();
+        self.socket.send_push(
             Command::Push {
                 id: self.inner.id,
                 request,
@@ -419,7 +402,7 @@ impl Channel {
     pub fn cast_payload(&self, event: impl Into<Event>, payload: Payload) {
         if let Err(error) = self.try_cast_payload(event, payload) {
             if matches!(error, PushError::OutgoingFull { .. }) {
-                self.inner.socket.count_dropped_cast();
+                self.socket.count_dropped_cast();
             }
             tracing::debug!(topic = %self.inner.topic, %error, "cast dropped");
         }
@@ -433,9 +416,9 @@ impl Channel {
         payload: Payload,
     ) -> Result<(), PushError> {
         let request = PushRequest::new(event.into(), payload, self.inner.push_timeout);
-        match self.inner.socket.reserve(self.cost(&request), false) {
+        match self.socket.reserve(self.cost(&request), false) {
             Room::Now(cost) => {
-                self.inner.socket.send_push(
+                self.socket.send_push(
                     Command::Push {
                         id: self.inner.id,
                         request,
