@@ -1,6 +1,7 @@
 //! While the socket task is idle, a lone push's own task reads the reply from the connection
 //! (no hop to the socket task), delivers whatever else came with it, and never holds the
 //! connection's reads back: a push that is dropped, or left unpolled, hands them to the task.
+//! A reply that came is taken at the first poll, however many others the task took before.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,6 +15,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use common::{joined, within};
+use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt as _, StreamExt as _};
 use serde_json::json;
 
@@ -137,4 +139,41 @@ async fn a_push_that_reads_its_reply_is_woken_once_for_it() {
     // Delivering the reply it read itself did not wake it again: a spurious wake-up costs
     // the task's runtime a whole turn per round trip.
     assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn replies_that_came_are_taken_at_the_first_poll_past_tokio_s_budget() {
+    const PUSHES: usize = 400;
+    let (_socket, driver, channel, mut messages, mut conn) = joined().await;
+    let driver = tokio::spawn(driver);
+    let polls = Arc::new(AtomicUsize::new(0));
+    let mut pushes = Vec::new();
+    for n in 0..PUSHES {
+        let mut push = channel.push("echo", json!({ "n": n }));
+        let polls = polls.clone();
+        pushes.push(std::future::poll_fn(move |cx| {
+            polls.fetch_add(1, Ordering::SeqCst);
+            Pin::new(&mut push).poll(cx)
+        }));
+    }
+    for _ in 0..PUSHES {
+        let frame = conn.recv().await.unwrap();
+        conn.reply(&frame, "ok", frame[4].clone()).await;
+    }
+    // Frames are read in order: once this broadcast is out, every reply reached its push.
+    conn.send(broadcast("after")).await;
+    within("the broadcast", messages.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut in_flight: FuturesUnordered<_> = pushes.into_iter().collect();
+    let mut replies = 0;
+    while let Some(reply) = within("a reply", in_flight.next()).await {
+        reply.unwrap();
+        replies += 1;
+    }
+    assert_eq!(replies, PUSHES);
+    // Each push polled once: none refused by the budget (128 a turn) and polled again.
+    assert_eq!(polls.load(Ordering::SeqCst), PUSHES);
+    driver.abort();
 }

@@ -216,6 +216,27 @@ impl Driver {
     }
 }
 
+type ReplyRx = oneshot::Receiver<Result<Reply, PushError>>;
+
+/// The reply, if it came (a receiver whose sender is gone: the socket closed).
+fn try_take(rx: &mut ReplyRx) -> Option<Result<Reply, PushError>> {
+    match rx.try_recv() {
+        Ok(reply) => Some(reply),
+        Err(oneshot::error::TryRecvError::Closed) => Some(Err(PushError::SocketClosed)),
+        Err(oneshot::error::TryRecvError::Empty) => None,
+    }
+}
+
+/// Polls a push's reply outside tokio's cooperative budget. A reply ends work that the
+/// socket's round already bounded (its read budget); under the budget, a task awaiting many
+/// pushes at once (a `FuturesUnordered` of a thousand) would see every reply past the
+/// budget's end refused and its push woken again, polled again, and again, for nothing.
+fn poll_rx(rx: &mut ReplyRx, cx: &mut Context<'_>) -> Poll<Result<Reply, PushError>> {
+    Pin::new(&mut tokio::task::coop::unconstrained(rx))
+        .poll(cx)
+        .map(|reply| reply.unwrap_or(Err(PushError::SocketClosed)))
+}
+
 /// A push's reply, received through the socket task or read by the push's own task.
 pub(crate) struct ReplyReader {
     driver: Weak<Mutex<Driver>>,
@@ -240,11 +261,11 @@ impl ReplyReader {
     /// Polls for the reply of `rx`, reading it from the connection when this push may.
     pub(crate) fn poll_reply(
         &mut self,
-        rx: &mut oneshot::Receiver<Result<Reply, PushError>>,
+        rx: &mut ReplyRx,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Reply, PushError>> {
-        if let Poll::Ready(reply) = Pin::new(&mut *rx).poll(cx) {
-            return Poll::Ready(reply.unwrap_or(Err(PushError::SocketClosed)));
+        if let Some(reply) = try_take(rx) {
+            return Poll::Ready(reply);
         }
         let mut owed = self.io.take_owed(self.id);
         if !owed && self.io.claimed_by(self.id) {
@@ -253,11 +274,11 @@ impl ReplyReader {
             self.io.waiter.register(cx.waker());
             owed = self.io.take_owed(self.id);
             if !owed {
-                return Poll::Pending;
+                return poll_rx(rx, cx);
             }
         }
         let Some(driver) = self.driver.upgrade() else {
-            return Poll::Pending;
+            return poll_rx(rx, cx);
         };
         let Ok(mut driver) = driver.try_lock() else {
             // The task is running: it reads, now and later.
@@ -265,21 +286,19 @@ impl ReplyReader {
             if owed {
                 self.io.wake_task();
             }
-            return Poll::Pending;
+            return poll_rx(rx, cx);
         };
         if owed {
             // The reply this round may deliver is taken right after it: its delivery must not
             // wake this task once more (a spurious wake-up costs the runtime a whole turn), so
-            // the receiver holds a no-op waker meanwhile; the poll after the round puts the
+            // the receiver holds a no-op waker meanwhile; the poll that ends this one puts the
             // task's waker back when the reply did not come.
-            if let Poll::Ready(reply) =
-                Pin::new(&mut *rx).poll(&mut Context::from_waker(Waker::noop()))
-            {
-                return Poll::Ready(reply.unwrap_or(Err(PushError::SocketClosed)));
+            if let Poll::Ready(reply) = poll_rx(rx, &mut Context::from_waker(Waker::noop())) {
+                return Poll::Ready(reply);
             }
             driver.run_for_reader();
-            if let Poll::Ready(reply) = Pin::new(&mut *rx).poll(cx) {
-                return Poll::Ready(reply.unwrap_or(Err(PushError::SocketClosed)));
+            if let Some(reply) = try_take(rx) {
+                return Poll::Ready(reply);
             }
         }
         if driver.reader_may_claim() {
@@ -288,7 +307,8 @@ impl ReplyReader {
         } else {
             self.io.unclaim(self.id);
         }
-        Poll::Pending
+        drop(driver);
+        poll_rx(rx, cx)
     }
 }
 
