@@ -66,8 +66,8 @@ impl fmt::Debug for Command {
 }
 
 impl Driver {
+    /// Carries out a command; the clock is read only by those that need it.
     pub(super) fn command(&mut self, command: Command) {
-        let now = Self::now();
         match command {
             Command::AddChannel {
                 id,
@@ -110,9 +110,11 @@ impl Driver {
                         None => slot.join_waiters.push(done),
                     }
                 }
-                self.core.join(now, id);
+                self.core.join(Self::now(), id);
             }
-            Command::JoinParams { id, params } => self.core.provide_join_params(now, id, params),
+            Command::JoinParams { id, params } => {
+                self.core.provide_join_params(Self::now(), id, params)
+            }
             Command::Leave { id, done } => {
                 let Some(slot) = self.slots.get_mut(&id) else {
                     return;
@@ -124,7 +126,7 @@ impl Driver {
                         slot.leave_waiters.push(done);
                     }
                 }
-                self.core.leave(now, id);
+                self.core.leave(Self::now(), id);
             }
             Command::Push {
                 id,
@@ -133,7 +135,7 @@ impl Driver {
                 cost,
             } => {
                 self.held += cost;
-                self.core.push(now, id, request, reply);
+                self.core.push(Self::now(), id, request, reply);
             }
             Command::Remove { id } => {
                 // A closed channel's slot goes now; one still open goes with its last notice.
@@ -142,12 +144,12 @@ impl Driver {
                 {
                     self.slots.remove(&id);
                 }
-                self.core.remove_channel(now, id);
+                self.core.remove_channel(Self::now(), id);
             }
             Command::Tap => self.core.set_tap(true),
             Command::Disconnect { done } => {
                 self.disconnect_waiters.push(done);
-                self.core.close(now);
+                self.core.close(Self::now());
             }
         }
     }
