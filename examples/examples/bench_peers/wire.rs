@@ -11,12 +11,15 @@
 use std::io::{Read as _, Write as _};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::measure::BoxError;
 
 /// The read buffer's size: one read takes up to this much.
 const READ_BUFFER: usize = 256 * 1024;
+
+/// The socket's receive buffer (`SO_RCVBUF`; Linux caps it at `net.core.rmem_max`).
+const SOCKET_RECV_BUFFER: u32 = 4 * 1024 * 1024;
 
 /// The largest frame the floor accepts (the read buffer grows up to it).
 const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -54,7 +57,19 @@ impl Wire {
             .ok_or_else(|| format!("the floor speaks ws:// only, not {url:?}"))?;
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let path = if path.is_empty() { "/" } else { path };
-        let stream = TcpStream::connect(authority).await?;
+        let addr = tokio::net::lookup_host(authority)
+            .await?
+            .next()
+            .ok_or_else(|| format!("{authority:?} resolves to no address"))?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // Room for what piles up between two polls (a window of 4 KiB replies), which the
+        // kernel's autotuning, sized by what one read takes, would not give.
+        socket.set_recv_buffer_size(SOCKET_RECV_BUFFER)?;
+        let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
