@@ -75,12 +75,17 @@ impl Wire {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0x9e37_79b9);
+        // Both buffers are written through once here, before any measurement starts, so
+        // that their pages count in the resident set already (the channels workload measures
+        // its growth): zeros would come from untouched pages.
+        let mut write = vec![0xff; READ_BUFFER];
+        write.clear();
         let mut wire = Self {
             stream,
-            read: vec![0; READ_BUFFER],
+            read: vec![0xff; READ_BUFFER],
             start: 0,
             end: 0,
-            write: Vec::with_capacity(READ_BUFFER),
+            write,
             mask_state: seed | 1,
         };
         let request = format!(
