@@ -6,6 +6,11 @@
 
 mod common;
 
+use std::future::Future as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use common::{joined, within};
@@ -90,4 +95,46 @@ async fn an_unpolled_push_holds_reads_back_for_a_moment_at_most() {
     assert_eq!(message.unwrap().unwrap().event.as_str(), "meanwhile");
     drop(push);
     driver.abort();
+}
+
+/// A waker that counts its wake-ups.
+#[derive(Default)]
+struct Counter(AtomicUsize);
+
+impl Wake for Counter {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_push_that_reads_its_reply_is_woken_once_for_it() {
+    let (_socket, _driver, channel, _messages, mut conn) = joined().await;
+    let counter = Arc::new(Counter::default());
+    let waker = Waker::from(counter.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut push = channel.push("echo", json!({"n": 6}));
+    assert!(Pin::new(&mut push).poll(&mut cx).is_pending());
+    let frame = conn.recv().await.unwrap();
+    conn.reply(&frame, "ok", json!({"n": 6})).await;
+    // The connection's readiness wakes the push, which reads its reply when polled.
+    within("the readiness", async {
+        while counter.0.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let Poll::Ready(reply) = Pin::new(&mut push).poll(&mut cx) else {
+        panic!("the push did not read its reply when woken");
+    };
+    assert_eq!(
+        reply.unwrap().response().to_value().unwrap(),
+        json!({"n": 6})
+    );
+    // Delivering the reply it read itself did not wake it again: a spurious wake-up costs
+    // the task's runtime a whole turn per round trip.
+    assert_eq!(counter.0.load(Ordering::SeqCst), 1);
 }

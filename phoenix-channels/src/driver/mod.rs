@@ -405,7 +405,9 @@ impl Driver {
                     Pin::new(&mut **transport).poll_next(&mut Context::from_waker(&self.io_waker));
                 self.read_budget -= 1;
                 match next {
-                    Poll::Ready(Some(Ok(Received::Text(text)))) => self.core.handle_text(now, text),
+                    Poll::Ready(Some(Ok(Received::Text(text)))) => {
+                        self.core.handle_utf8_text(now, text)
+                    }
                     Poll::Ready(Some(Ok(Received::Binary(bytes)))) => {
                         self.core.handle_binary(now, bytes)
                     }

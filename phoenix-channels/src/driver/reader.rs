@@ -268,6 +268,15 @@ impl ReplyReader {
             return Poll::Pending;
         };
         if owed {
+            // The reply this round may deliver is taken right after it: its delivery must not
+            // wake this task once more (a spurious wake-up costs the runtime a whole turn), so
+            // the receiver holds a no-op waker meanwhile; the poll after the round puts the
+            // task's waker back when the reply did not come.
+            if let Poll::Ready(reply) =
+                Pin::new(&mut *rx).poll(&mut Context::from_waker(Waker::noop()))
+            {
+                return Poll::Ready(reply.unwrap_or(Err(PushError::SocketClosed)));
+            }
             driver.run_for_reader();
             if let Poll::Ready(reply) = Pin::new(&mut *rx).poll(cx) {
                 return Poll::Ready(reply.unwrap_or(Err(PushError::SocketClosed)));

@@ -171,7 +171,7 @@ impl FrameView<'_> {
 
 /// Decodes a text frame.
 pub fn decode_text(frame: &Bytes) -> Result<Inbound, DecodeError> {
-    let view = decode_text_view(frame)?;
+    let view = decode_text_view(frame, None)?;
     let topic = Topic::new(&view.topic);
     Ok(view.into_inbound(topic))
 }

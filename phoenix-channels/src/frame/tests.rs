@@ -244,6 +244,8 @@ fn the_canonical_path_takes_phoenix_frames_and_leaves_the_rest() {
         let frame = Bytes::from_static(canonical.as_bytes());
         let fast = decode_canonical(&frame).expect(canonical);
         assert!(same(&fast, &decode_general(&frame).unwrap()), "{canonical}");
+        let known = decode_text_view(&frame, Some(canonical)).expect(canonical);
+        assert!(same(&fast, &known), "{canonical}");
     }
     for other in [
         r#"[ null,"1","t","e",{}]"#,
@@ -338,10 +340,19 @@ proptest! {
         } else {
             format!(r#"[{},{},"{topic}","ev",{body}]"#, refs(join), refs(r))
         };
-        let frame = Bytes::from(text);
+        let known = crate::transport::Utf8Bytes::from(text);
+        let frame = Bytes::from(known.clone());
         if let Some(fast) = decode_canonical(&frame) {
             let general = decode_general(&frame);
             prop_assert!(general.as_ref().is_ok_and(|g| same(&fast, g)), "{:?} vs {:?}", fast, general);
+        }
+        // A frame whose text is known decodes as one that is checked.
+        let checked = decode_text_view(&frame, None);
+        let unchecked = decode_text_view(&frame, Some(known.as_str()));
+        match (&checked, &unchecked) {
+            (Ok(a), Ok(b)) => prop_assert!(same(a, b), "{:?} vs {:?}", a, b),
+            (Err(a), Err(b)) => prop_assert_eq!(a, b),
+            _ => prop_assert!(false, "{:?} vs {:?}", checked, unchecked),
         }
     }
 

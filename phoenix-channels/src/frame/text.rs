@@ -142,10 +142,41 @@ impl<'de> Visitor<'de> for EnvelopeSeed<'_> {
     }
 }
 
-pub(crate) fn decode_text_view(frame: &Bytes) -> Result<FrameView<'_>, DecodeError> {
-    match decode_canonical(frame) {
+/// Decodes a text frame; `text` is the frame as text when the caller knows it to be UTF-8
+/// (a WebSocket text frame the transport checked): it is then not checked again.
+pub(crate) fn decode_text_view<'a>(
+    frame: &'a Bytes,
+    text: Option<&'a str>,
+) -> Result<FrameView<'a>, DecodeError> {
+    match decode_canonical_with(frame, text) {
         Some(view) => Ok(view),
         None => decode_general(frame),
+    }
+}
+
+/// The frame being decoded, and its text when known to be UTF-8.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    bytes: &'a [u8],
+    text: Option<&'a str>,
+}
+
+impl<'a> Source<'a> {
+    fn new(bytes: &'a [u8], text: Option<&'a str>) -> Self {
+        // Only the frame's own text counts as known.
+        let text = text.filter(|t| t.as_ptr() == bytes.as_ptr() && t.len() == bytes.len());
+        Self { bytes, text }
+    }
+
+    /// `part` (a slice of the frame) as text: checked as UTF-8 unless the frame's text is known.
+    fn text_of(self, part: &'a [u8]) -> Option<&'a str> {
+        match self.text {
+            Some(text) => {
+                let start = (part.as_ptr() as usize).checked_sub(self.bytes.as_ptr() as usize)?;
+                text.get(start..start.checked_add(part.len())?)
+            }
+            None => std::str::from_utf8(part).ok(),
+        }
     }
 }
 
@@ -154,8 +185,14 @@ pub(crate) fn decode_text_view(frame: &Bytes) -> Result<FrameView<'_>, DecodeErr
 /// at a fraction of the general decoder's cost. The payload (or the reply's response) is still
 /// checked to be valid UTF-8 and one valid JSON value. `None` for anything else, which then goes
 /// through the general decoder: both give the same result on every frame this one accepts.
+#[cfg(test)]
 pub(super) fn decode_canonical(frame: &Bytes) -> Option<FrameView<'_>> {
+    decode_canonical_with(frame, None)
+}
+
+fn decode_canonical_with<'a>(frame: &'a Bytes, text: Option<&'a str>) -> Option<FrameView<'a>> {
     let bytes = frame.as_ref();
+    let source = Source::new(bytes, text);
     let (&b'[', rest) = bytes.split_first()? else {
         return None;
     };
@@ -166,9 +203,9 @@ pub(super) fn decode_canonical(frame: &Bytes) -> Option<FrameView<'_>> {
     let rest = rest.strip_prefix(b",")?;
     let (msg_ref, rest) = canonical_ref(rest)?;
     let rest = rest.strip_prefix(b",")?;
-    let (topic, rest) = canonical_str(rest)?;
+    let (topic, rest) = canonical_str(source, rest)?;
     let rest = rest.strip_prefix(b",")?;
-    let (event, rest) = canonical_str(rest)?;
+    let (event, rest) = canonical_str(source, rest)?;
     let payload = rest.strip_prefix(b",")?;
     let body = if event == Event::REPLY {
         let inner = payload
@@ -177,17 +214,17 @@ pub(super) fn decode_canonical(frame: &Bytes) -> Option<FrameView<'_>> {
         let status_at = inner.iter().rposition(|b| *b == b'"')?;
         let (response, status) = (inner.get(..status_at)?, inner.get(status_at + 1..)?);
         let response = response.strip_suffix(br#","status":"#)?;
-        let status = std::str::from_utf8(status).ok()?;
+        let status = source.text_of(status)?;
         if status.bytes().any(|b| b == b'\\' || b < 0x20) {
             return None;
         }
-        let response = owned(frame, checked_json(response)?);
+        let response = owned(frame, checked_json(source, response)?);
         ViewBody::Reply(Reply::new(
             ReplyStatus::parse(status),
             Payload::from_checked_json(response),
         ))
     } else {
-        let payload = owned(frame, checked_json(payload)?);
+        let payload = owned(frame, checked_json(source, payload)?);
         ViewBody::Message {
             event: Cow::Borrowed(event),
             payload: Payload::from_checked_json(payload),
@@ -222,12 +259,15 @@ fn canonical_ref(bytes: &[u8]) -> Option<(Option<Ref>, &[u8])> {
     } else {
         rest
     };
-    let value: u64 = std::str::from_utf8(number).ok()?.parse().ok()?;
+    // At most 19 digits: below u64::MAX.
+    let value = number
+        .iter()
+        .fold(0u64, |n, digit| n * 10 + u64::from(digit - b'0'));
     Some((Some(Ref::new(value)), rest))
 }
 
 /// A string without escapes or control characters, and what follows.
-fn canonical_str(bytes: &[u8]) -> Option<(&str, &[u8])> {
+fn canonical_str<'a>(source: Source<'a>, bytes: &'a [u8]) -> Option<(&'a str, &'a [u8])> {
     let body = bytes.strip_prefix(b"\"")?;
     let end = body
         .iter()
@@ -235,17 +275,17 @@ fn canonical_str(bytes: &[u8]) -> Option<(&str, &[u8])> {
     if body[end] != b'"' {
         return None;
     }
-    Some((std::str::from_utf8(&body[..end]).ok()?, &body[end + 1..]))
+    Some((source.text_of(&body[..end])?, &body[end + 1..]))
 }
 /// `bytes` if they are UTF-8 and exactly one JSON value with no whitespace around it (a
 /// payload with whitespace around it goes through the general decoder, which leaves it out, so
 /// both decoders give the same payload).
-fn checked_json(bytes: &[u8]) -> Option<&[u8]> {
+fn checked_json<'a>(source: Source<'a>, bytes: &'a [u8]) -> Option<&'a [u8]> {
     let json_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
     if bytes.first().is_some_and(json_space) || bytes.last().is_some_and(json_space) {
         return None;
     }
-    let text = std::str::from_utf8(bytes).ok()?;
+    let text = source.text_of(bytes)?;
     crate::proto::json::is_one_value(text).then_some(bytes)
 }
 

@@ -11,11 +11,24 @@ use super::push::{Pending, PushError};
 use super::socket::{PHOENIX_TOPIC, SocketCore};
 use super::timer::Timer;
 use crate::frame::{self, FrameView, ViewBody};
+use crate::transport::Utf8Bytes;
 
 impl<T> SocketCore<T> {
-    /// A text frame arrived.
+    /// A text frame arrived (its bytes are checked to be UTF-8 here; a transport that checked
+    /// them already hands the frame to [`handle_utf8_text`](Self::handle_utf8_text)).
     pub fn handle_text(&mut self, now: Instant, frame: Bytes) {
-        match frame::decode_text_view(&frame) {
+        match frame::decode_text_view(&frame, None) {
+            Ok(view) => self.route(now, view),
+            Err(e) => self.out.push_back(Output::Malformed(e)),
+        }
+    }
+
+    /// A text frame arrived whose bytes are known to be UTF-8 (a WebSocket text frame, which
+    /// the transport checked): decoded like [`handle_text`](Self::handle_text) without
+    /// checking them again.
+    pub fn handle_utf8_text(&mut self, now: Instant, frame: Utf8Bytes) {
+        let bytes = Bytes::from(frame.clone());
+        match frame::decode_text_view(&bytes, Some(frame.as_str())) {
             Ok(view) => self.route(now, view),
             Err(e) => self.out.push_back(Output::Malformed(e)),
         }

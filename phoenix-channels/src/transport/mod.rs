@@ -22,6 +22,8 @@ use url::Url;
 use crate::frame::OutFrame;
 use crate::proto::DisconnectReason;
 pub use tls::{ByteStream, TlsConfigError};
+/// The payload of a text frame: bytes known to be UTF-8 (tungstenite's type).
+pub use tungstenite::Utf8Bytes;
 pub use websocket::{StreamConnector, WebSocketConnector};
 
 /// A boxed [`ByteStream`]: what [`Connector::open_stream`] opens.
@@ -31,8 +33,8 @@ pub type BoxStream = Box<dyn ByteStream>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Received {
-    /// A text frame.
-    Text(Bytes),
+    /// A text frame: UTF-8, as the WebSocket protocol requires (the transport checks it).
+    Text(Utf8Bytes),
     /// A binary frame.
     Binary(Bytes),
     /// The peer closed the WebSocket (code 1005 when it gave none).

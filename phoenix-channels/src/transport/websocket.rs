@@ -24,7 +24,6 @@ use super::tls::{Io, TlsConfigError, pem_certificates};
 use super::{
     BoxStream, BoxTransport, ConnectRequest, Connector, Outgoing, Received, WebSocketSettings,
 };
-use bytes::Bytes;
 
 use crate::frame::OutFrame;
 use crate::proto::DisconnectReason;
@@ -352,7 +351,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsTransport<S> {
                 return Poll::Ready(None);
             };
             let received = match next {
-                Ok(WsMessage::Text(text)) => Received::Text(Bytes::from(text)),
+                Ok(WsMessage::Text(text)) => Received::Text(text),
                 Ok(WsMessage::Binary(bytes)) => Received::Binary(bytes),
                 Ok(WsMessage::Close(frame)) => match frame {
                     Some(frame) => Received::Close {
