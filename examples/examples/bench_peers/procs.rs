@@ -17,6 +17,10 @@ fn workspace_root() -> PathBuf {
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
+/// Set (to anything) to keep the callgrind profiles in the temporary directory, for
+/// `callgrind_annotate` (their paths are printed).
+const KEEP_PROFILES: &str = "BENCH_PEERS_KEEP_CALLGRIND";
+
 /// Runs `spec` under callgrind with `spec.ops` and twice as many operations (fresh topics) and
 /// returns the second run's result with the instructions per operation of the difference.
 pub(crate) async fn callgrind(
@@ -44,7 +48,17 @@ pub(crate) async fn callgrind(
             .args(spec.to_args());
         let result = run_child(command, &spec, source, flooder.as_deref_mut()).await?;
         let text = tokio::fs::read_to_string(&out).await;
-        let _ = tokio::fs::remove_file(&out).await;
+        if std::env::var_os(KEEP_PROFILES).is_some() {
+            eprintln!(
+                "bench_peers: kept {} ({} {} {} ops)",
+                out.display(),
+                spec.client,
+                spec.workload,
+                ops
+            );
+        } else {
+            let _ = tokio::fs::remove_file(&out).await;
+        }
         let text = text.map_err(|e| format!("callgrind wrote no {}: {e}", out.display()))?;
         let total = text
             .lines()

@@ -1,28 +1,45 @@
-//! The floor's transport: a hand-written WebSocket client over one `TcpStream`, with one
+//! The floor's transport: a hand-written WebSocket client over one TCP stream, with one
 //! reused read buffer and one reused write buffer. Frames are masked in place, a word at a
 //! time; reads parse frames out of the buffer without copying or allocating; writes are
 //! batched until [`Wire::flush`]. Only what the echo and flood servers send is supported:
 //! unfragmented text and binary frames, pings, and close (anything else is an error, never a panic).
+//!
+//! A [`Wire`] reads through the runtime (readiness from epoll); [`Wire::into_polled`] turns it
+//! into a [`Polled`] one, taken out of the runtime's epoll set, that reads only when asked
+//! ([`Polled::fill_now`]): a client that polls on a timer is not woken per TCP segment.
+
+use std::io::{Read as _, Write as _};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::measure::BoxError;
 
-/// The most a single read may add to the buffer.
-const READ_CHUNK: usize = 64 * 1024;
+/// The read buffer's size: one read takes up to this much.
+const READ_BUFFER: usize = 256 * 1024;
 
-/// A client WebSocket connection.
-pub(crate) struct Wire {
-    stream: TcpStream,
-    /// Bytes read; `read[start..]` is not yet parsed.
+/// The socket's receive buffer (`SO_RCVBUF`; Linux caps it at `net.core.rmem_max`).
+const SOCKET_RECV_BUFFER: u32 = 4 * 1024 * 1024;
+
+/// The largest frame the floor accepts (the read buffer grows up to it).
+const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// A client WebSocket connection over `S`: a [`TcpStream`] read through the runtime, or a
+/// [`std::net::TcpStream`] read when polled ([`Polled`]).
+pub(crate) struct Wire<S = TcpStream> {
+    stream: S,
+    /// The read buffer, initialized once: `read[start..end]` is read and not yet parsed.
     read: Vec<u8>,
     start: usize,
+    end: usize,
     /// Frames written since the last flush.
     write: Vec<u8>,
     /// The xorshift state the masking keys come from.
     mask_state: u32,
 }
+
+/// A connection out of the runtime's epoll set, read only by [`Polled::fill_now`].
+pub(crate) type Polled = Wire<std::net::TcpStream>;
 
 /// A frame read from the server: its opcode and its payload's range in the read buffer.
 #[derive(Debug, Clone, Copy)]
@@ -40,17 +57,35 @@ impl Wire {
             .ok_or_else(|| format!("the floor speaks ws:// only, not {url:?}"))?;
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let path = if path.is_empty() { "/" } else { path };
-        let stream = TcpStream::connect(authority).await?;
+        let addr = tokio::net::lookup_host(authority)
+            .await?
+            .next()
+            .ok_or_else(|| format!("{authority:?} resolves to no address"))?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // Room for what piles up between two polls (a window of 4 KiB replies), which the
+        // kernel's autotuning, sized by what one read takes, would not give.
+        socket.set_recv_buffer_size(SOCKET_RECV_BUFFER)?;
+        let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0x9e37_79b9);
+        // Both buffers are written through once here, before any measurement starts, so
+        // that their pages count in the resident set already (the channels workload measures
+        // its growth): zeros would come from untouched pages.
+        let mut write = vec![0xff; READ_BUFFER];
+        write.clear();
         let mut wire = Self {
             stream,
-            read: Vec::with_capacity(READ_CHUNK),
+            read: vec![0xff; READ_BUFFER],
             start: 0,
-            write: Vec::with_capacity(READ_CHUNK),
+            end: 0,
+            write,
             mask_state: seed | 1,
         };
         let request = format!(
@@ -60,15 +95,15 @@ impl Wire {
         );
         wire.stream.write_all(request.as_bytes()).await?;
         let end = loop {
-            if let Some(at) = wire.read.windows(4).position(|w| w == b"\r\n\r\n") {
+            if let Some(at) = wire.unparsed().windows(4).position(|w| w == b"\r\n\r\n") {
                 break at + 4;
             }
-            if wire.read.len() > 16 * 1024 {
+            if wire.end > 16 * 1024 {
                 return Err("the handshake response is too long".into());
             }
             wire.fill().await?;
         };
-        let head = String::from_utf8_lossy(&wire.read[..end]);
+        let head = String::from_utf8_lossy(&wire.unparsed()[..end]);
         if !head.starts_with("HTTP/1.1 101") {
             let line = head.lines().next().unwrap_or_default();
             return Err(format!("the server refused the upgrade: {line}").into());
@@ -77,6 +112,89 @@ impl Wire {
         Ok(wire)
     }
 
+    /// Writes every frame appended since the last flush, in one write where the kernel
+    /// takes it.
+    pub(crate) async fn flush(&mut self) -> Result<(), BoxError> {
+        self.stream.write_all(&self.write).await?;
+        self.write.clear();
+        Ok(())
+    }
+
+    /// The next text or binary frame, reading from the socket only when the buffer holds no complete
+    /// frame. Pings are answered (at the next flush); a close frame is an error.
+    pub(crate) async fn next(&mut self) -> Result<Frame, BoxError> {
+        loop {
+            if let Some(frame) = self.parse()? {
+                return Ok(frame);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Waits until the socket is readable, then reads once, as much as the buffer takes;
+    /// returns how many bytes.
+    pub(crate) async fn fill(&mut self) -> Result<usize, BoxError> {
+        self.make_room()?;
+        match self.stream.read(&mut self.read[self.end..]).await? {
+            0 => Err("connection closed".into()),
+            n => {
+                self.end += n;
+                Ok(n)
+            }
+        }
+    }
+
+    /// This connection taken out of the runtime's epoll set (the runtime no longer wakes on
+    /// its segments), to be read by [`Polled::fill_now`]; the buffers stay.
+    pub(crate) fn into_polled(self) -> Result<Polled, BoxError> {
+        let stream = self.stream.into_std()?;
+        stream.set_nonblocking(true)?;
+        Ok(Wire {
+            stream,
+            read: self.read,
+            start: self.start,
+            end: self.end,
+            write: self.write,
+            mask_state: self.mask_state,
+        })
+    }
+}
+
+impl Polled {
+    /// Writes as much of the frames appended since the last flush as the socket takes now,
+    /// in one write (where the kernel takes it all), without waiting; the rest stays for the
+    /// next flush. Returns whether everything was written.
+    pub(crate) fn flush_now(&mut self) -> Result<bool, BoxError> {
+        let mut written = 0;
+        while written < self.write.len() {
+            match self.stream.write(&self.write[written..]) {
+                Ok(0) => return Err("connection closed".into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.write.drain(..written);
+        Ok(self.write.is_empty())
+    }
+
+    /// Reads what the socket holds now, without waiting: one read, as much as the buffer
+    /// takes; 0 when nothing was there.
+    pub(crate) fn fill_now(&mut self) -> Result<usize, BoxError> {
+        self.make_room()?;
+        match self.stream.read(&mut self.read[self.end..]) {
+            Ok(0) => Err("connection closed".into()),
+            Ok(n) => {
+                self.end += n;
+                Ok(n)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl<S> Wire<S> {
     /// Appends one masked text frame whose payload is `parts` concatenated (sent at the next
     /// [`Wire::flush`]).
     pub(crate) fn text(&mut self, parts: &[&[u8]]) {
@@ -117,25 +235,6 @@ impl Wire {
         mask(&mut w[at..], key);
     }
 
-    /// Writes every frame appended since the last flush, in one write where the kernel
-    /// takes it.
-    pub(crate) async fn flush(&mut self) -> Result<(), BoxError> {
-        self.stream.write_all(&self.write).await?;
-        self.write.clear();
-        Ok(())
-    }
-
-    /// The next text or binary frame, reading from the socket only when the buffer holds no complete
-    /// frame. Pings are answered (at the next flush); a close frame is an error.
-    pub(crate) async fn next(&mut self) -> Result<Frame, BoxError> {
-        loop {
-            if let Some(frame) = self.parse()? {
-                return Ok(frame);
-            }
-            self.fill().await?;
-        }
-    }
-
     /// The next text or binary frame already in the buffer, without reading from the socket.
     pub(crate) fn buffered(&mut self) -> Result<Option<Frame>, BoxError> {
         self.parse()
@@ -146,9 +245,32 @@ impl Wire {
         &self.read[frame.from..frame.to]
     }
 
+    /// The bytes read and not yet parsed.
+    fn unparsed(&self) -> &[u8] {
+        &self.read[self.start..self.end]
+    }
+
+    /// Frees the buffer's tail for the next read: drops the parsed bytes (moving a partial
+    /// frame to the front), and doubles the buffer when a partial frame fills it.
+    fn make_room(&mut self) -> Result<(), BoxError> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.start > 0 && self.read.len() - self.end < self.read.len() / 4 {
+            self.read.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        if self.end == self.read.len() {
+            if self.read.len() >= MAX_FRAME {
+                return Err(format!("a frame longer than {MAX_FRAME} bytes").into());
+            }
+            self.read.resize(self.read.len() * 2, 0);
+        }
+        Ok(())
+    }
+
     fn parse(&mut self) -> Result<Option<Frame>, BoxError> {
         loop {
-            let buf = &self.read[self.start..];
+            let buf = &self.read[self.start..self.end];
             let [b0, b1, ..] = *buf else {
                 return Ok(None);
             };
@@ -165,6 +287,9 @@ impl Wire {
                 126 | 127 => return Ok(None),
                 n => (usize::from(n), 2),
             };
+            if len > MAX_FRAME {
+                return Err(format!("a frame of {len} bytes (the floor takes {MAX_FRAME})").into());
+            }
             if buf.len() < header + len {
                 return Ok(None);
             }
@@ -188,22 +313,6 @@ impl Wire {
                 0x8 => return Err("the server closed the connection".into()),
                 other => return Err(format!("unsupported frame opcode {other}").into()),
             }
-        }
-    }
-
-    /// Reads more bytes (first dropping the parsed ones); returns how many.
-    pub(crate) async fn fill(&mut self) -> Result<usize, BoxError> {
-        if self.start == self.read.len() {
-            self.read.clear();
-            self.start = 0;
-        } else if self.start > self.read.capacity() / 2 {
-            self.read.drain(..self.start);
-            self.start = 0;
-        }
-        self.read.reserve(READ_CHUNK);
-        match self.stream.read_buf(&mut self.read).await? {
-            0 => Err("connection closed".into()),
-            n => Ok(n),
         }
     }
 }

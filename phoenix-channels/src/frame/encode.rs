@@ -8,7 +8,7 @@ use super::{EncodeError, KIND_PUSH, OutFrame};
 use crate::proto::message::{Payload, Ref};
 
 fn needs_escape(s: &str) -> bool {
-    s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
+    crate::proto::json::plain_len(s.as_bytes()) < s.len()
 }
 
 fn push_json_str(out: &mut String, s: &str) {

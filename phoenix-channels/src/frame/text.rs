@@ -269,10 +269,8 @@ fn canonical_ref(bytes: &[u8]) -> Option<(Option<Ref>, &[u8])> {
 /// A string without escapes or control characters, and what follows.
 fn canonical_str<'a>(source: Source<'a>, bytes: &'a [u8]) -> Option<(&'a str, &'a [u8])> {
     let body = bytes.strip_prefix(b"\"")?;
-    let end = body
-        .iter()
-        .position(|b| *b == b'"' || *b == b'\\' || *b < 0x20)?;
-    if body[end] != b'"' {
+    let end = crate::proto::json::plain_len(body);
+    if body.get(end) != Some(&b'"') {
         return None;
     }
     Some((source.text_of(&body[..end])?, &body[end + 1..]))

@@ -231,17 +231,47 @@ impl Checker<'_> {
 /// How many bytes at the start of `bytes` may stand as they are inside a string: up to the
 /// first quote, backslash or control character.
 ///
-/// Two passes that each run as SIMD: `memchr2` finds the first quote or backslash, then a
-/// minimum over the bytes before it (a reduction without an early exit, which the compiler
-/// vectorizes) tells whether they hold a control character, which is rare.
-fn plain_len(bytes: &[u8]) -> usize {
-    // Most keys and many values are short: look at them a byte at a time first.
-    let special = |b: &u8| *b == b'"' || *b == b'\\' || *b < 0x20;
-    let head = bytes.len().min(16);
-    if let Some(at) = bytes[..head].iter().position(special) {
+/// Most keys and many values are short: the first [`HEAD`] bytes are looked at eight at a
+/// time in a `u64`; longer strings go on in [`plain_len_long`], which runs as SIMD.
+pub(crate) fn plain_len(bytes: &[u8]) -> usize {
+    const HEAD: usize = 32;
+    let head = &bytes[..bytes.len().min(HEAD)];
+    let mut words = head.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let mut eight = [0; 8];
+        eight.copy_from_slice(word);
+        let hits = special_bytes(u64::from_le_bytes(eight));
+        if hits != 0 {
+            return at + (hits.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    let rest = words.remainder();
+    if let Some(end) = rest.iter().position(is_special) {
+        return at + end;
+    }
+    at += rest.len();
+    if at < HEAD {
         return at;
     }
-    head + plain_len_long(&bytes[head..])
+    at + plain_len_long(&bytes[at..])
+}
+
+/// A quote, a backslash or a control character.
+fn is_special(b: &u8) -> bool {
+    *b == b'"' || *b == b'\\' || *b < 0x20
+}
+
+/// The high bit of each special byte of eight (little-endian) is set in the result, and no
+/// bit below the first special byte's (bits above it may be set where none is: the borrows of
+/// the subtractions run upward, which is why only the lowest counts).
+fn special_bytes(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+    zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\'))) | below_space
 }
 
 /// [`plain_len`] after the first bytes.
@@ -259,6 +289,23 @@ fn plain_len_long(bytes: &[u8]) -> usize {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn plain_len_stops_at_the_first_quote_backslash_or_control_character(
+            bytes in proptest::collection::vec(
+                prop_oneof![Just(b'"'), Just(b'\\'), 0u8..0x20, 0x20u8..=0xff, Just(0x7f), Just(0x80)],
+                0..80,
+            ),
+            plain in 0usize..80,
+        ) {
+            // Mostly plain bytes first, so that every position is where the first stop may be.
+            let mut text = vec![b'a'; plain];
+            text.extend(bytes);
+            let expected = text.iter().position(is_special).unwrap_or(text.len());
+            prop_assert_eq!(plain_len(&text), expected);
+        }
+    }
 
     /// What serde_json reads into a `Value`, without its limits on nesting and on the range of
     /// numbers: where `Value` stops at one of those, what `IgnoredAny` accepts (which checks
