@@ -49,6 +49,10 @@
 //!   order; this also bounds how many writes can be in doubt after a cut;
 //! - pins every push to the join it was sent under, so no write goes out late after a rejoin;
 //! - answers a write whose reply was lost from its own `event`;
+//! - answers a write `Ok` only once its own `event` is in the engine (the server sends the event
+//!   before the reply, but the two reach the store's worker by different paths), so that a
+//!   write answered `Ok` reads back from the replica; only if the join ends before the event
+//!   arrives is the write answered at once, and the new join's catch-up brings the event;
 //! - never retries a rejected write (add a layer for that, e.g. on `rate_limited`);
 //! - fails a store's queued writes with the join error when the join is refused for good
 //!   (`unauthorized`, `store_not_allowed`, `missing_scope`) and stops rejoining it until

@@ -378,3 +378,34 @@ fn numbers_compare_as_json_numbers() {
     assert!(same(&json!({"a": [1, 2.0]}), &json!({"a": [1.0, 2]})));
     assert!(!same(&json!({"a": 1}), &json!({"a": 1, "b": 2})));
 }
+
+/// A write answered `Ok` is in the replica at that moment: its own event, which the server
+/// sends before the reply, is applied first, however the reply was read (a push that is
+/// awaited reads its own reply, and the frames before it, while the socket task does not run).
+async fn each_ok_write_is_in_the_replica_when_answered() {
+    let server = server().await;
+    let (connection, engine) = joined_device(&server).await;
+    let app = connection.store(STORE).unwrap();
+    for i in 0..300_u64 {
+        let ack = within("set", app.set(["items", &format!("{i:03}")], json!(i)))
+            .await
+            .unwrap();
+        let seq = ack.store_seq().unwrap();
+        let (applied, entries) = engine.entries_with_seq(STORE);
+        assert!(
+            applied >= seq,
+            "write {i} was answered Ok at seq {seq}, but the replica is at seq {applied}"
+        );
+        assert_eq!(entries.get(&format!("items/{i:03}")), Some(&json!(i)));
+    }
+}
+
+#[tokio::test]
+async fn a_write_answered_ok_is_in_the_replica_on_the_current_thread_runtime() {
+    each_ok_write_is_in_the_replica_when_answered().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_answered_ok_is_in_the_replica_on_the_multi_thread_runtime() {
+    each_ok_write_is_in_the_replica_when_answered().await;
+}

@@ -238,6 +238,11 @@ struct Task<S> {
     held_events: BTreeMap<u64, ServerEvent>,
     /// When an open hole below `held_events` makes the store resynchronize.
     gap_deadline: Option<Instant>,
+    /// Writes whose reply said applied before their own event reached the engine (the reply
+    /// and the event come by different paths), by the event's seq: answered once the engine
+    /// has it, so that a write answered `Ok` is in the replica, or when the join ends. At most
+    /// the in-flight window of them.
+    answered_ahead: BTreeMap<u64, Vec<(u64, WriteAck)>>,
     /// The `last_store_seq` of the last join params, to notice a server reset.
     asked_seq: Option<u64>,
     /// A leave was started to resynchronize: join again once it is done.
@@ -288,6 +293,7 @@ where
         applied_seq: 0,
         held_events: BTreeMap::new(),
         gap_deadline: None,
+        answered_ahead: BTreeMap::new(),
         asked_seq: None,
         resync_pending: false,
         journal: link.journal,
@@ -454,6 +460,25 @@ where
     async fn resolve(&mut self, ticket: u64, result: Result<WriteAck, WriteError>) {
         let retire = !matches!(result, Err(WriteError::Closed));
         self.resolve_with(ticket, result, retire).await;
+    }
+
+    /// Answers the writes of `answered_ahead` whose events the engine has, and sends what
+    /// their places in the window let go; or all of them if `all` (the join ended: the
+    /// catch-up of the next one brings what the engine lacks).
+    async fn answer_ahead(&mut self, all: bool) {
+        let mut answered = false;
+        while let Some(entry) = self.answered_ahead.first_entry() {
+            if !all && *entry.key() > self.applied_seq {
+                break;
+            }
+            for (ticket, ack) in entry.remove() {
+                self.resolve(ticket, Ok(ack)).await;
+            }
+            answered = true;
+        }
+        if answered && !all {
+            self.flush().await;
+        }
     }
 
     /// Answers a write, and takes it out of the durable outbox if `retire`.

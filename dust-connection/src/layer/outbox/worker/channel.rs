@@ -148,6 +148,8 @@ where
         }
         self.epoch += 1;
         self.known_seq = capabilities.store_seq;
+        // Answered before: the engine gets what it lacks from this join's catch-up.
+        self.answer_ahead(true).await;
         // The catch-up starts after the seq the join asked from.
         self.applied_seq = asked;
         self.held_events.clear();
@@ -184,6 +186,7 @@ where
                 // The snapshot replaces everything up to its seq: events resume after it.
                 self.applied_seq = snapshot.snapshot_seq;
                 self.held_events = self.held_events.split_off(&(snapshot.snapshot_seq + 1));
+                self.answer_ahead(false).await;
                 // A write of unknown outcome sent before the snapshot's seq may be inside it:
                 // its event will never come, so whether it was applied cannot be known.
                 let compacted: Vec<u64> = self

@@ -62,6 +62,7 @@ where
         self.applied_seq = event.store_seq;
         self.engine.handle_server_event(&self.store, &event).await;
         self.confirm(&event, true).await;
+        self.answer_ahead(false).await;
         if self.notices.receiver_count() > 0 {
             self.notify(Notice::Event {
                 store: self.store.to_string(),

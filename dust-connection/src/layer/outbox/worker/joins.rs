@@ -28,6 +28,7 @@ where
             _ => Phase::Offline,
         };
         self.gap_deadline = None;
+        self.answer_ahead(true).await;
         if was_joined {
             self.ended.entry(self.epoch).or_insert(how);
         }
@@ -80,6 +81,7 @@ where
     /// out on the next start.
     pub(super) async fn fail_all(&mut self, unsent: WriteError, why: &str) {
         let retire = unsent != WriteError::Closed;
+        self.answer_ahead(true).await;
         let tickets: Vec<u64> = self.entries.keys().copied().collect();
         for ticket in tickets {
             let error = match self.entries.get(&ticket).map(|e| &e.state) {

@@ -106,7 +106,16 @@ where
         }
         let (epoch, after_seq) = (*epoch, *after_seq);
         match result {
-            Ok(ack) => self.resolve(ticket, Ok(ack)).await,
+            Ok(ack) => match ack.store_seq() {
+                // Its event, sent before the reply, may still be on its way to this task.
+                Some(seq) if seq > self.applied_seq => {
+                    self.answered_ahead
+                        .entry(seq)
+                        .or_default()
+                        .push((ticket, ack));
+                }
+                _ => self.resolve(ticket, Ok(ack)).await,
+            },
             Err(WriteError::Transport(
                 PushError::Unavailable | PushError::NotJoined | PushError::BufferFull { .. },
             )) => {
