@@ -177,3 +177,44 @@ async fn replies_that_came_are_taken_at_the_first_poll_past_tokio_s_budget() {
     assert_eq!(polls.load(Ordering::SeqCst), PUSHES);
     driver.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn join_replies_that_came_are_taken_at_the_first_poll_past_tokio_s_budget() {
+    const JOINS: usize = 400;
+    let (socket, driver, _channel, mut messages, mut conn) = joined().await;
+    let driver = tokio::spawn(driver);
+    let polls = Arc::new(AtomicUsize::new(0));
+    let mut joins = Vec::new();
+    let mut channels = Vec::new();
+    for n in 0..JOINS {
+        let (channel, messages) = socket.channel(format!("room:join{n}")).stream();
+        let mut join = Box::pin(channel.join());
+        let polls = polls.clone();
+        joins.push(std::future::poll_fn(move |cx| {
+            polls.fetch_add(1, Ordering::SeqCst);
+            join.as_mut().poll(cx)
+        }));
+        channels.push((channel, messages));
+    }
+    for _ in 0..JOINS {
+        let frame = conn.recv().await.unwrap();
+        assert_eq!(frame[3], "phx_join");
+        conn.reply(&frame, "ok", json!({})).await;
+    }
+    // Frames are read in order: once this broadcast is out, every join reply was read.
+    conn.send(broadcast("after")).await;
+    within("the broadcast", messages.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut in_flight: FuturesUnordered<_> = joins.into_iter().collect();
+    let mut joined = 0;
+    while let Some(reply) = within("a join", in_flight.next()).await {
+        reply.unwrap();
+        joined += 1;
+    }
+    assert_eq!(joined, JOINS);
+    // Each join polled once: none refused by the budget (128 a turn) and polled again.
+    assert_eq!(polls.load(Ordering::SeqCst), JOINS);
+    driver.abort();
+}

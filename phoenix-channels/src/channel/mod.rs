@@ -238,8 +238,12 @@ impl Channel {
             id: self.inner.id,
             done: Some(tx),
         });
+        // Outside tokio's cooperative budget, like a push's reply: a task awaiting a thousand
+        // joins at once would otherwise see every answer past the budget's end refused, and
+        // its join polled again for nothing.
         async move {
-            rx.await
+            tokio::task::coop::unconstrained(rx)
+                .await
                 .unwrap_or(Err(JoinError::Closed(CloseCause::SocketClosed(None))))
         }
     }
@@ -254,7 +258,7 @@ impl Channel {
             done: Some(tx),
         });
         async move {
-            let _ = rx.await;
+            let _ = tokio::task::coop::unconstrained(rx).await;
         }
     }
 
