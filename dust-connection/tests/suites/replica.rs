@@ -400,6 +400,49 @@ async fn each_ok_write_is_in_the_replica_when_answered() {
     }
 }
 
+/// The same with 300 writes issued at once, more than the in-flight window (8 here): each is in
+/// the replica when its answer is taken, whichever order the answers are taken in.
+async fn each_ok_write_of_a_burst_is_in_the_replica_when_answered() {
+    use futures_util::StreamExt as _;
+    let server = server().await;
+    let engine = MemoryEngine::new();
+    let connection = builder(&server)
+        .engine(engine.clone())
+        .max_in_flight(8)
+        .connect()
+        .unwrap();
+    wait_joined(&connection, STORE).await;
+    let app = connection.store(STORE).unwrap();
+    let mut answers: futures_util::stream::FuturesUnordered<_> = (0..300_u64)
+        .map(|i| {
+            let write = app.set(["burst".to_owned(), format!("{i:03}")], json!(i));
+            async move { (i, write.await) }
+        })
+        .collect();
+    let mut answered = 0;
+    while let Some((i, ack)) = within("an answer", answers.next()).await {
+        let seq = ack.unwrap().store_seq().unwrap();
+        let (applied, entries) = engine.entries_with_seq(STORE);
+        assert!(
+            applied >= seq,
+            "write {i} was answered Ok at seq {seq}, but the replica is at seq {applied}"
+        );
+        assert_eq!(entries.get(&format!("burst/{i:03}")), Some(&json!(i)));
+        answered += 1;
+    }
+    assert_eq!(answered, 300);
+}
+
+#[tokio::test]
+async fn a_burst_of_writes_answered_ok_is_in_the_replica_on_the_current_thread_runtime() {
+    each_ok_write_of_a_burst_is_in_the_replica_when_answered().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_writes_answered_ok_is_in_the_replica_on_the_multi_thread_runtime() {
+    each_ok_write_of_a_burst_is_in_the_replica_when_answered().await;
+}
+
 #[tokio::test]
 async fn a_write_answered_ok_is_in_the_replica_on_the_current_thread_runtime() {
     each_ok_write_is_in_the_replica_when_answered().await;
