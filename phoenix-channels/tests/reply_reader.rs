@@ -141,6 +141,28 @@ async fn a_push_that_reads_its_reply_is_woken_once_for_it() {
     assert_eq!(counter.0.load(Ordering::SeqCst), 1);
 }
 
+/// Once the server has answered every one of `futures`, sends a broadcast on `room:1` and
+/// waits for it (frames are read in order: once it is out, every answer before it was read),
+/// then awaits all of `futures` at once; how many succeeded (each must).
+async fn await_all_after_the_answers<T, E: std::fmt::Debug>(
+    conn: &mut common::Conn,
+    messages: &mut phoenix_channels::Messages,
+    futures: Vec<impl std::future::Future<Output = Result<T, E>>>,
+) -> usize {
+    conn.send(broadcast("after")).await;
+    within("the broadcast", messages.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut in_flight: FuturesUnordered<_> = futures.into_iter().collect();
+    let mut answered = 0;
+    while let Some(answer) = within("an answer", in_flight.next()).await {
+        answer.unwrap();
+        answered += 1;
+    }
+    answered
+}
+
 #[tokio::test(start_paused = true)]
 async fn replies_that_came_are_taken_at_the_first_poll_past_tokio_s_budget() {
     const PUSHES: usize = 400;
@@ -160,19 +182,10 @@ async fn replies_that_came_are_taken_at_the_first_poll_past_tokio_s_budget() {
         let frame = conn.recv().await.unwrap();
         conn.reply(&frame, "ok", frame[4].clone()).await;
     }
-    // Frames are read in order: once this broadcast is out, every reply reached its push.
-    conn.send(broadcast("after")).await;
-    within("the broadcast", messages.next())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut in_flight: FuturesUnordered<_> = pushes.into_iter().collect();
-    let mut replies = 0;
-    while let Some(reply) = within("a reply", in_flight.next()).await {
-        reply.unwrap();
-        replies += 1;
-    }
-    assert_eq!(replies, PUSHES);
+    assert_eq!(
+        await_all_after_the_answers(&mut conn, &mut messages, pushes).await,
+        PUSHES
+    );
     // Each push polled once: none refused by the budget (128 a turn) and polled again.
     assert_eq!(polls.load(Ordering::SeqCst), PUSHES);
     driver.abort();
@@ -201,19 +214,10 @@ async fn join_replies_that_came_are_taken_at_the_first_poll_past_tokio_s_budget(
         assert_eq!(frame[3], "phx_join");
         conn.reply(&frame, "ok", json!({})).await;
     }
-    // Frames are read in order: once this broadcast is out, every join reply was read.
-    conn.send(broadcast("after")).await;
-    within("the broadcast", messages.next())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut in_flight: FuturesUnordered<_> = joins.into_iter().collect();
-    let mut joined = 0;
-    while let Some(reply) = within("a join", in_flight.next()).await {
-        reply.unwrap();
-        joined += 1;
-    }
-    assert_eq!(joined, JOINS);
+    assert_eq!(
+        await_all_after_the_answers(&mut conn, &mut messages, joins).await,
+        JOINS
+    );
     // Each join polled once: none refused by the budget (128 a turn) and polled again.
     assert_eq!(polls.load(Ordering::SeqCst), JOINS);
     driver.abort();
